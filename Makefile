@@ -1,0 +1,34 @@
+# The targets are what we run. CARGO_TARGET_DIR defaults to a directory outside the clone
+# so that fresh clones (CI) reuse the compiled dependencies.
+export CARGO_TARGET_DIR ?= /var/tmp/uvr-target
+CARGO ?= cargo
+
+.PHONY: test deps lint fmt check bench bench-api build release run clean
+
+## test: install missing system packages (redis-server), then run every test
+test: deps
+	$(CARGO) test --locked --all-targets
+
+deps:
+	@./scripts/deps.sh
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## check: what CI runs
+check: lint test
+
+## bench: queue benchmark beside redis-benchmark (release build)
+bench: deps
+	$(CARGO) bench --locked --bench queue
+
+build:
+	$(CARGO) build --locked
+
+release:
+	$(CARGO) build --locked --release --bins

@@ -1,0 +1,423 @@
+//! Configuration from the environment.
+//!
+//! Every setting has the seed's name and default where the seed names one
+//! (`REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`, `REDIS_PASSWORD`, `REDIS_TASK_QUEUE`,
+//! `REDIS_RESULT_QUEUE`, `DEFAULT_PRIORITY`); the rest follow the same style. An invalid
+//! value stops start-up with a [`ConfigError`] naming the variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::task::Priority;
+
+/// A configuration value that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The variable is set but its value does not parse or is out of range.
+    #[error("invalid value for {var}: {value:?} ({reason})")]
+    Invalid {
+        /// The environment variable's name.
+        var: &'static str,
+        /// The offending value (never a secret: secrets are not echoed).
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+}
+
+/// A source of configuration variables: the process environment, or a map in tests.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    /// Builds a source from explicit pairs (tests, embedding).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The raw value of `var`; an empty string counts as unset.
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.vars
+            .get(var)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// The value of `var` as a string, or `default`.
+    pub fn string(&self, var: &str, default: &str) -> String {
+        self.get(var).unwrap_or(default).trim().to_string()
+    }
+
+    /// Parses `var` with `FromStr`, or returns `default` when unset.
+    pub fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    var,
+                    value: raw.to_string(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// Parses a number of seconds (integer or fraction) into a duration.
+    pub fn seconds(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => {
+                let secs: f64 = raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                    var,
+                    value: raw.to_string(),
+                    reason: "expected a number of seconds".into(),
+                })?;
+                if !secs.is_finite() || secs < 0.0 {
+                    return Err(ConfigError::Invalid {
+                        var,
+                        value: raw.to_string(),
+                        reason: "expected a non-negative number of seconds".into(),
+                    });
+                }
+                Ok(Duration::from_secs_f64(secs))
+            }
+        }
+    }
+
+    /// Parses a boolean (`true/false/1/0/yes/no/on/off`).
+    pub fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) => match v.as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError::Invalid {
+                    var,
+                    value: v,
+                    reason: "expected true or false".into(),
+                }),
+            },
+        }
+    }
+
+    /// Parses a non-negative integer that must lie within `range`.
+    pub fn ranged<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        let v = self.parse(var, default)?;
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError::Invalid {
+                var,
+                value: v.to_string(),
+                reason: format!("expected {}..={}", range.start(), range.end()),
+            })
+        }
+    }
+}
+
+/// Where Redis is and how to talk to it.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// The connection URL (`redis://[:password@]host:port/db`), built from the parts or
+    /// taken from `REDIS_URL`.
+    pub url: String,
+    /// Connections in the pool (`REDIS_POOL_SIZE`, default 16).
+    pub pool_size: u32,
+    /// How long one Redis operation may take before it fails (`REDIS_TIMEOUT`, seconds).
+    pub op_timeout: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("op_timeout", &self.op_timeout)
+            .finish()
+    }
+}
+
+/// Replaces the password of a `redis://user:pass@host` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".into(),
+    }
+}
+
+/// Queue names, timings and retry policy.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// The separation stage's ZSet (`REDIS_TASK_QUEUE`, default `uvr_tasks`).
+    pub task_queue: String,
+    /// The upload/webhook stage's ZSet (`REDIS_RESULT_QUEUE`, default `uvr_results`).
+    pub result_queue: String,
+    /// Optional Redis Cluster hash tag (`REDIS_KEY_HASH_TAG`): all keys get a `{tag}` prefix.
+    pub hash_tag: Option<String>,
+    /// Priority when a request names none (`DEFAULT_PRIORITY`, default 3).
+    pub default_priority: Priority,
+    /// How long a claim is valid without a heartbeat (`LEASE_SECONDS`, default 30).
+    pub lease: Duration,
+    /// Attempts per stage before a task is dead-lettered (`MAX_ATTEMPTS`, default 5).
+    pub max_attempts: u32,
+    /// First retry delay (`RETRY_BASE_SECONDS`, default 2); doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    /// Upper bound of a retry delay (`RETRY_MAX_SECONDS`, default 600).
+    pub retry_max: Duration,
+    /// How long finished task records are kept (`RESULT_RETENTION_SECONDS`, default 7 days).
+    pub retention: Duration,
+    /// How long an idempotency key maps to its task (`IDEMPOTENCY_TTL_SECONDS`, default 24 h).
+    pub idempotency_ttl: Duration,
+    /// How often the maintenance pass (reaper, delayed promotion) runs (`REAPER_INTERVAL_SECONDS`, default 1).
+    pub reaper_interval: Duration,
+    /// Longest an idle claimer sleeps between checks when no wake-up arrives (`CLAIM_POLL_SECONDS`, default 1).
+    pub claim_poll: Duration,
+}
+
+/// Everything the queue layer needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Redis connection.
+    pub redis: RedisConfig,
+    /// Queue policy.
+    pub queue: QueueConfig,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from(&Env::from_process())
+    }
+
+    /// Reads the configuration from `env`.
+    pub fn from(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            redis: redis_config(env)?,
+            queue: queue_config(env)?,
+        })
+    }
+}
+
+fn redis_config(env: &Env) -> Result<RedisConfig, ConfigError> {
+    let url = match env.get("REDIS_URL") {
+        Some(url) => {
+            let parsed = url::Url::parse(url.trim()).map_err(|e| ConfigError::Invalid {
+                var: "REDIS_URL",
+                value: redact_url(url),
+                reason: e.to_string(),
+            })?;
+            if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+                return Err(ConfigError::Invalid {
+                    var: "REDIS_URL",
+                    value: redact_url(url),
+                    reason: "expected a redis:// or rediss:// URL".into(),
+                });
+            }
+            url.trim().to_string()
+        }
+        None => {
+            let host = env.string("REDIS_HOST", "localhost");
+            if host.is_empty() || host.contains(['/', '@', ' ']) {
+                return Err(ConfigError::Invalid {
+                    var: "REDIS_HOST",
+                    value: host,
+                    reason: "expected a host name or address".into(),
+                });
+            }
+            let port: u16 = env.ranged("REDIS_PORT", 6379, 1..=65535)?;
+            let db: u32 = env.ranged("REDIS_DB", 0, 0..=65535)?;
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            match env.get("REDIS_PASSWORD") {
+                Some(pw) => {
+                    let pw: String = url::form_urlencoded::byte_serialize(pw.as_bytes()).collect();
+                    format!("redis://:{pw}@{host}:{port}/{db}")
+                }
+                None => format!("redis://{host}:{port}/{db}"),
+            }
+        }
+    };
+    Ok(RedisConfig {
+        url,
+        pool_size: env.ranged("REDIS_POOL_SIZE", 16, 1..=1024)?,
+        op_timeout: env.seconds("REDIS_TIMEOUT", Duration::from_secs(5))?,
+    })
+}
+
+fn queue_name(env: &Env, var: &'static str, default: &str) -> Result<String, ConfigError> {
+    let name = env.string(var, default);
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.'))
+    {
+        return Err(ConfigError::Invalid {
+            var,
+            value: name,
+            reason: "expected letters, digits, '_', '-', ':' or '.'".into(),
+        });
+    }
+    Ok(name)
+}
+
+fn queue_config(env: &Env) -> Result<QueueConfig, ConfigError> {
+    let task_queue = queue_name(env, "REDIS_TASK_QUEUE", "uvr_tasks")?;
+    let result_queue = queue_name(env, "REDIS_RESULT_QUEUE", "uvr_results")?;
+    if task_queue == result_queue {
+        return Err(ConfigError::Invalid {
+            var: "REDIS_RESULT_QUEUE",
+            value: result_queue,
+            reason: "must differ from REDIS_TASK_QUEUE".into(),
+        });
+    }
+    let hash_tag = match env.get("REDIS_KEY_HASH_TAG") {
+        None => None,
+        Some(tag) => {
+            let tag = tag.trim().trim_start_matches('{').trim_end_matches('}');
+            if tag.is_empty() || tag.contains(['{', '}', ' ']) {
+                return Err(ConfigError::Invalid {
+                    var: "REDIS_KEY_HASH_TAG",
+                    value: tag.into(),
+                    reason: "expected a short name without braces or spaces".into(),
+                });
+            }
+            Some(tag.to_string())
+        }
+    };
+    let default_priority: u8 = env.ranged("DEFAULT_PRIORITY", 3, 1..=5)?;
+    let lease = env.seconds("LEASE_SECONDS", Duration::from_secs(30))?;
+    if lease < Duration::from_millis(100) {
+        return Err(ConfigError::Invalid {
+            var: "LEASE_SECONDS",
+            value: format!("{}", lease.as_secs_f64()),
+            reason: "expected at least 0.1".into(),
+        });
+    }
+    Ok(QueueConfig {
+        task_queue,
+        result_queue,
+        hash_tag,
+        default_priority: Priority::new(default_priority).expect("range checked"),
+        lease,
+        max_attempts: env.ranged("MAX_ATTEMPTS", 5, 1..=1000)?,
+        retry_base: env.seconds("RETRY_BASE_SECONDS", Duration::from_secs(2))?,
+        retry_max: env.seconds("RETRY_MAX_SECONDS", Duration::from_secs(600))?,
+        retention: env.seconds("RESULT_RETENTION_SECONDS", Duration::from_secs(7 * 86400))?,
+        idempotency_ttl: env.seconds("IDEMPOTENCY_TTL_SECONDS", Duration::from_secs(86400))?,
+        reaper_interval: env.seconds("REAPER_INTERVAL_SECONDS", Duration::from_secs(1))?,
+        claim_poll: env.seconds("CLAIM_POLL_SECONDS", Duration::from_secs(1))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = Config::from(&env(&[])).unwrap();
+        assert_eq!(c.redis.url, "redis://localhost:6379/0");
+        assert_eq!(c.queue.task_queue, "uvr_tasks");
+        assert_eq!(c.queue.result_queue, "uvr_results");
+        assert_eq!(c.queue.default_priority.get(), 3);
+        assert_eq!(c.queue.hash_tag, None);
+    }
+
+    #[test]
+    fn parts_build_the_url_and_password_is_redacted() {
+        let c = Config::from(&env(&[
+            ("REDIS_HOST", "redis.internal"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_DB", "2"),
+            ("REDIS_PASSWORD", "s3cr/t"),
+        ]))
+        .unwrap();
+        assert_eq!(c.redis.url, "redis://:s3cr%2Ft@redis.internal:6380/2");
+        let shown = format!("{:?}", c.redis);
+        assert!(!shown.contains("s3cr"), "{shown}");
+    }
+
+    #[test]
+    fn redis_url_wins_over_parts() {
+        let c = Config::from(&env(&[
+            ("REDIS_URL", "redis://other:7000/1"),
+            ("REDIS_HOST", "ignored"),
+        ]))
+        .unwrap();
+        assert_eq!(c.redis.url, "redis://other:7000/1");
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        for (var, value) in [
+            ("DEFAULT_PRIORITY", "9"),
+            ("DEFAULT_PRIORITY", "0"),
+            ("REDIS_PORT", "abc"),
+            ("REDIS_PORT", "70000"),
+            ("REDIS_DB", "-1"),
+            ("REDIS_URL", "http://x"),
+            ("LEASE_SECONDS", "soon"),
+            ("REDIS_TASK_QUEUE", "bad name"),
+            ("REDIS_KEY_HASH_TAG", "a}b"),
+        ] {
+            let err = Config::from(&env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(var), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn same_queue_names_are_rejected() {
+        let err = Config::from(&env(&[
+            ("REDIS_TASK_QUEUE", "q"),
+            ("REDIS_RESULT_QUEUE", "q"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("REDIS_RESULT_QUEUE"));
+    }
+}

@@ -1,0 +1,30 @@
+//! uvr: a self-hosted vocal/stem separation service.
+//!
+//! A client POSTs a job (audio URL, webhook URL, priority 1-5); the job waits in a Redis
+//! priority queue; a processor separates the audio; an uploader stores the stems and calls
+//! the webhook with their links. The seed's Kafka deployment is replaced by two Redis ZSets,
+//! `uvr_tasks` and `uvr_results`, ordered by `timestamp * (6 - priority)`.
+//!
+//! ```text
+//! client --POST /generate--> [http] -> Intake --Enqueue--> Scheduler ==Lua==> uvr_tasks
+//!                                       Separator <--Claim/Heartbeat/Ack--> Scheduler
+//!                                       Uploader  <--Claim/Heartbeat/Ack--> Scheduler ==> uvr_results
+//! ```
+//!
+//! # Layout
+//! - [`config`]: settings from the environment (the seed's names and defaults), typed errors
+//!   naming the variable.
+//! - [`task`]: the task model: ids, priorities, stages, lifecycle states, the task record.
+//! - [`queue`]: Redis key names, the atomic Lua moves (enqueue, claim with lease and fencing
+//!   token, heartbeat, ack, fail with backoff, reap, cancel) and statistics; used only by the
+//!   Scheduler actor.
+//! - [`actors`]: the actors; [`actors::scheduler`] is the sole owner of the queue.
+//! - [`metrics`]: every Prometheus metric, `uvr_` prefixed.
+//! - [`telemetry`]: logging set-up for the binaries.
+
+pub mod actors;
+pub mod config;
+pub mod metrics;
+pub mod queue;
+pub mod task;
+pub mod telemetry;

@@ -1,0 +1,35 @@
+-- Enqueue a new task into the separation stage.
+-- KEYS[1] stage queue (ZSet, member = task id, score = seed score)
+-- KEYS[2] task record (hash)
+-- KEYS[3] enqueue clock (string)
+-- KEYS[4] idempotency key (string -> task id); the record key again when there is none
+-- ARGV[1] task id
+-- ARGV[2] priority (1-5)
+-- ARGV[3] request JSON
+-- ARGV[4] max attempts per stage
+-- ARGV[5] idempotency TTL in ms (0: no idempotency key)
+-- ARGV[6] max queue depth (0: unlimited)
+-- ARGV[7] wake channel of the stage
+-- Returns {"created", id, score} | {"existing", id, ""} | {"full", depth, ""}
+local idem = tonumber(ARGV[5]) > 0
+if idem then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {'existing', existing, ''} end
+end
+local max_depth = tonumber(ARGV[6])
+if max_depth > 0 then
+  local depth = redis.call('ZCARD', KEYS[1])
+  if depth >= max_depth then return {'full', tostring(depth), ''} end
+end
+local priority = tonumber(ARGV[2])
+local tick = next_tick(KEYS[3])
+local score = score_of(tick, 6 - priority)
+local now = now_ms()
+redis.call('HSET', KEYS[2],
+  'id', ARGV[1], 'status', 'queued', 'stage', 'separate', 'priority', priority,
+  'request', ARGV[3], 'attempts', 0, 'max_attempts', ARGV[4], 'score', score,
+  'created_at', now, 'updated_at', now, 'queued_at', now, 'progress', 0)
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+if idem then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[5]) end
+redis.call('PUBLISH', ARGV[7], '1')
+return {'created', ARGV[1], score}

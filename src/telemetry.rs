@@ -1,0 +1,18 @@
+//! Logging set-up shared by the binaries: `RUST_LOG` filters (default `info`), and
+//! `LOG_FORMAT=json` switches to one JSON object per line.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber; a second call is a no-op.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

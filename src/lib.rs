@@ -18,13 +18,22 @@
 //! - [`queue`]: Redis key names, the atomic Lua moves (enqueue, claim with lease and fencing
 //!   token, heartbeat, ack, fail with backoff, reap, cancel) and statistics; used only by the
 //!   Scheduler actor.
-//! - [`actors`]: the actors; [`actors::scheduler`] is the sole owner of the queue.
+//! - [`actors`]: the actors; [`actors::scheduler`] is the sole owner of the queue,
+//!   [`actors::intake`] holds the request policy.
+//! - [`api`]: the HTTP API (actix-web): routes, authentication, errors, OpenAPI document.
+//! - [`net`]: the address policy for user-supplied URLs (SSRF defence).
+//! - [`models`]: the catalogue of installed separation models.
+//! - [`service`]: process assembly: roles, start-up and the shutdown story.
 //! - [`metrics`]: every Prometheus metric, `uvr_` prefixed.
 //! - [`telemetry`]: logging set-up for the binaries.
 
 pub mod actors;
+pub mod api;
 pub mod config;
 pub mod metrics;
+pub mod models;
+pub mod net;
 pub mod queue;
+pub mod service;
 pub mod task;
 pub mod telemetry;

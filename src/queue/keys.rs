@@ -10,6 +10,7 @@
 //! | `<queue>:inflight` | ZSet | claimed task ids, score = lease deadline (ms) |
 //! | `<queue>:delayed` | ZSet | tasks waiting to be retried, score = ready-at (ms) |
 //! | `<queue>:dead` | ZSet | dead letters, score = time of death (ms) |
+//! | `<queue>:waiting` | ZSet | idle claimers, score = registration deadline (ms) |
 //! | `<queue>:wake` | channel | published when work arrives, so idle workers wake at once |
 //! | `uvr_tasks:task:<id>` | hash | the task record (see `task::TaskRecord`) |
 //! | `uvr_tasks:idem:<key>` | string | idempotency key -> task id |
@@ -70,6 +71,12 @@ impl Keys {
     /// The dead-letter ZSet of a stage.
     pub fn dead(&self, stage: Stage) -> String {
         format!("{}:dead", self.queue(stage))
+    }
+
+    /// Idle claimers of a stage (worker -> registration deadline), so that enqueues publish
+    /// a wake-up only when somebody waits.
+    pub fn waiting(&self, stage: Stage) -> String {
+        format!("{}:waiting", self.queue(stage))
     }
 
     /// The pub/sub channel announcing new work in a stage.

@@ -29,8 +29,8 @@ pub use keys::Keys;
 use scripts::Scripts;
 use wake::Wakers;
 
-use pool::Manager;
 pub use pool::Pool;
+use pool::{Conn, Manager};
 
 /// Errors of the queue layer.
 #[derive(Debug, thiserror::Error)]
@@ -339,8 +339,19 @@ impl Queue {
         }
     }
 
-    async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>, QueueError> {
-        Ok(self.pool.get().await?)
+    /// A connection to use for one operation: a clone of a pooled multiplexed connection
+    /// (the pool slot is released at once; clones pipeline over the shared socket).
+    async fn conn(&self) -> Result<Conn, QueueError> {
+        for _ in 0..4 {
+            let pooled = self.pool.get().await?;
+            if !pooled.is_broken() {
+                return Ok(pooled.clone());
+            }
+            // Dropping a broken connection makes bb8 discard it; try the next one.
+        }
+        Err(QueueError::Unavailable(
+            "redis connections keep failing".into(),
+        ))
     }
 
     /// Adds a task to the separation stage with the seed's score.
@@ -368,6 +379,7 @@ impl Queue {
                     .key(&record)
                     .key(self.keys.clock())
                     .key(&idem_key)
+                    .key(self.keys.waiting(Stage::Separate))
                     .arg(id.as_str())
                     .arg(task.request.priority.get())
                     .arg(&request)
@@ -375,7 +387,7 @@ impl Queue {
                     .arg(idem_ttl)
                     .arg(task.max_depth)
                     .arg(self.keys.wake(Stage::Separate))
-                    .invoke_async(&mut *conn)
+                    .invoke_async(&mut conn)
                     .await?)
             })
             .await?;
@@ -399,20 +411,33 @@ impl Queue {
 
     /// Claims the most urgent task of `stage` for `worker`, if there is one.
     pub async fn claim(&self, stage: Stage, worker: &str) -> Result<Option<Claimed>, QueueError> {
+        self.claim_or_register(stage, worker, Duration::ZERO).await
+    }
+
+    /// Claims like [`claim`](Self::claim); when the queue is empty and `wait` is not zero, the
+    /// worker is registered as an idle claimer for `wait` so that the next enqueue wakes it.
+    async fn claim_or_register(
+        &self,
+        stage: Stage,
+        worker: &str,
+        wait: Duration,
+    ) -> Result<Option<Claimed>, QueueError> {
+        let wait_ms = wait.as_millis() as u64;
         self.timed(async {
             let mut conn = self.conn().await?;
             loop {
                 let head: Vec<String> = conn
                     .zrange(self.keys.queue(stage), 0, CLAIM_CANDIDATES - 1)
                     .await?;
-                if head.is_empty() {
+                if head.is_empty() && wait_ms == 0 {
                     return Ok(None);
                 }
                 let mut inv = self.scripts.claim.prepare_invoke();
                 inv.key(self.keys.queue(stage))
                     .key(self.keys.inflight(stage))
                     .key(self.keys.seq())
-                    .key(self.keys.workers());
+                    .key(self.keys.workers())
+                    .key(self.keys.waiting(stage));
                 for id in &head {
                     let id: TaskId = match id.parse() {
                         Ok(id) => id,
@@ -423,13 +448,14 @@ impl Queue {
                 }
                 inv.arg(worker)
                     .arg(self.cfg.lease.as_millis() as u64)
-                    .arg(stage.running_status().as_str());
+                    .arg(stage.running_status().as_str())
+                    .arg(wait_ms);
                 for id in &head {
                     if id.parse::<TaskId>().is_ok() {
                         inv.arg(id);
                     }
                 }
-                let reply: Vec<String> = inv.invoke_async(&mut *conn).await?;
+                let reply: Vec<String> = inv.invoke_async(&mut conn).await?;
                 match reply.first().map(String::as_str) {
                     None => return Ok(None),
                     Some("retry") | Some("orphan") => continue,
@@ -472,14 +498,23 @@ impl Queue {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(c) = self.claim(stage, worker).await? {
+            let now = Instant::now();
+            let nap = deadline
+                .saturating_duration_since(now)
+                .min(self.cfg.claim_poll);
+            // Registered for a little longer than the nap, so that no enqueue in between
+            // goes unannounced.
+            let register = if nap.is_zero() {
+                Duration::ZERO
+            } else {
+                nap + Duration::from_millis(500)
+            };
+            if let Some(c) = self.claim_or_register(stage, worker, register).await? {
                 return Ok(Some(c));
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if nap.is_zero() {
                 return Ok(None);
             }
-            let nap = (deadline - now).min(self.cfg.claim_poll);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(nap) => {}
@@ -509,7 +544,7 @@ impl Queue {
                     .arg(self.cfg.lease.as_millis() as u64)
                     .arg(worker)
                     .arg(progress.map(|p| p.min(100).to_string()).unwrap_or_default())
-                    .invoke_async(&mut *conn)
+                    .invoke_async(&mut conn)
                     .await?)
             })
             .await?;
@@ -551,10 +586,13 @@ impl Queue {
     ) -> Result<Outcome, QueueError> {
         let id = claimed.id();
         let record = self.keys.record(id);
-        let next = if final_stage {
-            record.clone()
+        let (next, next_waiting) = if final_stage {
+            (record.clone(), record.clone())
         } else {
-            self.keys.queue(Stage::Deliver)
+            (
+                self.keys.queue(Stage::Deliver),
+                self.keys.waiting(Stage::Deliver),
+            )
         };
         let reply: String = self
             .timed(async {
@@ -566,6 +604,7 @@ impl Queue {
                     .key(&record)
                     .key(next)
                     .key(self.keys.clock())
+                    .key(next_waiting)
                     .arg(id.as_str())
                     .arg(claimed.token)
                     .arg(if final_stage { "final" } else { "next" })
@@ -573,7 +612,7 @@ impl Queue {
                     .arg(self.cfg.retention.as_millis() as u64)
                     .arg(self.keys.wake(Stage::Deliver))
                     .arg(final_status.as_str())
-                    .invoke_async(&mut *conn)
+                    .invoke_async(&mut conn)
                     .await?)
             })
             .await?;
@@ -615,7 +654,7 @@ impl Queue {
                     .arg(delay.as_millis() as u64)
                     .arg(self.cfg.retention.as_millis() as u64)
                     .arg(claimed.stage.waiting_status().as_str())
-                    .invoke_async(&mut *conn)
+                    .invoke_async(&mut conn)
                     .await?)
             })
             .await?;
@@ -642,7 +681,7 @@ impl Queue {
                 inv.key(self.keys.record(id))
                     .arg(id.as_str())
                     .arg(self.cfg.retention.as_millis() as u64);
-                Ok(inv.invoke_async(&mut *conn).await?)
+                Ok(inv.invoke_async(&mut conn).await?)
             })
             .await?;
         match reply.first().map(String::as_str) {
@@ -732,7 +771,7 @@ impl Queue {
 
     async fn stage_stats(
         &self,
-        conn: &mut bb8::PooledConnection<'_, Manager>,
+        conn: &mut Conn,
         stage: Stage,
         now_s: f64,
     ) -> Result<StageStats, QueueError> {
@@ -758,7 +797,7 @@ impl Queue {
         let (waiting, in_flight, delayed, dead): (u64, u64, u64, u64);
         let rest: Vec<redis::Value>;
         {
-            let mut all: Vec<redis::Value> = pipe.query_async(&mut **conn).await?;
+            let mut all: Vec<redis::Value> = pipe.query_async(&mut *conn).await?;
             let tail = all.split_off(4);
             let nums: Vec<u64> = all
                 .into_iter()
@@ -817,7 +856,7 @@ impl Queue {
                         .arg(stage.waiting_status().as_str())
                         .arg(self.cfg.retention.as_millis() as u64)
                         .arg(self.keys.wake(stage))
-                        .invoke_async(&mut *conn)
+                        .invoke_async(&mut conn)
                         .await?;
                     match reply.as_str() {
                         "requeued" => m.requeued += 1,
@@ -841,7 +880,7 @@ impl Queue {
                         .key(self.keys.record(&tid))
                         .arg(&id)
                         .arg(self.keys.wake(stage))
-                        .invoke_async(&mut *conn)
+                        .invoke_async(&mut conn)
                         .await?;
                     m.promoted += moved as u64;
                 }
@@ -884,13 +923,13 @@ impl Queue {
         self.timed(async {
             let mut conn = self.conn().await?;
             let start = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
             let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
             let info: String = redis::cmd("INFO")
                 .arg("server")
                 .arg("persistence")
                 .arg("memory")
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await?;
             let field = |name: &str| {
                 info.lines()
@@ -904,7 +943,7 @@ impl Queue {
                     let saves: String = redis::cmd("CONFIG")
                         .arg("GET")
                         .arg("save")
-                        .query_async::<Vec<String>>(&mut *conn)
+                        .query_async::<Vec<String>>(&mut conn)
                         .await
                         .map(|v| v.get(1).cloned().unwrap_or_default())
                         .unwrap_or_default();
@@ -933,7 +972,7 @@ impl Queue {
         self.timed(async {
             let mut conn = self.conn().await?;
             let start = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
             Ok(start.elapsed())
         })
         .await
@@ -941,8 +980,8 @@ impl Queue {
 }
 
 /// Redis server time in seconds.
-async fn redis_time(conn: &mut bb8::PooledConnection<'_, Manager>) -> Result<f64, QueueError> {
-    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut **conn).await?;
+async fn redis_time(conn: &mut Conn) -> Result<f64, QueueError> {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut *conn).await?;
     Ok(s as f64 + us as f64 / 1e6)
 }
 

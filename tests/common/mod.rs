@@ -148,3 +148,119 @@ where
     }
     false
 }
+
+/// A running API on port 0 with its own Redis.
+pub struct TestApp {
+    pub redis: RedisServer,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub scheduler: uvr::actors::scheduler::SchedulerHandle,
+    pub shutdown: uvr::api::ShutdownHandle,
+}
+
+pub const USER: &str = "admin";
+pub const PASSWORD: &str = "password";
+
+/// Starts the real app (API + Scheduler) on a free port against a throwaway Redis.
+pub fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(RedisServer::start(), extra)
+}
+
+/// Starts the real app against `redis`.
+pub fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
+    let mut pairs: Vec<(String, String)> = vec![
+        ("REDIS_URL".into(), redis.url()),
+        ("REDIS_TIMEOUT".into(), "2".into()),
+        ("API_HOST".into(), "127.0.0.1".into()),
+        ("API_PORT".into(), "0".into()),
+        ("API_WORKERS".into(), "2".into()),
+        ("API_USERNAME".into(), USER.into()),
+        ("API_PASSWORD".into(), PASSWORD.into()),
+        ("SHUTDOWN_GRACE_SECONDS".into(), "0.5".into()),
+        ("MODELS_DIR".into(), "/nonexistent".into()),
+    ];
+    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let env = Env::from_pairs(pairs);
+    let cfg = Config::from(&env).unwrap();
+    let catalog = std::sync::Arc::new(
+        uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
+    );
+    let api_cfg = uvr::api::ApiConfig::from_env(&env, cfg.queue.default_priority, catalog).unwrap();
+    let scheduler =
+        uvr::actors::scheduler::SchedulerHandle::start(uvr::queue::Queue::connect(&cfg).unwrap());
+    let server = uvr::api::ApiServer::bind(&api_cfg, scheduler.clone()).unwrap();
+    let base = format!("http://{}", server.addr);
+    let shutdown = server.shutdown_handle();
+    actix_rt::spawn(server.server);
+    TestApp {
+        redis,
+        base,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        scheduler,
+        shutdown,
+    }
+}
+
+impl TestApp {
+    /// `POST /generate` with the test credentials and a JSON body.
+    pub async fn generate(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/generate", self.base))
+            .basic_auth(USER, Some(PASSWORD))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// An authenticated GET.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// An authenticated DELETE.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(format!("{}{path}", self.base))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Number of tasks waiting in `uvr_tasks` plus task records stored.
+    pub fn stored_tasks(&self) -> (usize, usize) {
+        let depth = self
+            .redis
+            .cli(&["ZCARD", "uvr_tasks"])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let records = self
+            .redis
+            .cli(&["--scan", "--pattern", "uvr_tasks:task:*"])
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count();
+        (depth, records)
+    }
+}
+
+/// The seed's request body, with public (IP literal) URLs.
+pub fn seed_body(priority: u8) -> serde_json::Value {
+    serde_json::json!({
+        "audio": "https://93.184.215.14/audio.wav",
+        "hook_url": "https://93.184.215.14/webhook",
+        "priority": priority,
+    })
+}

@@ -3,6 +3,7 @@
 -- KEYS[2] task record
 -- KEYS[3] next stage queue (ZSet); the record key again when final
 -- KEYS[4] enqueue clock (string)
+-- KEYS[5] idle claimers of the next stage (ZSet); the record key again when final
 -- ARGV[1] task id
 -- ARGV[2] fencing token
 -- ARGV[3] "next" | "final"
@@ -17,8 +18,9 @@ end
 redis.call('ZREM', KEYS[1], ARGV[1])
 local now = now_ms()
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'result', ARGV[4]) end
-if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then
-  finish(KEYS[2], 'cancelled', ARGV[5], now)
+-- A cancel stops a task between stages; once the last stage is done, the work stands.
+if ARGV[3] == 'next' and redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then
+  cancelled(KEYS[2], ARGV[5], now)
   return 'cancelled'
 end
 if ARGV[3] == 'next' then
@@ -28,7 +30,7 @@ if ARGV[3] == 'next' then
     'score', score, 'progress', 0, 'token', '', 'updated_at', now, 'separated_at', now,
     'error_code', '', 'error_message', '')
   redis.call('ZADD', KEYS[3], score, ARGV[1])
-  redis.call('PUBLISH', ARGV[6], '1')
+  wake(KEYS[5], ARGV[6], now)
 else
   redis.call('HSET', KEYS[2], 'progress', 100)
   finish(KEYS[2], ARGV[7], ARGV[5], now)

@@ -19,7 +19,6 @@ end
 for _, k in ipairs({KEYS[1], KEYS[3], KEYS[4], KEYS[6]}) do
   redis.call('ZREM', k, ARGV[1])
 end
-redis.call('HSET', KEYS[7], 'cancel_requested', '1', 'error_code', 'cancelled',
-  'error_message', 'cancelled by the client')
-finish(KEYS[7], 'cancelled', ARGV[2], now)
+redis.call('HSET', KEYS[7], 'cancel_requested', '1')
+cancelled(KEYS[7], ARGV[2], now)
 return {'cancelled'}

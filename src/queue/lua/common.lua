@@ -1,8 +1,12 @@
 -- Shared helpers, prepended to every script by the Rust side (see queue/scripts.rs).
 -- Time comes from the Redis server so that every machine agrees on it.
+local _now_s, _now_us
 local function now_parts()
-  local t = redis.call('TIME')
-  return tonumber(t[1]), tonumber(t[2])
+  if not _now_s then
+    local t = redis.call('TIME')
+    _now_s, _now_us = tonumber(t[1]), tonumber(t[2])
+  end
+  return _now_s, _now_us
 end
 local function now_ms()
   local s, us = now_parts()
@@ -28,5 +32,15 @@ local function finish(rec, status, retention_ms, now)
   redis.call('HSET', rec, 'status', status, 'finished_at', now, 'updated_at', now, 'token', '')
   if tonumber(retention_ms) > 0 then
     redis.call('PEXPIRE', rec, retention_ms)
+  end
+end
+local function cancelled(rec, retention_ms, now)
+  redis.call('HSET', rec, 'error_code', 'cancelled', 'error_message', 'cancelled by the client')
+  finish(rec, 'cancelled', retention_ms, now)
+end
+-- Wake idle claimers of a stage, if any is waiting (their registrations expire by themselves).
+local function wake(waiting_key, channel, now)
+  if redis.call('ZCOUNT', waiting_key, now, '+inf') > 0 then
+    redis.call('PUBLISH', channel, '1')
   end
 end

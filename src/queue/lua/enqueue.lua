@@ -3,6 +3,7 @@
 -- KEYS[2] task record (hash)
 -- KEYS[3] enqueue clock (string)
 -- KEYS[4] idempotency key (string -> task id); the record key again when there is none
+-- KEYS[5] idle claimers of the stage (ZSet, score = registration deadline ms)
 -- ARGV[1] task id
 -- ARGV[2] priority (1-5)
 -- ARGV[3] request JSON
@@ -31,5 +32,5 @@ redis.call('HSET', KEYS[2],
   'created_at', now, 'updated_at', now, 'queued_at', now, 'progress', 0)
 redis.call('ZADD', KEYS[1], score, ARGV[1])
 if idem then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[5]) end
-redis.call('PUBLISH', ARGV[7], '1')
+wake(KEYS[5], ARGV[7], now)
 return {'created', ARGV[1], score}

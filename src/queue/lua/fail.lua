@@ -19,7 +19,7 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 local now = now_ms()
 redis.call('HSET', KEYS[4], 'error_code', ARGV[3], 'error_message', ARGV[4], 'updated_at', now)
 if redis.call('HGET', KEYS[4], 'cancel_requested') == '1' then
-  finish(KEYS[4], 'cancelled', ARGV[7], now)
+  cancelled(KEYS[4], ARGV[7], now)
   return 'cancelled'
 end
 local attempts = tonumber(redis.call('HGET', KEYS[4], 'attempts') or '0')

@@ -18,7 +18,7 @@ local worker = redis.call('HGET', KEYS[4], 'worker') or '?'
 redis.call('HSET', KEYS[4], 'error_code', 'lease_expired',
   'error_message', 'worker ' .. worker .. ' stopped renewing its lease', 'updated_at', now)
 if redis.call('HGET', KEYS[4], 'cancel_requested') == '1' then
-  finish(KEYS[4], 'cancelled', ARGV[3], now)
+  cancelled(KEYS[4], ARGV[3], now)
   return 'cancelled'
 end
 local attempts = tonumber(redis.call('HGET', KEYS[4], 'attempts') or '0')

@@ -1,0 +1,393 @@
+//! Route table and handlers.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::actors::intake::Submit;
+use crate::actors::scheduler::{Cancel, GetTask, Info, LiveWorkers, Stats};
+use crate::queue::CancelOutcome;
+use crate::task::{TaskId, TaskRecord};
+
+/// The OpenAPI document.
+pub const OPENAPI: &str = include_str!("openapi.json");
+const DOCS: &str = include_str!("docs.html");
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/generate", web::post().to(generate))
+        .route("/tasks/{id}", web::get().to(get_task))
+        .route("/tasks/{id}", web::delete().to(cancel_task))
+        .route("/queue", web::get().to(queue_stats))
+        .route("/models", web::get().to(models))
+        .route("/health", web::get().to(health))
+        .route("/livez", web::get().to(livez))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi))
+        .route("/docs", web::get().to(docs))
+        .route("/", web::get().to(index))
+        .default_service(web::to(not_found));
+}
+
+fn authenticate<'a>(req: &HttpRequest, st: &'a AppState) -> Result<&'a str, ApiError> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    st.credentials
+        .verify(header)
+        .ok_or_else(ApiError::unauthorized)
+}
+
+fn unavailable(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{what} is unavailable; retry later"),
+    )
+    .retry_after(Duration::from_secs(2))
+}
+
+/// Reads the body, enforcing the content type and the size limit.
+async fn json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(512).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_body",
+                format!("could not read the body: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+async fn generate(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let user = authenticate(&req, &st)?.to_string();
+    let body = json_body(&req, payload, st.max_request_bytes).await?;
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be visible ASCII",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let accepted = st
+        .intake
+        .send(Submit {
+            user,
+            body,
+            idempotency_key,
+        })
+        .await
+        .map_err(|_| unavailable("the intake"))??;
+    let location = format!("/tasks/{}", accepted.id);
+    let model = accepted
+        .request
+        .model
+        .clone()
+        .unwrap_or_else(|| st.catalog.default.clone());
+    let mut body = json!({
+        "task_id": accepted.id,
+        "status": "queued",
+        "priority": accepted.request.priority,
+        "model": model,
+        "created": accepted.created,
+        "message": "task queued",
+        "links": {"self": location},
+    });
+    let mut resp = HttpResponse::Accepted();
+    if !accepted.created {
+        // A replay: report where the task is now.
+        if let Ok((rec, _)) = st.scheduler.ask(GetTask(accepted.id.clone())).await {
+            body["status"] = json!(rec.status);
+            body["priority"] = json!(rec.request.priority);
+            body["model"] = json!(
+                rec.request
+                    .model
+                    .unwrap_or_else(|| st.catalog.default.clone())
+            );
+        }
+        body["message"] = json!("task already submitted with this Idempotency-Key");
+        resp.insert_header(("Idempotency-Replayed", "true"));
+    }
+    Ok(resp.insert_header((header::LOCATION, location)).json(body))
+}
+
+fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
+    raw.parse().map_err(|_| ApiError::task_not_found(raw))
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The public view of a task.
+pub fn task_json(rec: &TaskRecord, position: Option<u64>) -> Value {
+    // The last error, unless the task got past it and succeeded.
+    let error = match &rec.error_code {
+        Some(code) if rec.status != crate::task::Status::Succeeded => {
+            json!({"code": code, "message": rec.error_message})
+        }
+        _ => Value::Null,
+    };
+    let webhook: Value = rec
+        .extra
+        .get("webhook_log")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Array(vec![]));
+    json!({
+        "task_id": rec.id,
+        "status": rec.status,
+        "stage": rec.stage,
+        "priority": rec.request.priority,
+        "position": position,
+        "progress": rec.progress,
+        "attempts": rec.attempts,
+        "max_attempts": rec.max_attempts,
+        "worker": rec.worker,
+        "cancel_requested": rec.cancel_requested,
+        "created_at": rfc3339(rec.created_at_ms),
+        "updated_at": rfc3339(rec.updated_at_ms),
+        "started_at": rec.started_at_ms.map(rfc3339),
+        "finished_at": rec.finished_at_ms.map(rfc3339),
+        "error": error,
+        "result": rec.result,
+        "webhook_deliveries": webhook,
+        "request": {
+            "audio": rec.request.audio,
+            "hook_url": rec.request.hook_url,
+            "model": rec.request.model,
+            "stems": rec.request.stems,
+            "output_format": rec.request.output_format,
+        },
+    })
+}
+
+async fn get_task(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &st)?;
+    let id = parse_id(&path)?;
+    let (rec, position) = st.scheduler.ask(GetTask(id)).await?;
+    Ok(HttpResponse::Ok().json(task_json(&rec, position)))
+}
+
+async fn cancel_task(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &st)?;
+    let id = parse_id(&path)?;
+    let outcome = st.scheduler.ask(Cancel(id.clone())).await?;
+    let (status, message) = match outcome {
+        CancelOutcome::Cancelled => ("cancelled", "task cancelled"),
+        CancelOutcome::Requested => (
+            "cancel_requested",
+            "task is running; it stops at its next checkpoint",
+        ),
+    };
+    Ok(HttpResponse::Accepted().json(json!({"task_id": id, "status": status, "message": message})))
+}
+
+async fn queue_stats(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &st)?;
+    let stats = st.scheduler.ask(Stats).await?;
+    Ok(HttpResponse::Ok().json(stats))
+}
+
+async fn models(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &st)?;
+    Ok(HttpResponse::Ok().json(&*st.catalog))
+}
+
+/// Live workers are those with a heartbeat within this window.
+const WORKER_WINDOW: Duration = Duration::from_secs(60);
+
+async fn health(st: web::Data<AppState>) -> HttpResponse {
+    let (info, stats, workers) = tokio::join!(
+        st.scheduler.ask(Info),
+        st.scheduler.ask(Stats),
+        st.scheduler.ask(LiveWorkers(WORKER_WINDOW)),
+    );
+    let ready = st.ready.load(std::sync::atomic::Ordering::SeqCst);
+    let redis = match &info {
+        Ok(i) => json!({
+            "status": "ok",
+            "reachable": true,
+            "latency_ms": i.latency_ms,
+            "version": i.version,
+            "persistence": i.persistence,
+            "used_memory_bytes": i.used_memory_bytes,
+        }),
+        Err(e) => json!({
+            "status": "unavailable",
+            "reachable": false,
+            "error": e.to_string(),
+        }),
+    };
+    crate::metrics::redis_up(info.is_ok());
+    let healthy = info.is_ok() && ready;
+    let body = json!({
+        "status": if healthy { "ok" } else if ready { "unavailable" } else { "shutting_down" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": st.started.elapsed().as_secs(),
+        "redis": redis,
+        "queues": stats.ok(),
+        "workers": workers.ok().map(|ws| ws.into_iter().map(|(id, age)| json!({"id": id, "last_seen_seconds": (age * 10.0).round() / 10.0})).collect::<Vec<_>>()),
+        "models": &*st.catalog,
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(body)
+}
+
+async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(st: web::Data<AppState>) -> HttpResponse {
+    let ready = st.ready.load(std::sync::atomic::Ordering::SeqCst);
+    let redis = st.scheduler.health().is_healthy();
+    let body = json!({"ready": ready && redis, "accepting": ready, "redis": redis});
+    if ready && redis {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(st: web::Data<AppState>) -> HttpResponse {
+    // Refresh the queue gauges; a Redis outage shows as uvr_redis_up 0, not as an error.
+    let up = st.scheduler.ask(Stats).await.is_ok();
+    crate::metrics::redis_up(up);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(st.metrics.render())
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(OPENAPI)
+}
+
+async fn docs() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::html())
+        .body(DOCS)
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "service": "uvr",
+        "version": env!("CARGO_PKG_VERSION"),
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "health": "/health",
+    }))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let known = [
+        "/generate",
+        "/queue",
+        "/models",
+        "/health",
+        "/livez",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/",
+    ];
+    let path = req.path();
+    let task_path = path
+        .strip_prefix("/tasks/")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+    Err(if known.contains(&path) || task_path {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {path}", req.method()),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route {path}"),
+        )
+    })
+}

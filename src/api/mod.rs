@@ -1,0 +1,258 @@
+//! The HTTP API (actix-web): the seed's `POST /generate`, `GET /health` and `GET /metrics`,
+//! then task status and cancel, queue statistics, models, probes and the OpenAPI document.
+//!
+//! Handlers are thin: request policy lives in the Intake actor, queue access in the
+//! Scheduler actor. This module owns transport concerns only: authentication, content type,
+//! body size, JSON syntax, status codes and the shutdown story (readiness turns unhealthy
+//! first, then the server stops accepting and drains).
+
+mod auth;
+mod error;
+mod handlers;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_web::dev::{Server, ServerHandle, Service};
+use actix_web::{App, HttpServer, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::actors::intake::{Intake, IntakeConfig};
+use crate::actors::scheduler::SchedulerHandle;
+use crate::config::{ConfigError, Env};
+use crate::models::Catalog;
+use crate::net::UrlPolicy;
+use crate::task::Priority;
+
+pub use auth::Credentials;
+pub use error::ApiError;
+
+/// API settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Listen address (`API_HOST`, default 127.0.0.1).
+    pub host: String,
+    /// Listen port (`API_PORT`, default 8000; 0 picks a free one).
+    pub port: u16,
+    /// HTTP worker threads (`API_WORKERS`, default: the number of CPUs).
+    pub workers: usize,
+    /// Basic-auth credentials (`API_USERNAME` / `API_PASSWORD`).
+    pub credentials: Credentials,
+    /// Largest accepted request body (`MAX_REQUEST_BYTES`, default 64 KiB).
+    pub max_request_bytes: usize,
+    /// How long readiness reports unhealthy before the server stops accepting
+    /// (`SHUTDOWN_GRACE_SECONDS`, default 2).
+    pub shutdown_grace: Duration,
+    /// How long in-flight requests get to finish on shutdown (`SHUTDOWN_TIMEOUT_SECONDS`, default 30).
+    pub shutdown_timeout: Duration,
+    /// Intake policy (URL rules, rate limit, backpressure, models).
+    pub intake: IntakeConfig,
+}
+
+impl ApiConfig {
+    /// Reads the API settings; `catalog` is the installed model catalogue.
+    pub fn from_env(
+        env: &Env,
+        default_priority: Priority,
+        catalog: Arc<Catalog>,
+    ) -> Result<Self, ConfigError> {
+        let password = env.get("API_PASSWORD").ok_or(ConfigError::Invalid {
+            var: "API_PASSWORD",
+            value: String::new(),
+            reason: "must be set (the password of POST /generate's HTTP Basic auth)".into(),
+        })?;
+        let username = env.string("API_USERNAME", "admin");
+        if username.contains(':') {
+            return Err(ConfigError::Invalid {
+                var: "API_USERNAME",
+                value: username,
+                reason: "must not contain ':'".into(),
+            });
+        }
+        let rate: f64 = env.parse("RATE_LIMIT_PER_SECOND", 100.0)?;
+        let burst: f64 = env.parse("RATE_LIMIT_BURST", 200.0)?;
+        for (var, v) in [("RATE_LIMIT_PER_SECOND", rate), ("RATE_LIMIT_BURST", burst)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(ConfigError::Invalid {
+                    var,
+                    value: v.to_string(),
+                    reason: "expected a non-negative number".into(),
+                });
+            }
+        }
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Self {
+            host: env.string("API_HOST", "127.0.0.1"),
+            port: env.ranged("API_PORT", 8000, 0..=65535)?,
+            workers: env.ranged("API_WORKERS", cpus, 1..=256)?,
+            credentials: Credentials::new(&username, password),
+            max_request_bytes: env.ranged("MAX_REQUEST_BYTES", 65536, 1024..=16 << 20)?,
+            shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", Duration::from_secs(2))?,
+            shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_SECONDS", Duration::from_secs(30))?,
+            intake: IntakeConfig {
+                default_priority,
+                url_policy: UrlPolicy {
+                    allow_private: env.boolean("ALLOW_PRIVATE_NETWORKS", false)?,
+                },
+                rate_per_second: rate,
+                rate_burst: burst,
+                max_queue_depth: env.parse("MAX_QUEUE_DEPTH", 100_000u64)?,
+                catalog,
+            },
+        })
+    }
+}
+
+impl ApiConfig {
+    /// The configured user name (the password is never exposed).
+    pub fn credentials_user(&self) -> &str {
+        self.credentials.username()
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    intake: Addr<Intake>,
+    scheduler: SchedulerHandle,
+    metrics: PrometheusHandle,
+    credentials: Credentials,
+    catalog: Arc<Catalog>,
+    ready: Arc<AtomicBool>,
+    max_request_bytes: usize,
+    started: Instant,
+}
+
+/// A running API server.
+pub struct ApiServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The server future; await it (or spawn it) to run the server.
+    pub server: Server,
+    ready: Arc<AtomicBool>,
+    grace: Duration,
+}
+
+impl ApiServer {
+    /// Binds the listener and builds the server; it starts serving once `server` is polled.
+    pub fn bind(cfg: &ApiConfig, scheduler: SchedulerHandle) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))?;
+        let addr = listener.local_addr()?;
+        let intake = actix::Supervisor::start({
+            let intake_cfg = cfg.intake.clone();
+            let scheduler = scheduler.clone();
+            move |_| Intake::new(intake_cfg, scheduler)
+        });
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = AppState {
+            intake,
+            scheduler,
+            metrics: crate::metrics::install(),
+            credentials: cfg.credentials.clone(),
+            catalog: cfg.intake.catalog.clone(),
+            ready: ready.clone(),
+            max_request_bytes: cfg.max_request_bytes,
+            started: Instant::now(),
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .wrap_fn(|req, srv| {
+                    let start = Instant::now();
+                    let method = method_label(req.method());
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await?;
+                        let route = route_label(res.request().match_pattern());
+                        crate::metrics::http_request(
+                            route,
+                            method,
+                            res.status().as_u16(),
+                            start.elapsed().as_secs_f64(),
+                        );
+                        Ok(res)
+                    }
+                })
+                .configure(handlers::routes)
+        })
+        .workers(cfg.workers)
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
+        .listen(listener)?
+        .run();
+        Ok(Self {
+            addr,
+            server,
+            ready,
+            grace: cfg.shutdown_grace,
+        })
+    }
+
+    /// A handle that shuts the server down gracefully: readiness turns unhealthy, the grace
+    /// period lets load balancers notice, then the server stops accepting and drains.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            server: self.server.handle(),
+            ready: self.ready.clone(),
+            grace: self.grace,
+        }
+    }
+}
+
+/// Stops an [`ApiServer`].
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    server: ServerHandle,
+    ready: Arc<AtomicBool>,
+    grace: Duration,
+}
+
+impl ShutdownHandle {
+    /// Graceful: readiness off, wait the grace period, stop accepting, drain in-flight requests.
+    pub async fn graceful(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        tokio::time::sleep(self.grace).await;
+        self.server.stop(true).await;
+    }
+
+    /// Immediate: drop connections now.
+    pub async fn immediate(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        self.server.stop(false).await;
+    }
+}
+
+/// Bounded method label for metrics.
+fn method_label(m: &actix_web::http::Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "PUT" => "PUT",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Bounded route label for metrics: the matched template, never the raw path.
+fn route_label(pattern: Option<String>) -> &'static str {
+    match pattern.as_deref() {
+        Some("/generate") => "/generate",
+        Some("/tasks/{id}") => "/tasks/{id}",
+        Some("/queue") => "/queue",
+        Some("/models") => "/models",
+        Some("/health") => "/health",
+        Some("/livez") => "/livez",
+        Some("/readyz") => "/readyz",
+        Some("/metrics") => "/metrics",
+        Some("/openapi.json") => "/openapi.json",
+        Some("/docs") => "/docs",
+        Some("/") => "/",
+        _ => "unmatched",
+    }
+}

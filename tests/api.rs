@@ -1,0 +1,681 @@
+//! The HTTP API, started for real on port 0 against a throwaway Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PASSWORD, USER, seed_body, spawn_app};
+use serde_json::{Value, json};
+
+async fn error_of(resp: reqwest::Response) -> (u16, String, Value) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (status, code, body)
+}
+
+#[actix_rt::test]
+async fn the_seeds_request_is_accepted_and_queued() {
+    let app = spawn_app(&[]);
+    let resp = app.generate(&seed_body(5)).await;
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let body: Value = resp.json().await.unwrap();
+    let id = body["task_id"].as_str().unwrap();
+    assert_eq!(location, format!("/tasks/{id}"));
+    assert_eq!(body["status"], "queued");
+    assert_eq!(body["priority"], 5);
+    assert_eq!(body["model"], "dsp-centre");
+
+    let task: Value = app.get(&location).await.json().await.unwrap();
+    assert_eq!(task["task_id"], id);
+    assert_eq!(task["status"], "queued");
+    assert_eq!(task["priority"], 5);
+    assert_eq!(task["position"], 0);
+    assert_eq!(task["progress"], 0);
+    assert_eq!(task["attempts"], 0);
+    assert_eq!(task["request"]["audio"], "https://93.184.215.14/audio.wav");
+    assert!(task["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(app.stored_tasks(), (1, 1));
+    // The seed's monitoring commands see it.
+    let zrange = app
+        .redis
+        .cli(&["ZRANGE", "uvr_tasks", "0", "-1", "WITHSCORES"])
+        .unwrap();
+    assert!(zrange.contains(id));
+}
+
+#[actix_rt::test]
+async fn priority_defaults_to_default_priority_and_positions_follow_priority() {
+    let app = spawn_app(&[("DEFAULT_PRIORITY", "2")]);
+    let mut body = seed_body(1);
+    body.as_object_mut().unwrap().remove("priority");
+    let low: Value = app.generate(&body).await.json().await.unwrap();
+    assert_eq!(low["priority"], 2);
+    let high: Value = app.generate(&seed_body(5)).await.json().await.unwrap();
+    let t: Value = app
+        .get(&format!("/tasks/{}", low["task_id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["position"], 1, "the priority-5 task went ahead");
+    let t: Value = app
+        .get(&format!("/tasks/{}", high["task_id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["position"], 0);
+}
+
+#[actix_rt::test]
+async fn bad_input_gets_a_stable_code_and_nothing_is_enqueued() {
+    let app = spawn_app(&[]);
+    let url = format!("{}/generate", app.base);
+    let post_raw = |ct: &'static str, body: Vec<u8>| {
+        app.client
+            .post(&url)
+            .basic_auth(USER, Some(PASSWORD))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(&str, reqwest::Response, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            post_raw("application/json", b"{\"audio\": ".to_vec())
+                .await
+                .unwrap(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "empty body",
+            post_raw("application/json", vec![]).await.unwrap(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "wrong content type",
+            post_raw("text/plain", serde_json::to_vec(&seed_body(3)).unwrap())
+                .await
+                .unwrap(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "form body",
+            post_raw("application/x-www-form-urlencoded", b"audio=x".to_vec())
+                .await
+                .unwrap(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "huge body",
+            post_raw("application/json", vec![b' '; 200_000])
+                .await
+                .unwrap(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "JSON array",
+            post_raw("application/json", b"[1,2]".to_vec())
+                .await
+                .unwrap(),
+            422,
+            "invalid_body",
+        ),
+    ];
+    for (name, resp, status, code) in cases {
+        let (s, c, body) = error_of(resp).await;
+        assert_eq!((s, c.as_str()), (status, code), "{name}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}"
+        );
+    }
+    let field_cases = [
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "priority": 0}),
+            "priority",
+            "out_of_range",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "priority": 6}),
+            "priority",
+            "out_of_range",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "priority": -1}),
+            "priority",
+            "out_of_range",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "priority": "5"}),
+            "priority",
+            "invalid_type",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "priority": 2.5}),
+            "priority",
+            "invalid_type",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "priority": true}),
+            "priority",
+            "invalid_type",
+        ),
+        (
+            json!({"hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "missing_field",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav"}),
+            "hook_url",
+            "missing_field",
+        ),
+        (
+            json!({"audio": 42, "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "invalid_type",
+        ),
+        (
+            json!({"audio": "file:///etc/passwd", "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "unsupported_scheme",
+        ),
+        (
+            json!({"audio": "ftp://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "unsupported_scheme",
+        ),
+        (
+            json!({"audio": "not a url", "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "invalid_url",
+        ),
+        (
+            json!({"audio": "http://127.0.0.1/a.wav", "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "private_address",
+        ),
+        (
+            json!({"audio": "http://localhost:8000/a.wav", "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "private_address",
+        ),
+        (
+            json!({"audio": "http://169.254.169.254/latest/meta-data/", "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "private_address",
+        ),
+        (
+            json!({"audio": "http://[::ffff:127.0.0.1]/a.wav", "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "private_address",
+        ),
+        (
+            json!({"audio": "http://2130706433/a.wav", "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "private_address",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "http://10.0.0.7/hook"}),
+            "hook_url",
+            "private_address",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "http://100.64.1.1/hook"}),
+            "hook_url",
+            "private_address",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "model": "nope"}),
+            "model",
+            "unknown_model",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "stems": ["drums"]}),
+            "stems",
+            "unknown_stem",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "stems": []}),
+            "stems",
+            "out_of_range",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "stems": "vocals"}),
+            "stems",
+            "invalid_type",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "output_format": "mp3"}),
+            "output_format",
+            "unsupported_format",
+        ),
+        (
+            json!({"audio": format!("https://93.184.215.14/{}", "a".repeat(5000)), "hook_url": "https://93.184.215.14/h"}),
+            "audio",
+            "field_too_long",
+        ),
+    ];
+    for (body, field, code) in field_cases {
+        let (s, c, resp) = error_of(app.generate(&body).await).await;
+        assert_eq!((s, c.as_str()), (422, code), "{body}: {resp}");
+        assert_eq!(resp["error"]["field"], field, "{body}");
+    }
+    assert_eq!(
+        app.stored_tasks(),
+        (0, 0),
+        "nothing enqueued for rejected requests"
+    );
+    // Valid optional fields are accepted and stored normalised.
+    let ok = json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h",
+        "model": "dsp-centre", "stems": ["vocals", "vocals"], "output_format": "WAV24"});
+    let body: Value = app.generate(&ok).await.json().await.unwrap();
+    let t: Value = app
+        .get(&format!("/tasks/{}", body["task_id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["request"]["stems"], json!(["vocals"]));
+    assert_eq!(t["request"]["output_format"], "wav24");
+}
+
+#[actix_rt::test]
+async fn private_targets_are_allowed_when_configured() {
+    let app = spawn_app(&[("ALLOW_PRIVATE_NETWORKS", "true")]);
+    let body = json!({"audio": "http://127.0.0.1:9/a.wav", "hook_url": "http://localhost:9/h"});
+    assert_eq!(app.generate(&body).await.status(), 202);
+    let body = json!({"audio": "file:///etc/passwd", "hook_url": "http://localhost:9/h"});
+    assert_eq!(
+        error_of(app.generate(&body).await).await.1,
+        "unsupported_scheme"
+    );
+}
+
+#[actix_rt::test]
+async fn authentication_is_required_and_checked() {
+    let app = spawn_app(&[]);
+    let url = format!("{}/generate", app.base);
+    let none = app
+        .client
+        .post(&url)
+        .json(&seed_body(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401);
+    assert!(
+        none.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    assert_eq!(error_of(none).await.1, "unauthorized");
+    for (u, p) in [(USER, "wrong"), ("root", PASSWORD), ("", "")] {
+        let resp = app
+            .client
+            .post(&url)
+            .basic_auth(u, Some(p))
+            .json(&seed_body(3))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{u}:{p}");
+    }
+    let bearer = app
+        .client
+        .post(&url)
+        .bearer_auth(PASSWORD)
+        .json(&seed_body(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 401);
+    for path in [
+        "/queue",
+        "/models",
+        "/tasks/0190a2b4-0000-7000-8000-000000000000",
+    ] {
+        let resp = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+    }
+    assert_eq!(app.stored_tasks(), (0, 0));
+}
+
+#[actix_rt::test]
+async fn idempotency_key_returns_the_same_task() {
+    let app = spawn_app(&[]);
+    let send = |key: &'static str| {
+        app.client
+            .post(format!("{}/generate", app.base))
+            .basic_auth(USER, Some(PASSWORD))
+            .header("Idempotency-Key", key)
+            .json(&seed_body(4))
+            .send()
+    };
+    let first = send("order-1").await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotency-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let again = send("order-1").await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotency-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first["task_id"], again["task_id"]);
+    assert_eq!(again["created"], false);
+    let other: Value = send("order-2").await.unwrap().json().await.unwrap();
+    assert_ne!(first["task_id"], other["task_id"]);
+    assert_eq!(app.stored_tasks(), (2, 2));
+}
+
+#[actix_rt::test]
+async fn cancel_and_unknown_tasks() {
+    let app = spawn_app(&[]);
+    let body: Value = app.generate(&seed_body(3)).await.json().await.unwrap();
+    let path = format!("/tasks/{}", body["task_id"].as_str().unwrap());
+    let resp = app.delete(&path).await;
+    assert_eq!(resp.status(), 202);
+    let resp: Value = resp.json().await.unwrap();
+    assert_eq!(resp["status"], "cancelled");
+    let t: Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!(t["status"], "cancelled");
+    assert!(t["finished_at"].is_string());
+    assert_eq!(app.stored_tasks().0, 0, "removed from the queue");
+    let (s, code, _) = error_of(app.delete(&path).await).await;
+    assert_eq!((s, code.as_str()), (409, "task_finished"));
+    let missing = "/tasks/0190a2b4-0000-7000-8000-000000000000";
+    assert_eq!(error_of(app.get(missing).await).await.1, "task_not_found");
+    assert_eq!(error_of(app.delete(missing).await).await.0, 404);
+    assert_eq!(
+        error_of(app.get("/tasks/../../etc/passwd").await).await.0,
+        404
+    );
+    assert_eq!(
+        error_of(app.get("/tasks/not-an-id").await).await.1,
+        "task_not_found"
+    );
+}
+
+#[actix_rt::test]
+async fn queue_statistics_per_stage_and_priority() {
+    let app = spawn_app(&[]);
+    for p in [1, 5, 5, 3] {
+        assert_eq!(app.generate(&seed_body(p)).await.status(), 202);
+    }
+    let stats: Value = app.get("/queue").await.json().await.unwrap();
+    assert_eq!(stats["separate"]["queue"], "uvr_tasks");
+    assert_eq!(stats["separate"]["waiting"], 4);
+    assert_eq!(stats["separate"]["waiting_by_priority"]["5"], 2);
+    assert_eq!(stats["separate"]["waiting_by_priority"]["1"], 1);
+    assert_eq!(stats["deliver"]["queue"], "uvr_results");
+    assert_eq!(stats["deliver"]["waiting"], 0);
+    let models: Value = app.get("/models").await.json().await.unwrap();
+    assert_eq!(models["default"], "dsp-centre");
+}
+
+#[actix_rt::test]
+async fn health_reports_redis_and_turns_503_when_redis_is_down() {
+    let mut app = spawn_app(&[]);
+    let resp = app
+        .client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h: Value = resp.json().await.unwrap();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["redis"]["reachable"], true);
+    assert!(
+        h["redis"]["version"].as_str().unwrap().starts_with('7')
+            || h["redis"]["version"].as_str().is_some()
+    );
+    assert_eq!(h["redis"]["persistence"], "none");
+    assert!(h["redis"]["latency_ms"].as_f64().is_some());
+    assert_eq!(h["queues"]["separate"]["waiting"], 0);
+    assert!(h["workers"].is_array());
+    assert_eq!(h["models"]["default"], "dsp-centre");
+
+    app.redis.kill();
+    let resp = app
+        .client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let h: Value = resp.json().await.unwrap();
+    assert_eq!(h["redis"]["reachable"], false);
+    assert!(h["redis"]["error"].is_string());
+    let resp = app.generate(&seed_body(3)).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(error_of(resp).await.1, "queue_unavailable");
+    assert_eq!(
+        app.client
+            .get(format!("{}/livez", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let health = app.scheduler.health().clone();
+    assert!(common::eventually(Duration::from_secs(5), || async { !health.is_healthy() }).await);
+    assert_eq!(
+        app.client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+
+    app.redis.restart();
+    let base = app.base.clone();
+    let client = app.client.clone();
+    assert!(
+        common::eventually(Duration::from_secs(15), || {
+            let (c, b) = (client.clone(), base.clone());
+            async move {
+                c.get(format!("{b}/health"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await,
+        "healthy again after Redis comes back"
+    );
+    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
+}
+
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[actix_rt::test]
+async fn metrics_parse_and_counters_move() {
+    let app = spawn_app(&[]);
+    let scrape = || async {
+        app.client
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = scrape().await;
+    let accepted = |t: &str| {
+        metric(
+            t,
+            "uvr_http_requests_total",
+            &[("route", "/generate"), ("status", "202")],
+        )
+    };
+    let enq5 = |t: &str| metric(t, "uvr_tasks_enqueued_total", &[("priority", "5")]);
+    let rejected = |t: &str| metric(t, "uvr_tasks_rejected_total", &[("code", "out_of_range")]);
+    assert_eq!(app.generate(&seed_body(5)).await.status(), 202);
+    assert_eq!(app.generate(&seed_body(5)).await.status(), 202);
+    assert_eq!(app.generate(&seed_body(9)).await.status(), 422);
+    let after = scrape().await;
+    assert_eq!(accepted(&after) - accepted(&before), 2.0);
+    assert_eq!(enq5(&after) - enq5(&before), 2.0);
+    assert_eq!(rejected(&after) - rejected(&before), 1.0);
+    // Every sample line parses: name{labels} value.
+    for line in after
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        assert!(line.starts_with("uvr_"), "{line}");
+    }
+    assert!(after.contains("# HELP uvr_http_request_duration_seconds"));
+    assert!(
+        metric(
+            &after,
+            "uvr_queue_depth",
+            &[("stage", "separate"), ("priority", "5")]
+        ) >= 0.0
+    );
+    assert!(after.contains("uvr_http_request_duration_seconds_bucket"));
+    assert!(!after.contains("/tasks/0"), "no ids in labels");
+}
+
+#[actix_rt::test]
+async fn rate_limit_per_credential_answers_429_with_retry_after() {
+    let app = spawn_app(&[("RATE_LIMIT_PER_SECOND", "0.5"), ("RATE_LIMIT_BURST", "2")]);
+    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
+    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
+    let resp = app.generate(&seed_body(3)).await;
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry));
+    assert_eq!(error_of(resp).await.1, "rate_limited");
+    assert_eq!(app.stored_tasks(), (2, 2));
+}
+
+#[actix_rt::test]
+async fn backpressure_answers_503_beyond_max_queue_depth() {
+    let app = spawn_app(&[("MAX_QUEUE_DEPTH", "2")]);
+    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
+    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
+    let resp = app.generate(&seed_body(5)).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(error_of(resp).await.1, "queue_full");
+    assert_eq!(app.stored_tasks(), (2, 2));
+}
+
+#[actix_rt::test]
+async fn openapi_docs_and_unknown_routes() {
+    let app = spawn_app(&[]);
+    let doc: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/generate",
+        "/tasks/{id}",
+        "/queue",
+        "/models",
+        "/health",
+        "/livez",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+    let docs = app
+        .client
+        .get(format!("{}/docs", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        docs.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let (s, code, _) = error_of(
+        app.client
+            .get(format!("{}/nope", app.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, code.as_str()), (404, "not_found"));
+    let (s, code, _) = error_of(app.get("/generate").await).await;
+    assert_eq!((s, code.as_str()), (405, "method_not_allowed"));
+}
+
+#[actix_rt::test]
+async fn shutdown_turns_readiness_off_before_it_stops_accepting() {
+    let app = spawn_app(&[("SHUTDOWN_GRACE_SECONDS", "1")]);
+    let readyz = format!("{}/readyz", app.base);
+    let client = app.client.clone();
+    let url = readyz.clone();
+    assert!(
+        common::eventually(Duration::from_secs(5), || {
+            let (c, u) = (client.clone(), url.clone());
+            async move { c.get(u).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await,
+        "ready once Redis has answered"
+    );
+    let shutdown = app.shutdown.clone();
+    let stopping = actix_rt::spawn(async move { shutdown.graceful().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = app.client.get(&readyz).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "not ready while draining");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["accepting"], false);
+    stopping.await.unwrap();
+    assert!(
+        app.client.get(&readyz).send().await.is_err(),
+        "stopped accepting"
+    );
+}

@@ -23,7 +23,7 @@ fmt:
 ## check: what CI runs
 check: lint test
 
-## bench: queue benchmark beside redis-benchmark (release build)
+## bench: queue benchmark beside redis-benchmark (release build); bench-api: wrk on POST /generate
 bench: deps
 	$(CARGO) bench --locked --bench queue
 
@@ -32,3 +32,6 @@ build:
 
 release:
 	$(CARGO) build --locked --release --bins
+
+bench-api: deps
+	./benches/api.sh

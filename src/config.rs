@@ -197,8 +197,11 @@ pub struct QueueConfig {
     pub default_priority: Priority,
     /// How long a claim is valid without a heartbeat (`LEASE_SECONDS`, default 30).
     pub lease: Duration,
-    /// Attempts per stage before a task is dead-lettered (`MAX_ATTEMPTS`, default 5).
+    /// Separation attempts before a task is dead-lettered (`MAX_ATTEMPTS`, default 5).
     pub max_attempts: u32,
+    /// Delivery attempts (upload + webhook) of the deliver stage (`WEBHOOK_MAX_ATTEMPTS`,
+    /// default 15: with the backoff capped at `WEBHOOK_RETRY_MAX_SECONDS`, about six hours).
+    pub deliver_max_attempts: u32,
     /// First retry delay (`RETRY_BASE_SECONDS`, default 2); doubles per attempt, with jitter.
     pub retry_base: Duration,
     /// Upper bound of a retry delay (`RETRY_MAX_SECONDS`, default 600).
@@ -342,6 +345,7 @@ fn queue_config(env: &Env) -> Result<QueueConfig, ConfigError> {
         default_priority: Priority::new(default_priority).expect("range checked"),
         lease,
         max_attempts: env.ranged("MAX_ATTEMPTS", 5, 1..=1000)?,
+        deliver_max_attempts: env.ranged("WEBHOOK_MAX_ATTEMPTS", 15, 1..=1000)?,
         retry_base: env.seconds("RETRY_BASE_SECONDS", Duration::from_secs(2))?,
         retry_max: env.seconds("RETRY_MAX_SECONDS", Duration::from_secs(600))?,
         retention: env.seconds("RESULT_RETENTION_SECONDS", Duration::from_secs(7 * 86400))?,

@@ -21,19 +21,29 @@
 //! - [`actors`]: the actors; [`actors::scheduler`] is the sole owner of the queue,
 //!   [`actors::intake`] holds the request policy.
 //! - [`api`]: the HTTP API (actix-web): routes, authentication, errors, OpenAPI document.
+//! - [`audio`]: fetching audio (the URL policy again, at connect time), streaming decoding
+//!   to stereo 44.1 kHz, writing stems.
+//! - [`separation`]: the `Separator` trait and the built-in DSP separator.
+//! - [`pipeline`]: what processors and uploaders do with a task: download, separate and
+//!   stage stems; store them, sign links, call the signed webhook.
 //! - [`net`]: the address policy for user-supplied URLs (SSRF defence).
 //! - [`models`]: the catalogue of installed separation models.
+//! - [`supervise`]: the restart policies of the actors, in one place.
 //! - [`service`]: process assembly: roles, start-up and the shutdown story.
 //! - [`metrics`]: every Prometheus metric, `uvr_` prefixed.
 //! - [`telemetry`]: logging set-up for the binaries.
 
 pub mod actors;
 pub mod api;
+pub mod audio;
 pub mod config;
 pub mod metrics;
 pub mod models;
 pub mod net;
+pub mod pipeline;
 pub mod queue;
+pub mod separation;
 pub mod service;
+pub mod supervise;
 pub mod task;
 pub mod telemetry;

@@ -7,9 +7,13 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::actors::scheduler::SchedulerHandle;
+use crate::actors::separator::{Drain, SeparatorActor};
+use crate::actors::uploader::UploaderActor;
 use crate::api::{ApiConfig, ApiServer};
 use crate::config::{Config, ConfigError, Env};
 use crate::models::Catalog;
+use crate::pipeline::storage::Storage;
+use crate::pipeline::{ProcessorConfig, UploaderConfig};
 use crate::queue::Queue;
 
 /// The roles a process can host.
@@ -17,21 +21,29 @@ use crate::queue::Queue;
 pub enum Role {
     /// The HTTP API (Intake).
     Api,
+    /// The Separator: claims from `uvr_tasks`, separates, stages stems.
+    Processor,
+    /// The Uploader: claims from `uvr_results`, stores stems, calls webhooks.
+    Uploader,
 }
 
 impl Role {
     /// Parses `UVR_ROLES` (a comma list; default: all roles).
     pub fn parse_list(env: &Env) -> Result<Vec<Role>, ConfigError> {
-        let raw = env.string("UVR_ROLES", "api");
+        let raw = env.string("UVR_ROLES", "api,processor,uploader");
         let mut roles = Vec::new();
         for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let role = match part {
                 "api" => Role::Api,
+                "processor" => Role::Processor,
+                "uploader" => Role::Uploader,
                 _ => {
                     return Err(ConfigError::Invalid {
                         var: "UVR_ROLES",
                         value: raw.clone(),
-                        reason: format!("unknown role {part:?} (expected api)"),
+                        reason: format!(
+                            "unknown role {part:?} (expected api, processor, uploader)"
+                        ),
                     });
                 }
             };
@@ -72,15 +84,55 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         api = Some(server);
     }
 
+    let worker_id = worker_id();
+    let mut separator = None;
+    if roles.contains(&Role::Processor) {
+        let pcfg = ProcessorConfig::from_env(&env, &catalog.default, cfg.queue.lease)?;
+        std::fs::create_dir_all(&pcfg.staging_dir)
+            .with_context(|| format!("STAGING_DIR {}", pcfg.staging_dir.display()))?;
+        tracing::info!(staging = %pcfg.staging_dir.display(), concurrency = pcfg.concurrency,
+            model = %pcfg.default_model, "processor started");
+        separator = Some(
+            SeparatorActor::new(scheduler.clone(), pcfg, format!("{worker_id}-processor"))
+                .start_supervised(),
+        );
+    }
+    let mut uploader = None;
+    if roles.contains(&Role::Uploader) {
+        let ucfg = UploaderConfig::from_env(&env, &cfg.queue)?;
+        let storage = Storage::open(&ucfg.storage)?;
+        tracing::info!(storage = ?ucfg.storage, "uploader started");
+        uploader = Some(
+            UploaderActor::new(
+                scheduler.clone(),
+                ucfg,
+                storage,
+                format!("{worker_id}-uploader"),
+            )
+            .start_supervised(),
+        );
+    }
+
     let shutdown = api.as_ref().map(ApiServer::shutdown_handle);
     let server = api.map(|a| a.server);
     let signals = async {
         wait_for_signal().await;
         tracing::info!("shutting down: draining (send the signal again to stop at once)");
         let drain = async {
-            if let Some(s) = &shutdown {
-                s.graceful().await;
-            }
+            let workers = async {
+                if let Some(s) = &separator {
+                    let _ = s.send(Drain).await;
+                }
+                if let Some(u) = &uploader {
+                    let _ = u.send(Drain).await;
+                }
+            };
+            let api = async {
+                if let Some(s) = &shutdown {
+                    s.graceful().await;
+                }
+            };
+            tokio::join!(workers, api);
         };
         tokio::select! {
             _ = drain => {}
@@ -101,8 +153,18 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         }
         None => signals.await,
     }
+    let _ = (&separator, &uploader);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// This process's worker id: host name and pid.
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".into());
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 async fn wait_for_signal() {
@@ -113,4 +175,58 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// `uvr separate <file-or-url> [-o DIR] [--model NAME] [--format wav|wav24|wav32f]`: one-off
+/// local separation without Redis. Prints the JSON summary.
+pub async fn separate_command(args: &[String]) -> anyhow::Result<()> {
+    let mut input = None;
+    let mut out_dir = std::path::PathBuf::from(".");
+    let mut model = crate::models::BUILTIN_DSP.to_string();
+    let mut format = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" | "--output" => out_dir = it.next().context("-o needs a directory")?.into(),
+            "--model" => model = it.next().context("--model needs a name")?.clone(),
+            "--format" => format = Some(it.next().context("--format needs a value")?.clone()),
+            "-h" | "--help" => {
+                println!(
+                    "usage: uvr separate <file-or-url> [-o DIR] [--model NAME] [--format wav|wav24|wav32f]"
+                );
+                return Ok(());
+            }
+            other if input.is_none() => input = Some(other.to_string()),
+            other => anyhow::bail!("unexpected argument {other:?}"),
+        }
+    }
+    let input = input.context("usage: uvr separate <file-or-url> [-o DIR]")?;
+    let tmp = tempfile::tempdir()?;
+    let source = if input.starts_with("http://") || input.starts_with("https://") {
+        let env = Env::from_process();
+        let mut fetch = crate::pipeline::fetch_config(&env)?;
+        // A local, one-off command: the user's own network is fine.
+        fetch.policy.allow_private = true;
+        let client = crate::audio::fetch::client(&fetch, None);
+        let dest = tmp.path().join("source.audio");
+        crate::audio::fetch::download(&client, &fetch, &input, &dest)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+        dest
+    } else {
+        std::path::PathBuf::from(&input)
+    };
+    let job = crate::pipeline::process::SeparateJob {
+        source: &source,
+        out_dir: &out_dir,
+        relative_to: std::path::Path::new(""),
+        model,
+        output_format: format,
+        stems: None,
+        max_seconds: 0,
+    };
+    let summary = crate::pipeline::process::separate_file(&job, Default::default())
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
 }

@@ -154,6 +154,7 @@ async fn a_worker_that_dies_is_redelivered_after_its_lease_and_its_token_goes_st
                 code: "x".into(),
                 message: "x".into(),
                 retryable: true,
+                delay: None,
             },
         })
         .await;
@@ -202,6 +203,7 @@ async fn failures_retry_with_backoff_then_dead_letter() {
         code: "audio_unreachable".into(),
         message: "connection refused".into(),
         retryable: true,
+        delay: None,
     };
     for attempt in 1..=3u32 {
         let c = claim(&s, Stage::Separate, "w").await.unwrap();
@@ -229,6 +231,20 @@ async fn failures_retry_with_backoff_then_dead_letter() {
     let stats = s.ask(Stats).await.unwrap();
     assert_eq!(stats.separate.dead, 1);
     assert_eq!(stats.separate.waiting + stats.separate.delayed, 0);
+    // The failure still has to be notified: the task waits in the deliver stage, failed.
+    assert_eq!(stats.deliver.waiting, 1);
+    let notice = claim(&s, Stage::Deliver, "u").await.unwrap();
+    assert_eq!(notice.id(), &id);
+    assert_eq!(notice.record.status, Status::Failed);
+    let out = s
+        .ask(Ack {
+            claimed: notice,
+            result: None,
+            failed: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, Outcome::Finished);
     let (rec, _) = s.ask(GetTask(id.clone())).await.unwrap();
     assert_eq!(rec.status, Status::Failed);
     assert_eq!(rec.error_code.as_deref(), Some("audio_unreachable"));
@@ -251,12 +267,17 @@ async fn failures_retry_with_backoff_then_dead_letter() {
                 code: "audio_corrupt".into(),
                 message: "not audio".into(),
                 retryable: false,
+                delay: None,
             },
         })
         .await
         .unwrap();
     assert_eq!(out, Outcome::DeadLettered);
-    assert_eq!(s.ask(GetTask(id2)).await.unwrap().0.attempts, 1);
+    assert_eq!(
+        s.ask(GetTask(id2)).await.unwrap().0.attempts,
+        0,
+        "reset for the deliver stage"
+    );
 }
 
 #[actix_rt::test]

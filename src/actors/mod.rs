@@ -3,6 +3,12 @@
 //! - [`scheduler`]: owns the Redis queue; every queue operation is a message to it.
 //! - [`intake`]: validates and normalises submissions, applies rate limits and
 //!   backpressure, then hands tasks to the Scheduler.
+//! - [`separator`]: claims separation tasks, separates them on dedicated threads.
+//! - [`uploader`]: claims separated tasks, stores stems, signs links, calls webhooks.
+//! - [`worker`]: the claim loop and lease keeping the two workers share.
 
 pub mod intake;
 pub mod scheduler;
+pub mod separator;
+pub mod uploader;
+pub mod worker;

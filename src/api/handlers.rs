@@ -31,6 +31,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/openapi.json", web::get().to(openapi))
         .route("/docs", web::get().to(docs))
+        .route("/files/{task}/{name}", web::get().to(download))
         .route("/", web::get().to(index))
         .default_service(web::to(not_found));
 }
@@ -348,6 +349,88 @@ async fn docs() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::html())
         .body(DOCS)
+}
+
+#[derive(serde::Deserialize)]
+struct LinkQuery {
+    expires: Option<u64>,
+    sig: Option<String>,
+}
+
+/// Serves a stored stem through a signed, expiring link (local storage only).
+async fn download(
+    path: web::Path<(String, String)>,
+    query: web::Query<LinkQuery>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(files) = &st.files else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no local storage here",
+        ));
+    };
+    let (task, name) = path.into_inner();
+    let valid_name = name.len() <= 64
+        && name.ends_with(".wav")
+        && name[..name.len() - 4]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let task: TaskId = task
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "file_not_found", "no such file"))?;
+    if !valid_name {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+            "no such file",
+        ));
+    }
+    let key = format!("{task}/{name}");
+    let (Some(expires), Some(sig)) = (query.expires, query.sig.as_deref()) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "link_invalid",
+            "the link is not signed",
+        ));
+    };
+    if !crate::pipeline::storage::verify_link(&files.key, &key, expires, sig) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "link_invalid",
+            "the link signature is wrong or the link has expired",
+        ));
+    }
+    let file_path = files.root.join(task.as_str()).join(&name);
+    let file = tokio::fs::File::open(&file_path)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "file_not_found", "the file is gone"))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "file_not_found", "the file is gone"))?
+        .len();
+    let stream = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(web::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("audio/wav")
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        ))
+        .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
+        .no_chunking(len)
+        .streaming(stream))
 }
 
 async fn index() -> HttpResponse {

@@ -50,6 +50,25 @@ pub struct ApiConfig {
     pub shutdown_timeout: Duration,
     /// Intake policy (URL rules, rate limit, backpressure, models).
     pub intake: IntakeConfig,
+    /// Local stem storage served under `/files/` (when `STORAGE_URL` is `file://`).
+    pub files: Option<FilesConfig>,
+}
+
+/// Local storage the API serves through signed links.
+#[derive(Clone)]
+pub struct FilesConfig {
+    /// The storage directory.
+    pub root: std::path::PathBuf,
+    /// The link signing key.
+    pub key: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for FilesConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilesConfig")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ApiConfig {
@@ -84,6 +103,13 @@ impl ApiConfig {
             }
         }
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let files = match crate::pipeline::storage::StorageConfig::from_env(env) {
+            Ok(crate::pipeline::storage::StorageConfig::Local { root, key, .. }) => {
+                Some(FilesConfig { root, key })
+            }
+            Ok(_) => None,
+            Err(e) => return Err(e),
+        };
         Ok(Self {
             host: env.string("API_HOST", "127.0.0.1"),
             port: env.ranged("API_PORT", 8000, 0..=65535)?,
@@ -102,6 +128,7 @@ impl ApiConfig {
                 max_queue_depth: env.parse("MAX_QUEUE_DEPTH", 100_000u64)?,
                 catalog,
             },
+            files,
         })
     }
 }
@@ -124,6 +151,7 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     max_request_bytes: usize,
     started: Instant,
+    files: Option<FilesConfig>,
 }
 
 /// A running API server.
@@ -156,6 +184,7 @@ impl ApiServer {
             ready: ready.clone(),
             max_request_bytes: cfg.max_request_bytes,
             started: Instant::now(),
+            files: cfg.files.clone(),
         };
         let server = HttpServer::new(move || {
             App::new()
@@ -252,6 +281,7 @@ fn route_label(pattern: Option<String>) -> &'static str {
         Some("/metrics") => "/metrics",
         Some("/openapi.json") => "/openapi.json",
         Some("/docs") => "/docs",
+        Some("/files/{task}/{name}") => "/files/{task}/{name}",
         Some("/") => "/",
         _ => "unmatched",
     }

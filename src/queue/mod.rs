@@ -207,6 +207,8 @@ pub struct Failure {
     pub message: String,
     /// Whether another attempt may succeed.
     pub retryable: bool,
+    /// The delay before the next attempt; `None`: the queue's backoff for the attempt.
+    pub delay: Option<Duration>,
 }
 
 /// How a cancel request ended.
@@ -612,6 +614,7 @@ impl Queue {
                     .arg(self.cfg.retention.as_millis() as u64)
                     .arg(self.keys.wake(Stage::Deliver))
                     .arg(final_status.as_str())
+                    .arg(self.cfg.deliver_max_attempts)
                     .invoke_async(&mut conn)
                     .await?)
             })
@@ -632,10 +635,25 @@ impl Queue {
     }
 
     /// Reports a failed attempt: the task is retried after a backoff while attempts remain
-    /// and the error is retryable, else it is dead-lettered and marked `failed`.
+    /// and the error is retryable, else it is dead-lettered and marked `failed`. A task that
+    /// fails separation for good also goes to the deliver stage, where an uploader sends the
+    /// failure webhook (the record keeps `status: failed` and `notify: pending`).
     pub async fn fail(&self, claimed: &Claimed, failure: &Failure) -> Result<Outcome, QueueError> {
         let id = claimed.id();
-        let delay = self.backoff(claimed.record.attempts);
+        let delay = failure
+            .delay
+            .unwrap_or_else(|| self.backoff(claimed.record.attempts));
+        let notify = claimed.stage == Stage::Separate;
+        let record = self.keys.record(id);
+        let (next, next_waiting, channel) = if notify {
+            (
+                self.keys.queue(Stage::Deliver),
+                self.keys.waiting(Stage::Deliver),
+                self.keys.wake(Stage::Deliver),
+            )
+        } else {
+            (record.clone(), record.clone(), String::new())
+        };
         let reply: String = self
             .timed(async {
                 let mut conn = self.conn().await?;
@@ -645,7 +663,10 @@ impl Queue {
                     .key(self.keys.inflight(claimed.stage))
                     .key(self.keys.delayed(claimed.stage))
                     .key(self.keys.dead(claimed.stage))
-                    .key(self.keys.record(id))
+                    .key(&record)
+                    .key(next)
+                    .key(self.keys.clock())
+                    .key(next_waiting)
                     .arg(id.as_str())
                     .arg(claimed.token)
                     .arg(&failure.code)
@@ -654,6 +675,8 @@ impl Queue {
                     .arg(delay.as_millis() as u64)
                     .arg(self.cfg.retention.as_millis() as u64)
                     .arg(claimed.stage.waiting_status().as_str())
+                    .arg(channel)
+                    .arg(self.cfg.deliver_max_attempts)
                     .invoke_async(&mut conn)
                     .await?)
             })

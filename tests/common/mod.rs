@@ -178,6 +178,11 @@ pub fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
         ("API_PASSWORD".into(), PASSWORD.into()),
         ("SHUTDOWN_GRACE_SECONDS".into(), "0.5".into()),
         ("MODELS_DIR".into(), "/nonexistent".into()),
+        ("LINK_SIGNING_KEY".into(), "test-link-signing-key".into()),
+        (
+            "STORAGE_URL".into(),
+            "file:///tmp/uvr-test-unused-storage".into(),
+        ),
     ];
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env = Env::from_pairs(pairs);

@@ -11,6 +11,7 @@
 -- ARGV[5] retention of finished records in ms
 -- ARGV[6] wake channel of the next stage
 -- ARGV[7] final status when ARGV[3] is "final" ("succeeded" | "failed")
+-- ARGV[8] attempts allowed in the next stage
 -- Returns "stale" | "cancelled" | "ok"
 if redis.call('HGET', KEYS[2], 'token') ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return 'stale'
@@ -27,12 +28,17 @@ if ARGV[3] == 'next' then
   local priority = tonumber(redis.call('HGET', KEYS[2], 'priority'))
   local score = score_of(next_tick(KEYS[4]), 6 - priority)
   redis.call('HSET', KEYS[2], 'status', 'separated', 'stage', 'deliver', 'attempts', 0,
+    'max_attempts', ARGV[8],
     'score', score, 'progress', 0, 'token', '', 'updated_at', now, 'separated_at', now,
     'error_code', '', 'error_message', '')
   redis.call('ZADD', KEYS[3], score, ARGV[1])
   wake(KEYS[5], ARGV[6], now)
 else
-  redis.call('HSET', KEYS[2], 'progress', 100)
+  if ARGV[7] == 'failed' then
+    redis.call('HSET', KEYS[2], 'notify', 'done')
+  else
+    redis.call('HSET', KEYS[2], 'progress', 100)
+  end
   finish(KEYS[2], ARGV[7], ARGV[5], now)
 end
 return 'ok'

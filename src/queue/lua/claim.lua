@@ -37,8 +37,12 @@ if redis.call('EXISTS', rec) == 0 then return {'orphan', id} end
 local deadline = now + tonumber(ARGV[2])
 local token = redis.call('INCR', KEYS[3])
 redis.call('ZADD', KEYS[2], deadline, id)
-redis.call('HSET', rec, 'status', ARGV[3], 'worker', ARGV[1], 'token', token,
-  'lease_until', deadline, 'started_at', now, 'updated_at', now, 'progress', 0)
+-- A failed task in the deliver stage only awaits its failure notification: it stays failed.
+if redis.call('HGET', rec, 'status') ~= 'failed' then
+  redis.call('HSET', rec, 'status', ARGV[3], 'progress', 0)
+end
+redis.call('HSET', rec, 'worker', ARGV[1], 'token', token,
+  'lease_until', deadline, 'started_at', now, 'updated_at', now)
 redis.call('HINCRBY', rec, 'attempts', 1)
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 local out = {'claimed', id, tostring(token)}

@@ -1,0 +1,118 @@
+//! The claim loop and lease keeping shared by the Separator and Uploader actors.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::actors::scheduler::{Claim, Heartbeat, SchedulerHandle};
+use crate::pipeline::process::Progress;
+use crate::queue::{Claimed, LeaseState, QueueError};
+use crate::task::Stage;
+
+/// How one task ended, for the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Carry on with the next task.
+    Done,
+    /// The work panicked: stop the loop so the actor restarts under its policy.
+    Panicked,
+}
+
+/// Shared switches of a worker actor.
+#[derive(Debug, Clone, Default)]
+pub struct LoopControl {
+    /// Set to stop claiming new tasks.
+    pub draining: Arc<AtomicBool>,
+    /// Tasks in hand.
+    pub active: Arc<AtomicUsize>,
+}
+
+impl LoopControl {
+    /// Waits until no task is in hand.
+    pub async fn idle(&self) {
+        while self.active.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Claims tasks of `stage` as `worker` and hands each to `handle`, until draining.
+pub async fn claim_loop<F, Fut>(
+    scheduler: &SchedulerHandle,
+    ctl: &LoopControl,
+    stage: Stage,
+    worker: String,
+    mut handle: F,
+) -> Ended
+where
+    F: FnMut(Claimed) -> Fut,
+    Fut: Future<Output = Ended>,
+{
+    let mut backoff = Duration::from_millis(100);
+    while !ctl.draining.load(Ordering::SeqCst) {
+        let claimed = scheduler
+            .ask(Claim {
+                stage,
+                worker: worker.clone(),
+                wait: Duration::from_secs(2),
+            })
+            .await;
+        match claimed {
+            Ok(Some(c)) => {
+                backoff = Duration::from_millis(100);
+                ctl.active.fetch_add(1, Ordering::SeqCst);
+                let ended = handle(c).await;
+                ctl.active.fetch_sub(1, Ordering::SeqCst);
+                if ended == Ended::Panicked {
+                    return ended;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, ?stage, "claim failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    Ended::Done
+}
+
+/// Runs `work` while renewing the lease every third of `lease` and recording progress.
+/// A cancel request sets `progress.stop`; a lost lease sets it too and makes the second
+/// value `true` (the caller must then abandon the attempt without reporting).
+pub async fn with_lease<F: Future>(
+    scheduler: &SchedulerHandle,
+    claimed: &Claimed,
+    lease: Duration,
+    progress: &Progress,
+    work: F,
+) -> (F::Output, bool) {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
+    tick.tick().await;
+    let mut lost = false;
+    loop {
+        tokio::select! {
+            r = &mut work => return (r, lost),
+            _ = tick.tick() => {
+                let p = progress.percent.load(Ordering::Relaxed);
+                let hb = Heartbeat { claimed: claimed.clone(), progress: Some(p) };
+                match scheduler.ask(hb).await {
+                    Ok(LeaseState::Held) => {}
+                    Ok(LeaseState::CancelRequested) => {
+                        tracing::info!(task = %claimed.id(), "cancel requested; stopping");
+                        progress.stop.store(true, Ordering::Relaxed);
+                    }
+                    Err(QueueError::StaleLease(_)) => {
+                        tracing::warn!(task = %claimed.id(), "lease lost; abandoning the attempt");
+                        progress.stop.store(true, Ordering::Relaxed);
+                        lost = true;
+                    }
+                    Err(e) => tracing::warn!(task = %claimed.id(), error = %e, "heartbeat failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The processing pipeline behind the queue: what a processor does with a claimed task
+//! ([`process`]: fetch, decode, separate, write stems to the staging directory), and what an
+//! uploader does with a separated one ([`storage`]: store stems and sign links;
+//! [`webhook`]: the signed completion call).
+
+pub mod process;
+pub mod storage;
+pub mod webhook;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::audio::fetch::FetchConfig;
+use crate::config::{ConfigError, Env};
+use crate::net::UrlPolicy;
+
+/// A failure of one attempt, with its stable code.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct JobError {
+    /// Stable error code.
+    pub code: &'static str,
+    /// Message for humans (and the webhook).
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// A server-requested delay before the next attempt.
+    pub retry_after: Option<Duration>,
+}
+
+impl JobError {
+    /// A new error.
+    pub fn new(code: &'static str, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retryable,
+            retry_after: None,
+        }
+    }
+
+    /// An internal error (a bug or a local resource problem): retried.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new("internal_error", message, true)
+    }
+}
+
+/// Settings of the processor role.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// Where stems are staged for the uploader (`STAGING_DIR`), shared by both roles.
+    pub staging_dir: PathBuf,
+    /// Download limits and address policy.
+    pub fetch: FetchConfig,
+    /// Longest accepted audio (`MAX_AUDIO_SECONDS`; 0: no cap).
+    pub max_audio_seconds: u64,
+    /// Tasks separated at once per process (`PROCESSOR_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Model used when a task names none (`DEFAULT_MODEL`).
+    pub default_model: String,
+    /// The queue lease (`LEASE_SECONDS`); heartbeats go out every third of it.
+    pub lease: Duration,
+}
+
+impl ProcessorConfig {
+    /// Reads the processor settings.
+    pub fn from_env(env: &Env, default_model: &str, lease: Duration) -> Result<Self, ConfigError> {
+        Ok(Self {
+            lease,
+            staging_dir: PathBuf::from(env.string("STAGING_DIR", "data/staging")),
+            fetch: fetch_config(env)?,
+            max_audio_seconds: env.parse("MAX_AUDIO_SECONDS", 3 * 3600u64)?,
+            concurrency: env.ranged("PROCESSOR_CONCURRENCY", 1usize, 1..=64)?,
+            default_model: default_model.to_string(),
+        })
+    }
+}
+
+/// The HTTP client limits shared by downloads and webhooks.
+pub fn fetch_config(env: &Env) -> Result<FetchConfig, ConfigError> {
+    Ok(FetchConfig {
+        policy: UrlPolicy {
+            allow_private: env.boolean("ALLOW_PRIVATE_NETWORKS", false)?,
+        },
+        max_bytes: env.parse("MAX_AUDIO_BYTES", 1u64 << 30)?,
+        connect_timeout: env.seconds("FETCH_CONNECT_TIMEOUT_SECONDS", Duration::from_secs(10))?,
+        read_timeout: env.seconds("FETCH_READ_TIMEOUT_SECONDS", Duration::from_secs(30))?,
+    })
+}
+
+/// Settings of the uploader role.
+#[derive(Debug, Clone)]
+pub struct UploaderConfig {
+    /// Where the processor staged the stems (`STAGING_DIR`).
+    pub staging_dir: PathBuf,
+    /// Where stems are stored and how links are made.
+    pub storage: storage::StorageConfig,
+    /// Webhook signing and retry policy.
+    pub webhook: webhook::WebhookConfig,
+    /// Address policy and timeouts of the webhook client.
+    pub fetch: FetchConfig,
+    /// Tasks delivered at once per process (`UPLOADER_CONCURRENCY`).
+    pub concurrency: usize,
+    /// The queue lease (`LEASE_SECONDS`).
+    pub lease: Duration,
+    /// First retry delay of deliveries (`RETRY_BASE_SECONDS`).
+    pub retry_base: Duration,
+}
+
+impl UploaderConfig {
+    /// Reads the uploader settings.
+    pub fn from_env(env: &Env, queue: &crate::config::QueueConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            lease: queue.lease,
+            retry_base: queue.retry_base,
+            staging_dir: PathBuf::from(env.string("STAGING_DIR", "data/staging")),
+            storage: storage::StorageConfig::from_env(env)?,
+            webhook: webhook::WebhookConfig::from_env(env)?,
+            fetch: fetch_config(env)?,
+            concurrency: env.ranged("UPLOADER_CONCURRENCY", 4usize, 1..=256)?,
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! What a processor does with one claimed task: download the audio to the staging
+//! directory, then — on a dedicated thread, never on an async arbiter — decode it, separate
+//! it and write the requested stems, reporting progress and honouring a stop request between
+//! chunks. Everything streams: peak memory depends on the chunk size, not the song length.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{JobError, ProcessorConfig};
+use crate::audio::encode::{SampleFormat, StemWriter};
+use crate::audio::fetch::{self, FetchError};
+use crate::audio::{AudioReader, Frame, SAMPLE_RATE};
+use crate::separation::{self, Control, Listener, SeparateError, StemSink};
+use crate::task::{TaskId, TaskRecord};
+
+/// Progress and stop flag shared between the separation thread and the actor.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// 0-100.
+    pub percent: AtomicU8,
+    /// Set to make the separation stop at its next checkpoint.
+    pub stop: AtomicBool,
+}
+
+impl Listener for Arc<Progress> {
+    fn progress(&mut self, done: u64, total: Option<u64>) -> Control {
+        if let Some(total) = total.filter(|t| *t > 0) {
+            // Downloading counted as the first 5 %, writing as the last 1 %.
+            let p = 5 + (done.min(total) * 94 / total) as u8;
+            self.percent.store(p, Ordering::Relaxed);
+        }
+        if self.stop.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+}
+
+/// The staging directory of a task.
+pub fn task_dir(staging: &Path, id: &TaskId) -> PathBuf {
+    staging.join(id.as_str())
+}
+
+impl From<FetchError> for JobError {
+    fn from(e: FetchError) -> Self {
+        JobError::new(e.code(), e.to_string(), e.retryable())
+    }
+}
+
+impl From<SeparateError> for JobError {
+    fn from(e: SeparateError) -> Self {
+        let retryable = matches!(e, SeparateError::Output(_))
+            || matches!(&e, SeparateError::Input(d) if d.code() == "internal_error");
+        JobError::new(e.code(), e.to_string(), retryable)
+    }
+}
+
+/// Downloads the task's audio into `dir` (the attempt's staging directory).
+pub async fn download(
+    cfg: &ProcessorConfig,
+    client: &reqwest::Client,
+    record: &TaskRecord,
+    dir: &Path,
+) -> Result<(PathBuf, u64), JobError> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| JobError::internal(format!("staging directory {}: {e}", dir.display())))?;
+    let dest = dir.join("source.audio");
+    let (_, bytes) = fetch::download(client, &cfg.fetch, &record.request.audio, &dest).await?;
+    Ok((dest, bytes))
+}
+
+struct FileSink {
+    writers: Vec<Option<StemWriter>>,
+}
+
+impl StemSink for FileSink {
+    fn write(&mut self, stem: usize, frames: &[Frame]) -> Result<(), SeparateError> {
+        if let Some(Some(w)) = self.writers.get_mut(stem) {
+            w.write(frames)
+                .map_err(|e| SeparateError::Output(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes, separates and writes the stems of a downloaded task. Blocking: run it on a
+/// dedicated thread. Returns the stage result stored on the task record.
+pub fn separate(
+    cfg: &ProcessorConfig,
+    record: &TaskRecord,
+    source: &Path,
+    progress: Arc<Progress>,
+) -> Result<Value, JobError> {
+    let dir = source
+        .parent()
+        .expect("source lies in the attempt directory");
+    let job = SeparateJob {
+        source,
+        out_dir: dir,
+        relative_to: &cfg.staging_dir,
+        model: record
+            .request
+            .model
+            .clone()
+            .unwrap_or_else(|| cfg.default_model.clone()),
+        output_format: record.request.output_format.clone(),
+        stems: record.request.stems.clone(),
+        max_seconds: cfg.max_audio_seconds,
+    };
+    let result = separate_file(&job, progress)?;
+    let _ = std::fs::remove_file(source);
+    Ok(result)
+}
+
+/// One separation of a local file into a directory.
+#[derive(Debug)]
+pub struct SeparateJob<'a> {
+    /// The input audio file.
+    pub source: &'a Path,
+    /// Where the stems are written.
+    pub out_dir: &'a Path,
+    /// Stem paths in the result are relative to this directory.
+    pub relative_to: &'a Path,
+    /// Model name.
+    pub model: String,
+    /// `output_format` (`None`: 16-bit WAV).
+    pub output_format: Option<String>,
+    /// Stems to write (`None`: all the model has).
+    pub stems: Option<Vec<String>>,
+    /// Duration cap in seconds (0: none).
+    pub max_seconds: u64,
+}
+
+/// Decodes, separates and writes stems (blocking). Returns a JSON summary: model, stems
+/// (file, bytes, sha256), duration, timings.
+pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<Value, JobError> {
+    let started = Instant::now();
+    let mut separator = separation::build(&job.model)?;
+    let format = SampleFormat::parse(job.output_format.as_deref()).ok_or_else(|| {
+        JobError::new(
+            "unsupported_format",
+            format!("output format {:?}", job.output_format),
+            false,
+        )
+    })?;
+    let wanted: Vec<String> = job
+        .stems
+        .clone()
+        .unwrap_or_else(|| separator.stems().iter().map(|s| s.to_string()).collect());
+    let mut reader = AudioReader::open(job.source, job.max_seconds)
+        .map_err(|e| JobError::from(SeparateError::from(e)))?;
+    let source_rate = reader.source_rate();
+    std::fs::create_dir_all(job.out_dir)
+        .map_err(|e| JobError::internal(format!("{}: {e}", job.out_dir.display())))?;
+    let mut writers = Vec::new();
+    let mut files = Vec::new();
+    for stem in separator.stems() {
+        if wanted.iter().any(|w| w == stem) {
+            let path = job.out_dir.join(format!("{stem}.{}", format.extension()));
+            let w = StemWriter::create(&path, format)
+                .map_err(|e| JobError::internal(format!("creating {}: {e}", path.display())))?;
+            writers.push(Some(w));
+            files.push((stem.to_string(), path));
+        } else {
+            writers.push(None);
+        }
+    }
+    let mut sink = FileSink { writers };
+    let mut listener = progress.clone();
+    let frames = separator.separate(&mut reader, &mut sink, &mut listener)?;
+    drop(reader);
+    for w in sink.writers.into_iter().flatten() {
+        w.finish()
+            .map_err(|e| JobError::internal(format!("finishing a stem: {e}")))?;
+    }
+    let mut stems = serde_json::Map::new();
+    for (stem, path) in files {
+        let (bytes, sha256) = file_digest(&path)
+            .map_err(|e| JobError::internal(format!("reading {}: {e}", path.display())))?;
+        let file = path
+            .strip_prefix(job.relative_to)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .to_string();
+        stems.insert(
+            stem,
+            json!({"file": file, "bytes": bytes, "sha256": sha256}),
+        );
+    }
+    progress.percent.store(100, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    let duration = frames as f64 / f64::from(SAMPLE_RATE);
+    Ok(json!({
+        "model": separator.name(),
+        "stems": stems,
+        "format": job.output_format.clone().unwrap_or_else(|| "wav".into()),
+        "duration_seconds": round3(duration),
+        "source_sample_rate": source_rate,
+        "timings": {"separation_seconds": round3(seconds)},
+        "realtime_factor": round3(if duration > 0.0 { seconds / duration } else { 0.0 }),
+    }))
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Size and SHA-256 of a file, streamed.
+pub fn file_digest(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((total, hex::encode(hasher.finalize())))
+}

@@ -1,0 +1,402 @@
+//! Stem storage (object_store) and the links handed to clients.
+//!
+//! - `STORAGE_URL=file:///path` (the default, `file://data/stems` relative to the working
+//!   directory): a local directory, served by the API under `/files/<task>/<stem>.wav` with
+//!   signed, expiring links: `expires` (Unix seconds) and `sig` = hex HMAC-SHA256 of
+//!   `"<key>\n<expires>"` under `LINK_SIGNING_KEY`, checked in constant time.
+//! - `STORAGE_URL=s3://bucket[/prefix]`: any S3-compatible store (`S3_ENDPOINT`, `S3_REGION`,
+//!   `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), with presigned GET links; files above
+//!   8 MiB are sent as multipart uploads.
+//!
+//! Uploads are idempotent (same key, same bytes), so a retried delivery never duplicates.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use sha2::Sha256;
+use tokio::io::AsyncReadExt;
+
+use crate::config::{ConfigError, Env};
+
+/// Files above this size are uploaded in parts.
+const MULTIPART_THRESHOLD: u64 = 8 << 20;
+const PART_SIZE: usize = 8 << 20;
+
+/// Where stems go.
+#[derive(Clone)]
+pub enum StorageConfig {
+    /// A local directory served by the API.
+    Local {
+        /// The directory.
+        root: PathBuf,
+        /// The API's public base URL (`PUBLIC_BASE_URL`).
+        public_base_url: String,
+        /// The link signing key (`LINK_SIGNING_KEY`).
+        key: Arc<Vec<u8>>,
+        /// Link lifetime (`RESULT_URL_TTL`).
+        ttl: Duration,
+    },
+    /// An S3-compatible bucket.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket.
+        prefix: String,
+        /// Endpoint URL (`S3_ENDPOINT`), for non-AWS stores.
+        endpoint: Option<String>,
+        /// Region (`S3_REGION`, default us-east-1).
+        region: String,
+        /// Access key (`AWS_ACCESS_KEY_ID`).
+        access_key: String,
+        /// Secret key (`AWS_SECRET_ACCESS_KEY`).
+        secret_key: Arc<String>,
+        /// Link lifetime (`RESULT_URL_TTL`, at most 7 days for S3).
+        ttl: Duration,
+    },
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageConfig::Local {
+                root,
+                public_base_url,
+                ttl,
+                ..
+            } => f
+                .debug_struct("Local")
+                .field("root", root)
+                .field("public_base_url", public_base_url)
+                .field("ttl", ttl)
+                .finish_non_exhaustive(),
+            StorageConfig::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                ttl,
+                ..
+            } => f
+                .debug_struct("S3")
+                .field("bucket", bucket)
+                .field("prefix", prefix)
+                .field("endpoint", endpoint)
+                .field("region", region)
+                .field("ttl", ttl)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// The link signing key from `LINK_SIGNING_KEY` (required for local storage).
+pub fn link_key(env: &Env) -> Result<Arc<Vec<u8>>, ConfigError> {
+    let key = env.get("LINK_SIGNING_KEY").ok_or(ConfigError::Invalid {
+        var: "LINK_SIGNING_KEY",
+        value: String::new(),
+        reason: "must be set to sign download links of local storage (any long random string)"
+            .into(),
+    })?;
+    if key.len() < 16 {
+        return Err(ConfigError::Invalid {
+            var: "LINK_SIGNING_KEY",
+            value: "<hidden>".into(),
+            reason: "must be at least 16 characters".into(),
+        });
+    }
+    Ok(Arc::new(key.as_bytes().to_vec()))
+}
+
+impl StorageConfig {
+    /// Reads `STORAGE_URL` and its companions.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let raw = env.string("STORAGE_URL", "file://data/stems");
+        let ttl = env.seconds("RESULT_URL_TTL", Duration::from_secs(7 * 86400))?;
+        let invalid = |reason: &str| ConfigError::Invalid {
+            var: "STORAGE_URL",
+            value: raw.clone(),
+            reason: reason.into(),
+        };
+        if let Some(path) = raw.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err(invalid("file:// needs a directory"));
+            }
+            let host = env.string("API_HOST", "127.0.0.1");
+            let host = if host == "0.0.0.0" || host == "::" {
+                "127.0.0.1".to_string()
+            } else {
+                host
+            };
+            let port = env.string("API_PORT", "8000");
+            let public_base_url = env
+                .get("PUBLIC_BASE_URL")
+                .map(|u| u.trim_end_matches('/').to_string())
+                .unwrap_or_else(|| format!("http://{host}:{port}"));
+            return Ok(StorageConfig::Local {
+                root: PathBuf::from(path),
+                public_base_url,
+                key: link_key(env)?,
+                ttl,
+            });
+        }
+        if let Some(rest) = raw.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("s3:// needs a bucket name"));
+            }
+            if ttl > Duration::from_secs(7 * 86400) {
+                return Err(ConfigError::Invalid {
+                    var: "RESULT_URL_TTL",
+                    value: ttl.as_secs().to_string(),
+                    reason: "S3 presigned links last at most 604800 s (7 days)".into(),
+                });
+            }
+            let need = |var: &'static str| {
+                env.get(var)
+                    .map(str::to_string)
+                    .ok_or(ConfigError::Invalid {
+                        var,
+                        value: String::new(),
+                        reason: "must be set for s3:// storage".into(),
+                    })
+            };
+            return Ok(StorageConfig::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+                endpoint: env.get("S3_ENDPOINT").map(str::to_string),
+                region: env.string("S3_REGION", "us-east-1"),
+                access_key: need("AWS_ACCESS_KEY_ID")?,
+                secret_key: Arc::new(need("AWS_SECRET_ACCESS_KEY")?),
+                ttl,
+            });
+        }
+        Err(invalid("expected file:///dir or s3://bucket"))
+    }
+}
+
+/// Why storing or linking failed.
+#[derive(Debug, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StorageError(pub String);
+
+/// A signed link.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Link {
+    /// The URL.
+    pub url: String,
+    /// When it stops working (RFC 3339).
+    pub expires_at: String,
+}
+
+/// An opened store.
+#[derive(Clone)]
+pub struct Storage {
+    cfg: StorageConfig,
+    store: Arc<dyn ObjectStore>,
+    s3: Option<Arc<AmazonS3>>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.cfg.fmt(f)
+    }
+}
+
+impl Storage {
+    /// Opens the store (creating a local directory if needed).
+    pub fn open(cfg: &StorageConfig) -> Result<Self, StorageError> {
+        match cfg {
+            StorageConfig::Local { root, .. } => {
+                std::fs::create_dir_all(root)
+                    .map_err(|e| StorageError(format!("{}: {e}", root.display())))?;
+                let fs = LocalFileSystem::new_with_prefix(root)
+                    .map_err(|e| StorageError(e.to_string()))?;
+                Ok(Self {
+                    cfg: cfg.clone(),
+                    store: Arc::new(fs),
+                    s3: None,
+                })
+            }
+            StorageConfig::S3 {
+                bucket,
+                endpoint,
+                region,
+                access_key,
+                secret_key,
+                ..
+            } => {
+                let mut b = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_access_key_id(access_key)
+                    .with_secret_access_key(secret_key.as_str());
+                if let Some(ep) = endpoint {
+                    b = b
+                        .with_endpoint(ep)
+                        .with_allow_http(ep.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                let s3 = Arc::new(b.build().map_err(|e| StorageError(e.to_string()))?);
+                Ok(Self {
+                    cfg: cfg.clone(),
+                    store: s3.clone(),
+                    s3: Some(s3),
+                })
+            }
+        }
+    }
+
+    fn object_path(&self, key: &str) -> ObjectPath {
+        match &self.cfg {
+            StorageConfig::S3 { prefix, .. } if !prefix.is_empty() => {
+                ObjectPath::from(format!("{prefix}/{key}"))
+            }
+            _ => ObjectPath::from(key),
+        }
+    }
+
+    /// Stores `file` under `key` (`<task>/<stem>.wav`); skips the upload when an object of
+    /// the same size is there already (a retried delivery).
+    pub async fn put_file(&self, key: &str, file: &Path) -> Result<u64, StorageError> {
+        let path = self.object_path(key);
+        let size = tokio::fs::metadata(file)
+            .await
+            .map_err(|e| StorageError(format!("{}: {e}", file.display())))?
+            .len();
+        if let Ok(meta) = self.store.head(&path).await
+            && meta.size == size
+        {
+            return Ok(size);
+        }
+        let mut f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| StorageError(format!("{}: {e}", file.display())))?;
+        let err = |e: object_store::Error| StorageError(e.to_string());
+        if size <= MULTIPART_THRESHOLD {
+            let mut buf = Vec::with_capacity(size as usize);
+            f.read_to_end(&mut buf)
+                .await
+                .map_err(|e| StorageError(e.to_string()))?;
+            self.store
+                .put(&path, PutPayload::from(buf))
+                .await
+                .map_err(err)?;
+        } else {
+            let upload = self.store.put_multipart(&path).await.map_err(err)?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| StorageError(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                w.wait_for_capacity(4).await.map_err(err)?;
+                w.write(&buf[..n]);
+            }
+            w.finish().await.map_err(err)?;
+        }
+        Ok(size)
+    }
+
+    /// A signed, expiring download link for `key`.
+    pub async fn link(&self, key: &str) -> Result<Link, StorageError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        match &self.cfg {
+            StorageConfig::Local {
+                public_base_url,
+                key: secret,
+                ttl,
+                ..
+            } => {
+                let expires = (now + *ttl).as_secs();
+                let sig = sign_link(secret, key, expires);
+                Ok(Link {
+                    url: format!("{public_base_url}/files/{key}?expires={expires}&sig={sig}"),
+                    expires_at: rfc3339(expires),
+                })
+            }
+            StorageConfig::S3 { ttl, .. } => {
+                let s3 = self.s3.as_ref().expect("s3 storage has a signer");
+                let url = s3
+                    .signed_url(http::Method::GET, &self.object_path(key), *ttl)
+                    .await
+                    .map_err(|e| StorageError(e.to_string()))?;
+                Ok(Link {
+                    url: url.to_string(),
+                    expires_at: rfc3339((now + *ttl).as_secs()),
+                })
+            }
+        }
+    }
+}
+
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// The signature of a local download link.
+pub fn sign_link(secret: &[u8], key: &str, expires: u64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(key.as_bytes());
+    mac.update(b"\n");
+    mac.update(expires.to_string().as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks a local download link: signature (constant time) and expiry.
+pub fn verify_link(secret: &[u8], key: &str, expires: u64, sig: &str) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if expires < now {
+        return false;
+    }
+    let Ok(given) = hex::decode(sig) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(key.as_bytes());
+    mac.update(b"\n");
+    mac.update(expires.to_string().as_bytes());
+    mac.verify_slice(&given).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_verify_and_expire() {
+        let key = b"0123456789abcdef";
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        let sig = sign_link(key, "t/vocals.wav", exp);
+        assert!(verify_link(key, "t/vocals.wav", exp, &sig));
+        assert!(!verify_link(key, "t/instrumental.wav", exp, &sig));
+        assert!(!verify_link(key, "t/vocals.wav", exp + 1, &sig));
+        assert!(!verify_link(b"another-key-1234", "t/vocals.wav", exp, &sig));
+        assert!(!verify_link(key, "t/vocals.wav", exp, "zz"));
+        let old = exp - 120;
+        assert!(!verify_link(
+            key,
+            "t/vocals.wav",
+            old,
+            &sign_link(key, "t/vocals.wav", old)
+        ));
+    }
+}

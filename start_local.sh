@@ -71,6 +71,24 @@ if [[ -z "${API_PASSWORD:-}" ]]; then
   generated=1
 fi
 
+# Webhook and link signing secrets: from the environment, or generated once into run/.
+secret() { # file
+  if [[ ! -s "run/$1" ]]; then
+    (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n' > "run/$1")
+  fi
+  cat "run/$1"
+}
+if [[ -z "${WEBHOOK_SECRET:-}" ]]; then
+  WEBHOOK_SECRET="whsec_$(secret webhook_secret)"
+  export WEBHOOK_SECRET
+fi
+if [[ -z "${LINK_SIGNING_KEY:-}" ]]; then
+  LINK_SIGNING_KEY=$(secret link_signing_key)
+  export LINK_SIGNING_KEY
+fi
+export STAGING_DIR=${STAGING_DIR:-$root/data/staging}
+export STORAGE_URL=${STORAGE_URL:-file://$root/data/stems}
+
 # 3. Build.
 say "building (release)"
 if ! command -v cargo >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
@@ -106,6 +124,8 @@ if [[ -n "${generated:-}" ]]; then
 else
   echo "    credentials: $API_USERNAME / (API_PASSWORD from your environment)"
 fi
+echo "    webhooks:    signed with WEBHOOK_SECRET (run/webhook_secret when generated)"
+echo "    stems:       ${STORAGE_URL}"
 echo "    logs:        logs/uvr.log"
 echo "    queue:       ./check_redis_queue.sh"
 echo "    stop:        ./stop_local.sh"

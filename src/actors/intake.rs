@@ -336,9 +336,11 @@ fn validate(
             ));
         }
     };
+    // The task names the model it will use, so the record and the webhook can tell.
+    let model = Some(model.unwrap_or_else(|| cfg.catalog.default.clone()));
     let model_info = cfg
         .catalog
-        .get(model.as_deref().unwrap_or(&cfg.catalog.default))
+        .get(model.as_deref().expect("set above"))
         .expect("the default model is in the catalogue");
     let stems = match obj.get("stems") {
         None | Some(Value::Null) => None,

@@ -1,6 +1,8 @@
 //! Test helpers: a throwaway `redis-server` on a free port, and configuration pointing at it.
 #![allow(dead_code)]
 
+pub mod e2e;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

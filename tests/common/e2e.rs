@@ -1,0 +1,332 @@
+//! End-to-end helpers: the real `uvr` binary as child processes, and a loopback HTTP server
+//! that serves audio and receives webhooks.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+
+use super::{RedisServer, free_port};
+
+/// A webhook as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HashMap<String, String>,
+    pub body: serde_json::Value,
+    pub raw: Vec<u8>,
+    pub at: Instant,
+}
+
+/// What the loopback peer serves and has received.
+#[derive(Default)]
+pub struct PeerState {
+    pub files: HashMap<String, Vec<u8>>,
+    /// Per file: bytes per second to drip at (slow downloads).
+    pub drip: HashMap<String, usize>,
+    pub hooks: Vec<Received>,
+    /// Statuses to answer webhooks with, in order; 200 once exhausted.
+    pub hook_statuses: Vec<u16>,
+}
+
+/// The loopback audio server and webhook receiver.
+#[derive(Clone)]
+pub struct Peer {
+    pub base: String,
+    pub state: Arc<Mutex<PeerState>>,
+}
+
+async fn serve_file(req: HttpRequest, st: web::Data<Arc<Mutex<PeerState>>>) -> HttpResponse {
+    let name = req.match_info().get("name").unwrap_or_default().to_string();
+    let (data, drip) = {
+        let s = st.lock().unwrap();
+        (s.files.get(&name).cloned(), s.drip.get(&name).copied())
+    };
+    match (data, drip) {
+        (None, _) => HttpResponse::NotFound().finish(),
+        (Some(d), None) => HttpResponse::Ok().content_type("audio/wav").body(d),
+        (Some(d), Some(rate)) => {
+            let chunks: Vec<Vec<u8>> = d.chunks(rate.max(1) / 10 + 1).map(|c| c.to_vec()).collect();
+            let stream = futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
+                let c = it.next()?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((Ok::<_, std::io::Error>(web::Bytes::from(c)), it))
+            });
+            HttpResponse::Ok().content_type("audio/wav").streaming(stream)
+        }
+    }
+}
+
+async fn receive_hook(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<Arc<Mutex<PeerState>>>,
+) -> HttpResponse {
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let mut s = st.lock().unwrap();
+    s.hooks.push(Received {
+        headers,
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        raw: body.to_vec(),
+        at: Instant::now(),
+    });
+    let status = if s.hook_statuses.is_empty() {
+        200
+    } else {
+        s.hook_statuses.remove(0)
+    };
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
+}
+
+impl Peer {
+    /// Starts the peer on a free loopback port (inside an actix system).
+    pub fn start() -> Self {
+        let state = Arc::new(Mutex::new(PeerState::default()));
+        let data = web::Data::new(state.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/audio/{name}", web::get().to(serve_file))
+                .route("/hook", web::post().to(receive_hook))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_rt::spawn(server);
+        Self { base, state }
+    }
+
+    pub fn put(&self, name: &str, data: Vec<u8>) -> String {
+        self.state.lock().unwrap().files.insert(name.into(), data);
+        format!("{}/audio/{name}", self.base)
+    }
+
+    pub fn hook_url(&self) -> String {
+        format!("{}/hook", self.base)
+    }
+
+    pub fn hooks(&self) -> Vec<Received> {
+        self.state.lock().unwrap().hooks.clone()
+    }
+
+    /// Waits until `n` webhooks arrived.
+    pub async fn wait_hooks(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hooks = self.hooks();
+            if hooks.len() >= n || Instant::now() > deadline {
+                return hooks;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const PASSWORD: &str = "e2e-password";
+
+/// A `uvr` child process.
+pub struct Service {
+    pub child: Option<Child>,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Kills it with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for it to exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Shared settings of one end-to-end deployment.
+pub struct Deployment {
+    pub redis: RedisServer,
+    pub dir: tempfile::TempDir,
+    pub api_port: u16,
+    pub extra: Vec<(String, String)>,
+}
+
+impl Deployment {
+    pub fn new(extra: &[(&str, &str)]) -> Self {
+        Self {
+            redis: RedisServer::start(),
+            dir: tempfile::tempdir().unwrap(),
+            api_port: free_port(),
+            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Starts `uvr` with `roles`; waits for the API when it hosts it.
+    pub fn spawn(&self, roles: &str, name: &str) -> Service {
+        let log = self.path(&format!("{name}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_uvr"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("UVR_ROLES", roles)
+            .env("REDIS_URL", self.redis.url())
+            .env("API_HOST", "127.0.0.1")
+            .env("API_PORT", self.api_port.to_string())
+            .env("API_PASSWORD", PASSWORD)
+            .env("API_WORKERS", "1")
+            .env("ALLOW_PRIVATE_NETWORKS", "true")
+            .env("STAGING_DIR", self.path("staging"))
+            .env("STORAGE_URL", format!("file://{}", self.path("stems").display()))
+            .env("LINK_SIGNING_KEY", "e2e-link-signing-key")
+            .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("MODELS_DIR", self.path("models"))
+            .env("SHUTDOWN_GRACE_SECONDS", "0.2")
+            .env("RETRY_BASE_SECONDS", "0.2")
+            .env("REAPER_INTERVAL_SECONDS", "0.2")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in &self.extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let svc = Service {
+            child: Some(child),
+            base: self.base(),
+            log,
+        };
+        if roles.contains("api") {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let ok = std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_ok();
+                if ok {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "API did not start: {}", svc.log_text());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        svc
+    }
+}
+
+/// A stereo 16-bit WAV of `seconds` at `rate`: a centred harmonic "voice" over wide noise.
+pub fn test_wav(seconds: f32, rate: u32) -> Vec<u8> {
+    let n = (seconds * rate as f32) as usize;
+    let mut cur = std::io::Cursor::new(Vec::new());
+    {
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::new(&mut cur, spec).unwrap();
+        let mut seed: u32 = 12345;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as f32 / u32::MAX as f32 * 2.0 - 1.0
+        };
+        for i in 0..n {
+            let t = i as f32 / rate as f32;
+            let v: f32 = (1..5)
+                .map(|h| (2.0 * std::f32::consts::PI * 220.0 * h as f32 * t).sin() / h as f32)
+                .sum::<f32>()
+                * 0.25;
+            let l = v + 0.15 * rnd();
+            let r = v + 0.15 * rnd();
+            w.write_sample((l.clamp(-1.0, 1.0) * 32000.0) as i16).unwrap();
+            w.write_sample((r.clamp(-1.0, 1.0) * 32000.0) as i16).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+    cur.into_inner()
+}
+
+/// Reads a WAV into stereo f32 frames.
+pub fn read_wav(bytes: &[u8]) -> (hound::WavSpec, Vec<[f32; 2]>) {
+    let r = hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap();
+    let spec = r.spec();
+    let samples: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Int => {
+            let scale = (1u32 << (spec.bits_per_sample - 1)) as f32;
+            r.into_samples::<i32>().map(|s| s.unwrap() as f32 / scale).collect()
+        }
+        hound::SampleFormat::Float => r.into_samples::<f32>().map(|s| s.unwrap()).collect(),
+    };
+    (spec, samples.chunks(2).map(|c| [c[0], c[1]]).collect())
+}
+
+/// Verifies a Standard Webhooks signature.
+pub fn verify_signature(secret: &str, r: &Received) -> bool {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let id = &r.headers["webhook-id"];
+    let ts = &r.headers["webhook-timestamp"];
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(&r.raw);
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    r.headers["webhook-signature"]
+        .split(' ')
+        .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+}
+
+/// Waits for a path to exist.
+pub fn wait_for(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}

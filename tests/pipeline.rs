@@ -1,0 +1,237 @@
+//! End to end: the real `uvr` binary, a real Redis, a loopback server that serves audio and
+//! receives webhooks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::e2e::{Deployment, PASSWORD, Peer, WEBHOOK_SECRET, read_wav, test_wav, verify_signature};
+use serde_json::{Value, json};
+
+async fn submit(client: &reqwest::Client, base: &str, body: Value) -> Value {
+    let resp = client
+        .post(format!("{base}/generate"))
+        .basic_auth("admin", Some(PASSWORD))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    resp.json().await.unwrap()
+}
+
+async fn task(client: &reqwest::Client, base: &str, id: &str) -> Value {
+    client
+        .get(format!("{base}/tasks/{id}"))
+        .basic_auth("admin", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[actix_rt::test]
+async fn a_submitted_song_is_separated_stored_and_announced() {
+    let peer = Peer::start();
+    let dep = Deployment::new(&[]);
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::new();
+    let mix_bytes = test_wav(3.0, 48_000);
+    let audio = peer.put("song.wav", mix_bytes.clone());
+    let accepted = submit(
+        &client,
+        &dep.base(),
+        json!({"audio": audio, "hook_url": peer.hook_url(), "priority": 4}),
+    )
+    .await;
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+
+    let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
+    assert_eq!(hooks.len(), 1, "one webhook");
+    let hook = &hooks[0];
+    assert!(verify_signature(WEBHOOK_SECRET, hook), "valid Standard Webhooks signature");
+    assert_eq!(hook.headers["webhook-id"], id);
+    assert_eq!(hook.body["task_id"], id);
+    assert_eq!(hook.body["status"], "succeeded");
+    assert_eq!(hook.body["priority"], 4);
+    assert_eq!(hook.body["model"], "dsp-centre");
+    assert!(hook.body["error"].is_null());
+    assert!((hook.body["duration_seconds"].as_f64().unwrap() - 3.0).abs() < 0.01);
+
+    // Download both stems through their signed links.
+    let mut stems = Vec::new();
+    for stem in ["vocals", "instrumental"] {
+        let url = hook.body["stems"][stem]["url"].as_str().unwrap();
+        let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
+        let (spec, frames) = read_wav(&bytes);
+        assert_eq!((spec.channels, spec.sample_rate), (2, 44_100));
+        assert_eq!(frames.len(), 3 * 44_100, "{stem}: the length of the mix at 44.1 kHz");
+        stems.push(frames);
+        // A tampered link is refused.
+        let bad = url.replace("sig=", "sig=00");
+        assert_eq!(client.get(&bad).send().await.unwrap().status(), 403);
+    }
+    // The stems sum back to the mix: the mix as the service decodes it (resampled to
+    // 44.1 kHz), within the rounding of two 16-bit stems.
+    let src = dep.path("mix.wav");
+    std::fs::write(&src, &mix_bytes).unwrap();
+    let mut reader = uvr::audio::AudioReader::open(&src, 0).unwrap();
+    let mut mix = Vec::new();
+    while let Some(chunk) = reader.read(65536).unwrap() {
+        mix.extend(chunk);
+    }
+    assert_eq!(mix.len(), stems[0].len());
+    let worst = stems[0]
+        .iter()
+        .zip(&stems[1])
+        .zip(&mix)
+        .flat_map(|((v, a), m)| (0..2).map(move |c| (v[c] + a[c] - m[c]).abs()))
+        .fold(0.0f32, f32::max);
+    assert!(worst < 3.0 / 32768.0, "stems + instrumental = mix (worst error {worst})");
+    // And the vocal stem carries the centred voice, not silence.
+    let vocal_energy: f32 = stems[0].iter().map(|f| f[0] * f[0]).sum();
+    assert!(vocal_energy > 1.0);
+
+    let t = task(&client, &dep.base(), &id).await;
+    assert_eq!(t["status"], "succeeded");
+    assert_eq!(t["progress"], 100);
+    assert!(t["result"]["stems"]["vocals"]["url"].is_string());
+    assert_eq!(t["result"]["webhook"]["state"], "delivered");
+    assert_eq!(t["webhook_deliveries"].as_array().unwrap().len(), 1);
+    assert!(!dep.path("staging").join(&id).exists(), "staging cleaned after upload");
+}
+
+#[actix_rt::test]
+async fn failures_are_announced_with_their_code() {
+    let peer = Peer::start();
+    let dep = Deployment::new(&[("MAX_ATTEMPTS", "2")]);
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::new();
+    let missing = format!("{}/audio/missing.wav", peer.base);
+    let corrupt = peer.put("corrupt.wav", b"RIFF\x10\x00\x00\x00WAVEfmt garbage garbage".to_vec());
+    let text = peer.put("notes.txt", b"this is not audio at all, just text".repeat(100));
+    let mut ids = Vec::new();
+    for url in [&missing, &corrupt, &text] {
+        let a = submit(&client, &dep.base(), json!({"audio": url, "hook_url": peer.hook_url()})).await;
+        ids.push(a["task_id"].as_str().unwrap().to_string());
+    }
+    let hooks = peer.wait_hooks(3, Duration::from_secs(60)).await;
+    assert_eq!(hooks.len(), 3);
+    for (id, code) in ids.iter().zip(["audio_http_status", "audio_corrupt", "audio_unsupported"]) {
+        let h = hooks.iter().find(|h| h.body["task_id"] == id.as_str()).expect("a webhook per task");
+        assert!(verify_signature(WEBHOOK_SECRET, h));
+        assert_eq!(h.body["status"], "failed");
+        assert_eq!(h.body["error"]["code"], code, "{}", h.body);
+        assert_eq!(h.body["model"], "dsp-centre", "the webhook names the model");
+        let t = task(&client, &dep.base(), id).await;
+        assert_eq!(t["status"], "failed");
+        assert_eq!(t["error"]["code"], code);
+    }
+}
+
+#[actix_rt::test]
+async fn priorities_are_honoured_end_to_end() {
+    let peer = Peer::start();
+    let dep = Deployment::new(&[("PROCESSOR_CONCURRENCY", "1"), ("UPLOADER_CONCURRENCY", "1")]);
+    let api = dep.spawn("api", "api");
+    let client = reqwest::Client::new();
+    let audio = peer.put("short.wav", test_wav(0.3, 44_100));
+    let mut expected = Vec::new();
+    for p in [1, 3, 5, 1, 3, 5] {
+        let a = submit(&client, &api.base, json!({"audio": audio, "hook_url": peer.hook_url(), "priority": p})).await;
+        expected.push((p, a["task_id"].as_str().unwrap().to_string()));
+    }
+    expected.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+    let _workers = dep.spawn("processor,uploader", "workers");
+    let hooks = peer.wait_hooks(6, Duration::from_secs(60)).await;
+    let got: Vec<(u8, String)> = hooks
+        .iter()
+        .map(|h| (h.body["priority"].as_u64().unwrap() as u8, h.body["task_id"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(got, expected, "5, 3, 1 and FIFO within each");
+}
+
+#[actix_rt::test]
+async fn cancel_before_processing_means_no_work_and_no_webhook() {
+    let peer = Peer::start();
+    let dep = Deployment::new(&[]);
+    let api = dep.spawn("api", "api");
+    let client = reqwest::Client::new();
+    let audio = peer.put("c.wav", test_wav(0.5, 44_100));
+    let a = submit(&client, &api.base, json!({"audio": audio, "hook_url": peer.hook_url()})).await;
+    let keep = submit(&client, &api.base, json!({"audio": audio, "hook_url": peer.hook_url()})).await;
+    let id = a["task_id"].as_str().unwrap();
+    let resp = client
+        .delete(format!("{}/tasks/{id}", api.base))
+        .basic_auth("admin", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let _workers = dep.spawn("processor,uploader", "workers");
+    let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hooks_after = peer.hooks();
+    assert_eq!(hooks_after.len(), 1, "only the other task is announced");
+    assert_eq!(hooks[0].body["task_id"], keep["task_id"]);
+    assert_eq!(task(&client, &api.base, id).await["status"], "cancelled");
+}
+
+#[actix_rt::test]
+async fn a_processor_killed_mid_task_is_replaced_and_the_task_completes_once() {
+    let peer = Peer::start();
+    let dep = Deployment::new(&[("LEASE_SECONDS", "1.5")]);
+    let api = dep.spawn("api,uploader", "api");
+    let client = reqwest::Client::new();
+    let wav = test_wav(2.0, 44_100);
+    let audio = peer.put("slow.wav", wav.clone());
+    // Drip the download so the processor is mid-task when it dies.
+    peer.state.lock().unwrap().drip.insert("slow.wav".into(), wav.len() / 2);
+    let a = submit(&client, &api.base, json!({"audio": audio, "hook_url": peer.hook_url()})).await;
+    let id = a["task_id"].as_str().unwrap().to_string();
+    let mut first = dep.spawn("processor", "processor-1");
+    // Wait until it holds the task.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = task(&client, &api.base, &id).await;
+        if t["status"] == "processing" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never claimed: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill();
+    // The download no longer needs to be slow for the second processor.
+    peer.state.lock().unwrap().drip.clear();
+    let _second = dep.spawn("processor", "processor-2");
+    let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].body["status"], "succeeded");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(peer.hooks().len(), 1, "exactly one success webhook");
+    let t = task(&client, &api.base, &id).await;
+    assert_eq!(t["status"], "succeeded");
+}
+
+#[actix_rt::test]
+async fn a_failing_webhook_is_retried_and_logged() {
+    let peer = Peer::start();
+    peer.state.lock().unwrap().hook_statuses = vec![500, 503];
+    let dep = Deployment::new(&[("RETRY_BASE_SECONDS", "0.1"), ("WEBHOOK_RETRY_MAX_SECONDS", "0.3")]);
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::new();
+    let audio = peer.put("r.wav", test_wav(0.3, 44_100));
+    let a = submit(&client, &dep.base(), json!({"audio": audio, "hook_url": peer.hook_url()})).await;
+    let id = a["task_id"].as_str().unwrap();
+    let hooks = peer.wait_hooks(3, Duration::from_secs(60)).await;
+    assert_eq!(hooks.len(), 3, "two failures, then delivered");
+    assert!(hooks.iter().all(|h| h.headers["webhook-id"] == id), "same id on every retry");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = task(&client, &dep.base(), id).await;
+    assert_eq!(t["status"], "succeeded");
+    let log = t["webhook_deliveries"].as_array().unwrap();
+    let outcomes: Vec<&str> = log.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, vec!["retry", "retry", "delivered"]);
+}

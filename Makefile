@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= /var/tmp/uvr-target
 CARGO ?= cargo
 
-.PHONY: test deps lint fmt check bench bench-api build release run clean
+.PHONY: test deps lint fmt check bench bench-api bench-separation build release run clean
 
 ## test: install missing system packages (redis-server), then run every test
 test: deps
@@ -35,3 +35,7 @@ release:
 
 bench-api: deps
 	./benches/api.sh
+
+## bench-separation: DSP separator SDR vs the L-R baseline, speed, peak memory for 5 and 60 min
+bench-separation:
+	$(CARGO) bench --locked --bench separation

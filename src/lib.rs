@@ -24,6 +24,8 @@
 //! - [`audio`]: fetching audio (the URL policy again, at connect time), streaming decoding
 //!   to stereo 44.1 kHz, writing stems.
 //! - [`separation`]: the `Separator` trait and the built-in DSP separator.
+//! - [`mdx`]: UVR MDX-Net models on Burn (GPU through wgpu, CPU fallback): ONNX reader,
+//!   graph compiler, streamed demix, device selection.
 //! - [`pipeline`]: what processors and uploaders do with a task: download, separate and
 //!   stage stems; store them, sign links, call the signed webhook.
 //! - [`net`]: the address policy for user-supplied URLs (SSRF defence).
@@ -37,6 +39,7 @@ pub mod actors;
 pub mod api;
 pub mod audio;
 pub mod config;
+pub mod mdx;
 pub mod metrics;
 pub mod models;
 pub mod net;

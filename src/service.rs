@@ -72,6 +72,7 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         std::path::Path::new(&models_dir),
         env.get("DEFAULT_MODEL"),
     )?);
+    let metrics = crate::metrics::install();
     let queue = Queue::connect(&cfg).context("redis configuration")?;
     let scheduler = SchedulerHandle::start(queue);
 
@@ -87,7 +88,14 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
     let worker_id = worker_id();
     let mut separator = None;
     if roles.contains(&Role::Processor) {
-        let pcfg = ProcessorConfig::from_env(&env, &catalog.default, cfg.queue.lease)?;
+        let pcfg = ProcessorConfig::from_env(&env, catalog.clone(), cfg.queue.lease)?;
+        // Load and warm up the default model before the first job (a no-op for dsp-centre).
+        let engine = pcfg.engine.clone();
+        let default_model = pcfg.default_model.clone();
+        tokio::task::spawn_blocking(move || engine.load(&default_model))
+            .await
+            .context("loading the default model")?
+            .map_err(|e| anyhow::anyhow!("default model {}: {e}", pcfg.default_model))?;
         std::fs::create_dir_all(&pcfg.staging_dir)
             .with_context(|| format!("STAGING_DIR {}", pcfg.staging_dir.display()))?;
         tracing::info!(staging = %pcfg.staging_dir.display(), concurrency = pcfg.concurrency,
@@ -111,6 +119,41 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
             )
             .start_supervised(),
         );
+    }
+
+    // Processes without the API still expose their metrics when METRICS_PORT is set.
+    let mut metrics_server = None;
+    if api.is_none() && env.get("METRICS_PORT").is_some() {
+        let port: u16 = env.ranged("METRICS_PORT", 0, 0..=65535)?;
+        let host = env.string("METRICS_HOST", "127.0.0.1");
+        let handle = metrics.clone();
+        let server = actix_web::HttpServer::new(move || {
+            let handle = handle.clone();
+            actix_web::App::new()
+                .route(
+                    "/metrics",
+                    actix_web::web::get().to(move || {
+                        let body = handle.render();
+                        async move {
+                            actix_web::HttpResponse::Ok()
+                                .content_type("text/plain; version=0.0.4; charset=utf-8")
+                                .body(body)
+                        }
+                    }),
+                )
+                .route(
+                    "/livez",
+                    actix_web::web::get().to(|| async { actix_web::HttpResponse::Ok().body("ok") }),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .bind((host.as_str(), port))
+        .with_context(|| format!("METRICS_PORT {port}"))?
+        .run();
+        tracing::info!(%host, port, "metrics endpoint");
+        metrics_server = Some(server.handle());
+        actix_web::rt::spawn(server);
     }
 
     let shutdown = api.as_ref().map(ApiServer::shutdown_handle);
@@ -153,7 +196,9 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         }
         None => signals.await,
     }
-    let _ = (&separator, &uploader);
+    if let Some(m) = metrics_server {
+        m.stop(true).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -216,6 +261,13 @@ pub async fn separate_command(args: &[String]) -> anyhow::Result<()> {
     } else {
         std::path::PathBuf::from(&input)
     };
+    let env = Env::from_process();
+    let catalog = Arc::new(Catalog::scan(
+        std::path::Path::new(&env.string("MODELS_DIR", "models")),
+        None,
+    )?);
+    let choice = env.parse("SEPARATOR_DEVICE", crate::mdx::device::DeviceChoice::Auto)?;
+    let engine = crate::separation::Engine::new(catalog, choice, Default::default());
     let job = crate::pipeline::process::SeparateJob {
         source: &source,
         out_dir: &out_dir,
@@ -224,6 +276,7 @@ pub async fn separate_command(args: &[String]) -> anyhow::Result<()> {
         output_format: format,
         stems: None,
         max_seconds: 0,
+        engine: &engine,
     };
     let summary = crate::pipeline::process::separate_file(&job, Default::default())
         .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;

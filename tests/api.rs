@@ -76,8 +76,14 @@ async fn priority_defaults_to_default_priority_and_positions_follow_priority() {
 async fn bad_input_gets_a_stable_code_and_nothing_is_enqueued() {
     let app = spawn_app(&[]);
     let url = format!("{}/generate", app.base);
+    // No connection reuse: the server answers 413 without reading an oversized body and
+    // closes that connection.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let post_raw = |ct: &'static str, body: Vec<u8>| {
-        app.client
+        fresh
             .post(&url)
             .basic_auth(USER, Some(PASSWORD))
             .header("content-type", ct)

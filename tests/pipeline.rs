@@ -369,8 +369,14 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
     ]);
     let cfg = uvr::config::Config::from(&env).unwrap();
     let scheduler = SchedulerHandle::start(uvr::queue::Queue::connect(&cfg).unwrap());
-    let pcfg =
-        uvr::pipeline::ProcessorConfig::from_env(&env, "dsp-centre", cfg.queue.lease).unwrap();
+    let pcfg = uvr::pipeline::ProcessorConfig::from_env(
+        &env,
+        std::sync::Arc::new(
+            uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
+        ),
+        cfg.queue.lease,
+    )
+    .unwrap();
     let sep = SeparatorActor::new(scheduler.clone(), pcfg, "sup-test".into()).start_supervised();
     let restarts = || {
         metrics

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use crate::metrics;
 use crate::queue::{
     CancelOutcome, Claimed, Enqueued, Failure, LeaseState, Maintenance, NewTask, Outcome, Queue,
-    QueueError, QueueStats, RedisInfo,
+    QueueError, QueueStats, RedisInfo, WorkerInfo,
 };
 use crate::task::{Stage, TaskId, TaskRecord};
 
@@ -108,8 +108,18 @@ pub struct Info;
 
 /// Lists workers that sent a heartbeat within the window.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<(String, f64)>, QueueError>")]
+#[rtype(result = "Result<Vec<WorkerInfo>, QueueError>")]
 pub struct LiveWorkers(pub Duration);
+
+/// Records what a worker is (role, device, models).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), QueueError>")]
+pub struct RegisterWorker {
+    /// The worker id.
+    pub worker: String,
+    /// Its self-description.
+    pub info: serde_json::Value,
+}
 
 /// Runs one maintenance pass now (tests and operators; it also runs on a timer).
 #[derive(Debug, Message)]
@@ -280,7 +290,18 @@ impl Handler<Claim> for Scheduler {
     type Result = ResponseFuture<Result<Option<Claimed>, QueueError>>;
     fn handle(&mut self, msg: Claim, _: &mut Context<Self>) -> Self::Result {
         let q = self.queue.clone();
-        self.run(async move { q.claim_wait(msg.stage, &msg.worker, msg.wait).await })
+        self.run(async move {
+            let claimed = q.claim_wait(msg.stage, &msg.worker, msg.wait).await?;
+            if let Some(c) = &claimed {
+                // The score is the stage-entry time times (6 - priority).
+                let entered = c.record.score / f64::from(c.record.request.priority.multiplier());
+                let started = c.record.started_at_ms.unwrap_or(0) as f64 / 1000.0;
+                if entered > 0.0 && started > entered {
+                    metrics::waited(c.stage.as_str(), started - entered);
+                }
+            }
+            Ok(claimed)
+        })
     }
 }
 
@@ -358,8 +379,16 @@ impl Handler<Info> for Scheduler {
     }
 }
 
+impl Handler<RegisterWorker> for Scheduler {
+    type Result = ResponseFuture<Result<(), QueueError>>;
+    fn handle(&mut self, msg: RegisterWorker, _: &mut Context<Self>) -> Self::Result {
+        let q = self.queue.clone();
+        self.run(async move { q.register_worker(&msg.worker, &msg.info).await })
+    }
+}
+
 impl Handler<LiveWorkers> for Scheduler {
-    type Result = ResponseFuture<Result<Vec<(String, f64)>, QueueError>>;
+    type Result = ResponseFuture<Result<Vec<WorkerInfo>, QueueError>>;
     fn handle(&mut self, msg: LiveWorkers, _: &mut Context<Self>) -> Self::Result {
         let q = self.queue.clone();
         self.run(async move { q.live_workers(msg.0).await })

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::actors::scheduler::{Ack, Fail, SchedulerHandle};
+use crate::actors::scheduler::{Ack, Fail, RegisterWorker, SchedulerHandle};
 use crate::actors::worker::{self, Ended, LoopControl};
 use crate::pipeline::process::{self, Progress};
 use crate::pipeline::{JobError, ProcessorConfig};
@@ -82,6 +82,14 @@ impl Actor for SeparatorActor {
                 async move {
                     tokio::time::sleep(delay).await;
                     let scheduler = env.scheduler.clone();
+                    let info = env.describe();
+                    let reg = RegisterWorker {
+                        worker: worker.clone(),
+                        info,
+                    };
+                    if let Err(e) = scheduler.ask(reg).await {
+                        tracing::debug!(error = %e, "could not register the worker yet");
+                    }
                     worker::claim_loop(&scheduler, &ctl, Stage::Separate, worker, |c| {
                         let env = env.clone();
                         async move { env.task(c).await }
@@ -130,6 +138,21 @@ struct Env {
 }
 
 impl Env {
+    fn describe(&self) -> serde_json::Value {
+        let device = self
+            .cfg
+            .engine
+            .selected_device()
+            .map(|d| serde_json::json!({"kind": d.kind, "name": d.name}));
+        serde_json::json!({
+            "role": "processor",
+            "version": env!("CARGO_PKG_VERSION"),
+            "device": device,
+            "default_model": self.cfg.default_model,
+            "concurrency": self.cfg.concurrency,
+        })
+    }
+
     async fn task(&self, claimed: Claimed) -> Ended {
         let id = claimed.id().clone();
         let started = Instant::now();

@@ -20,7 +20,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use serde_json::{Value, json};
 
-use crate::actors::scheduler::{Ack, AppendLog, Fail, SchedulerHandle};
+use crate::actors::scheduler::{Ack, AppendLog, Fail, RegisterWorker, SchedulerHandle};
 use crate::actors::worker::{self, Ended, LoopControl};
 use crate::pipeline::process::{Progress, task_dir};
 use crate::pipeline::storage::Storage;
@@ -91,6 +91,18 @@ impl Actor for UploaderActor {
                 async move {
                     tokio::time::sleep(delay).await;
                     let scheduler = env.scheduler.clone();
+                    let info = serde_json::json!({
+                        "role": "uploader",
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "storage": env.storage.kind(),
+                    });
+                    let reg = RegisterWorker {
+                        worker: worker.clone(),
+                        info,
+                    };
+                    if let Err(e) = scheduler.ask(reg).await {
+                        tracing::debug!(error = %e, "could not register the worker yet");
+                    }
                     worker::claim_loop(&scheduler, &ctl, Stage::Deliver, worker, |c| {
                         let env = env.clone();
                         async move { env.deliver(c).await }

@@ -304,7 +304,7 @@ async fn health(st: web::Data<AppState>) -> HttpResponse {
         "uptime_seconds": st.started.elapsed().as_secs(),
         "redis": redis,
         "queues": stats.ok(),
-        "workers": workers.ok().map(|ws| ws.into_iter().map(|(id, age)| json!({"id": id, "last_seen_seconds": (age * 10.0).round() / 10.0})).collect::<Vec<_>>()),
+        "workers": workers.ok(),
         "models": &*st.catalog,
     });
     let status = if healthy {

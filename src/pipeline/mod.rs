@@ -60,18 +60,40 @@ pub struct ProcessorConfig {
     pub default_model: String,
     /// The queue lease (`LEASE_SECONDS`); heartbeats go out every third of it.
     pub lease: Duration,
+    /// The separation engine (models, device).
+    pub engine: std::sync::Arc<crate::separation::Engine>,
 }
 
 impl ProcessorConfig {
     /// Reads the processor settings.
-    pub fn from_env(env: &Env, default_model: &str, lease: Duration) -> Result<Self, ConfigError> {
+    pub fn from_env(
+        env: &Env,
+        catalog: std::sync::Arc<crate::models::Catalog>,
+        lease: Duration,
+    ) -> Result<Self, ConfigError> {
+        let choice = env.parse("SEPARATOR_DEVICE", crate::mdx::device::DeviceChoice::Auto)?;
+        let overlap: f32 = env.parse("MDX_OVERLAP", 0.25)?;
+        if !(0.0..0.99).contains(&overlap) {
+            return Err(ConfigError::Invalid {
+                var: "MDX_OVERLAP",
+                value: overlap.to_string(),
+                reason: "expected 0 <= overlap < 0.99".into(),
+            });
+        }
+        let opts = crate::mdx::DemixOptions {
+            overlap,
+            denoise: env.boolean("MDX_DENOISE", false)?,
+            batch: env.ranged("MDX_BATCH", 4usize, 1..=64)?,
+        };
+        let default_model = catalog.default.clone();
         Ok(Self {
+            engine: std::sync::Arc::new(crate::separation::Engine::new(catalog, choice, opts)),
             lease,
             staging_dir: PathBuf::from(env.string("STAGING_DIR", "data/staging")),
             fetch: fetch_config(env)?,
             max_audio_seconds: env.parse("MAX_AUDIO_SECONDS", 3 * 3600u64)?,
             concurrency: env.ranged("PROCESSOR_CONCURRENCY", 1usize, 1..=64)?,
-            default_model: default_model.to_string(),
+            default_model,
         })
     }
 }

@@ -114,6 +114,7 @@ pub fn separate(
         output_format: record.request.output_format.clone(),
         stems: record.request.stems.clone(),
         max_seconds: cfg.max_audio_seconds,
+        engine: &cfg.engine,
     };
     let result = separate_file(&job, progress)?;
     let _ = std::fs::remove_file(source);
@@ -137,13 +138,15 @@ pub struct SeparateJob<'a> {
     pub stems: Option<Vec<String>>,
     /// Duration cap in seconds (0: none).
     pub max_seconds: u64,
+    /// Where separators come from.
+    pub engine: &'a separation::Engine,
 }
 
 /// Decodes, separates and writes stems (blocking). Returns a JSON summary: model, stems
 /// (file, bytes, sha256), duration, timings.
 pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<Value, JobError> {
     let started = Instant::now();
-    let mut separator = separation::build(&job.model)?;
+    let mut separator = job.engine.build(&job.model)?;
     let format = SampleFormat::parse(job.output_format.as_deref()).ok_or_else(|| {
         JobError::new(
             "unsupported_format",

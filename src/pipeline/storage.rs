@@ -252,6 +252,14 @@ impl Storage {
         }
     }
 
+    /// "local" or "s3".
+    pub fn kind(&self) -> &'static str {
+        match self.cfg {
+            StorageConfig::Local { .. } => "local",
+            StorageConfig::S3 { .. } => "s3",
+        }
+    }
+
     fn object_path(&self, key: &str) -> ObjectPath {
         match &self.cfg {
             StorageConfig::S3 { prefix, .. } if !prefix.is_empty() => {

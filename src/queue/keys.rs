@@ -17,6 +17,7 @@
 //! | `uvr_tasks:clock` | string | the strictly increasing enqueue clock |
 //! | `uvr_tasks:seq` | string | the fencing-token sequence |
 //! | `uvr_tasks:workers` | ZSet | worker id -> last heartbeat (ms) |
+//! | `uvr_tasks:workers:info` | hash | worker id -> JSON (role, device, models) |
 //!
 //! With `REDIS_KEY_HASH_TAG=uvr` every name gets the prefix `{uvr}:` so that all keys hash
 //! to one Redis Cluster slot and the multi-key scripts are legal there.
@@ -111,6 +112,11 @@ impl Keys {
     /// Live workers and their last heartbeat.
     pub fn workers(&self) -> String {
         self.global("workers")
+    }
+
+    /// What each worker reported about itself (role, device, models), JSON by worker id.
+    pub fn workers_info(&self) -> String {
+        self.global("workers:info")
     }
 }
 

@@ -262,6 +262,17 @@ pub struct RedisInfo {
     pub used_memory_bytes: u64,
 }
 
+/// A live worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    /// Its id (`host-pid-role-slot`).
+    pub id: String,
+    /// Seconds since its last claim or heartbeat.
+    pub last_seen_seconds: f64,
+    /// What it reported about itself.
+    pub info: Option<serde_json::Value>,
+}
+
 /// What one maintenance pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Maintenance {
@@ -924,8 +935,28 @@ impl Queue {
         .await
     }
 
-    /// Workers seen within `window`, with the seconds since each was last seen.
-    pub async fn live_workers(&self, window: Duration) -> Result<Vec<(String, f64)>, QueueError> {
+    /// Records what a worker is (role, device, models) and marks it seen now.
+    pub async fn register_worker(
+        &self,
+        worker: &str,
+        info: &serde_json::Value,
+    ) -> Result<(), QueueError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let now_ms = (redis_time(&mut conn).await? * 1000.0) as u64;
+            let mut pipe = redis::pipe();
+            pipe.hset(self.keys.workers_info(), worker, info.to_string())
+                .ignore()
+                .zadd(self.keys.workers(), worker, now_ms)
+                .ignore();
+            let _: () = pipe.query_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Workers seen within `window`: id, seconds since last seen, and what they reported.
+    pub async fn live_workers(&self, window: Duration) -> Result<Vec<WorkerInfo>, QueueError> {
         self.timed(async {
             let mut conn = self.conn().await?;
             let now_ms = redis_time(&mut conn).await? * 1000.0;
@@ -933,10 +964,16 @@ impl Queue {
             let seen: Vec<(String, f64)> = conn
                 .zrangebyscore_withscores(self.keys.workers(), since, "+inf")
                 .await?;
-            Ok(seen
-                .into_iter()
-                .map(|(w, t)| (w, ((now_ms - t) / 1000.0).max(0.0)))
-                .collect())
+            let mut out = Vec::with_capacity(seen.len());
+            for (id, t) in seen {
+                let info: Option<String> = conn.hget(self.keys.workers_info(), &id).await?;
+                out.push(WorkerInfo {
+                    info: info.and_then(|s| serde_json::from_str(&s).ok()),
+                    last_seen_seconds: (((now_ms - t) / 1000.0).max(0.0) * 10.0).round() / 10.0,
+                    id,
+                });
+            }
+            Ok(out)
         })
         .await
     }

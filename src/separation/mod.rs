@@ -10,6 +10,9 @@
 
 pub mod dsp;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use crate::audio::{DecodeError, Frame};
 
 /// What a listener wants after a progress report.
@@ -151,15 +154,117 @@ pub trait Separator: Send {
     ) -> Result<u64, SeparateError>;
 }
 
-/// Builds the separator for a model name from the catalogue.
-pub fn build(model: &str) -> Result<Box<dyn Separator>, SeparateError> {
-    match model {
-        crate::models::BUILTIN_DSP => Ok(Box::new(dsp::CentreExtractor::new(Default::default()))),
-        other => Err(SeparateError::Model(format!(
-            "model {other:?} cannot be run by this build (only {} is available)",
-            crate::models::BUILTIN_DSP
-        ))),
+/// Builds separators by model name: the built-in DSP separator, or MDX-Net models from the
+/// catalogue, loaded once onto the selected device and kept.
+pub struct Engine {
+    catalog: Arc<crate::models::Catalog>,
+    device: std::sync::OnceLock<Result<crate::mdx::device::SelectedDevice, String>>,
+    choice: crate::mdx::device::DeviceChoice,
+    opts: crate::mdx::DemixOptions,
+    loaded: Mutex<HashMap<String, Arc<crate::mdx::MdxModel>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("choice", &self.choice)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
     }
+}
+
+impl Engine {
+    /// An engine over `catalog`, running models on `choice` with `opts`.
+    pub fn new(
+        catalog: Arc<crate::models::Catalog>,
+        choice: crate::mdx::device::DeviceChoice,
+        opts: crate::mdx::DemixOptions,
+    ) -> Self {
+        Self {
+            catalog,
+            device: std::sync::OnceLock::new(),
+            choice,
+            opts,
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An engine that only knows the built-in separator (tests, `uvr separate` without models).
+    pub fn builtin() -> Self {
+        Self::new(
+            Arc::new(
+                crate::models::Catalog::scan(std::path::Path::new("/nonexistent"), None)
+                    .expect("builtin catalogue"),
+            ),
+            crate::mdx::device::DeviceChoice::Cpu,
+            Default::default(),
+        )
+    }
+
+    /// The device models run on (selected on first use).
+    pub fn device(&self) -> Result<&crate::mdx::device::SelectedDevice, SeparateError> {
+        self.device
+            .get_or_init(|| {
+                let d = crate::mdx::device::select(self.choice);
+                match &d {
+                    Ok(d) => tracing::info!(device = %d.name, kind = d.kind, "separation device"),
+                    Err(e) => tracing::error!(error = %e, "no separation device"),
+                }
+                d
+            })
+            .as_ref()
+            .map_err(|e| SeparateError::Model(e.clone()))
+    }
+
+    /// The device, if one has been selected already (no selection is triggered).
+    pub fn selected_device(&self) -> Option<&crate::mdx::device::SelectedDevice> {
+        self.device.get().and_then(|r| r.as_ref().ok())
+    }
+
+    /// Loads (once) and warms up a model of the catalogue.
+    pub fn load(&self, name: &str) -> Result<Option<Arc<crate::mdx::MdxModel>>, SeparateError> {
+        let info = self
+            .catalog
+            .get(name)
+            .ok_or_else(|| SeparateError::Model(format!("model {name:?} is not installed")))?;
+        let Some(file) = &info.file else {
+            return Ok(None);
+        };
+        if let Some(m) = lock(&self.loaded).get(name) {
+            return Ok(Some(m.clone()));
+        }
+        let device = self.device()?;
+        let started = std::time::Instant::now();
+        let model = crate::mdx::MdxModel::load(file, &device.device)
+            .map_err(|e| SeparateError::Model(e.to_string()))?;
+        model.warm_up();
+        tracing::info!(
+            model = name,
+            dim_f = model.net.dim_f,
+            dim_t = model.net.dim_t,
+            n_fft = model.params.n_fft,
+            seconds = started.elapsed().as_secs_f64(),
+            "model loaded"
+        );
+        let model = Arc::new(model);
+        lock(&self.loaded).insert(name.to_string(), model.clone());
+        Ok(Some(model))
+    }
+
+    /// A separator for `model`.
+    pub fn build(&self, model: &str) -> Result<Box<dyn Separator>, SeparateError> {
+        match self.load(model)? {
+            None => Ok(Box::new(dsp::CentreExtractor::new(Default::default()))),
+            Some(m) => Ok(Box::new(crate::mdx::MdxSeparator::new(
+                m,
+                self.opts.clone(),
+            ))),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Signal-to-distortion ratio in dB of `estimate` against `reference` (both channels).

@@ -6,8 +6,10 @@
 //! - [`separator`]: claims separation tasks, separates them on dedicated threads.
 //! - [`uploader`]: claims separated tasks, stores stems, signs links, calls webhooks.
 //! - [`worker`]: the claim loop and lease keeping the two workers share.
+//! - [`messages`]: messages shared by more than one actor (`Drain`, `Restart`).
 
 pub mod intake;
+pub mod messages;
 pub mod scheduler;
 pub mod separator;
 pub mod uploader;

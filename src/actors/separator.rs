@@ -22,15 +22,7 @@ use crate::queue::{Claimed, Failure, Outcome, QueueError};
 use crate::supervise::{self, RestartTracker, Verdict};
 use crate::task::Stage;
 
-/// Stops claiming new tasks; answers once the tasks in hand are finished.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Drain;
-
-/// Stops the actor so that its supervisor restarts it (operators, and the supervision test).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Restart;
+pub use crate::actors::messages::{Drain, Restart};
 
 /// The Separator actor.
 pub struct SeparatorActor {
@@ -107,28 +99,7 @@ impl Actor for SeparatorActor {
     }
 }
 
-impl Supervised for SeparatorActor {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        // The loops were dropped with the old context; their tasks come back by lease expiry.
-        self.ctl.active.store(0, Ordering::SeqCst);
-    }
-}
-
-impl Handler<Drain> for SeparatorActor {
-    type Result = ResponseFuture<()>;
-    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
-        self.ctl.draining.store(true, Ordering::SeqCst);
-        let ctl = self.ctl.clone();
-        Box::pin(async move { ctl.idle().await })
-    }
-}
-
-impl Handler<Restart> for SeparatorActor {
-    type Result = ();
-    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
+crate::worker_actor_common!(SeparatorActor);
 
 #[derive(Clone)]
 struct Env {

@@ -14,7 +14,6 @@
 //! Every attempt is appended to the record's delivery log (`webhook_deliveries`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -29,7 +28,7 @@ use crate::queue::{Claimed, Failure, Outcome};
 use crate::supervise::{self, RestartTracker, Verdict};
 use crate::task::{Stage, Status};
 
-pub use crate::actors::separator::{Drain, Restart};
+pub use crate::actors::messages::{Drain, Restart};
 
 /// The Uploader actor.
 pub struct UploaderActor {
@@ -120,27 +119,7 @@ impl Actor for UploaderActor {
     }
 }
 
-impl Supervised for UploaderActor {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        self.ctl.active.store(0, Ordering::SeqCst);
-    }
-}
-
-impl Handler<Drain> for UploaderActor {
-    type Result = ResponseFuture<()>;
-    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
-        self.ctl.draining.store(true, Ordering::SeqCst);
-        let ctl = self.ctl.clone();
-        Box::pin(async move { ctl.idle().await })
-    }
-}
-
-impl Handler<Restart> for UploaderActor {
-    type Result = ();
-    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
+crate::worker_actor_common!(UploaderActor);
 
 /// What a delivery attempt decided.
 enum Next {

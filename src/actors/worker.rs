@@ -116,3 +116,48 @@ pub async fn with_lease<F: Future>(
         }
     }
 }
+
+/// Implements, for a worker actor with a `ctl: LoopControl` field, what every worker shares:
+/// the supervisor hook, [`Drain`](crate::actors::messages::Drain) and
+/// [`Restart`](crate::actors::messages::Restart).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! worker_actor_common {
+    ($actor:ty) => {
+        impl actix::Supervised for $actor {
+            fn restarting(&mut self, _: &mut Self::Context) {
+                // The loops were dropped with the old context; their tasks come back by
+                // lease expiry.
+                self.ctl
+                    .active
+                    .store(0, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+
+        impl actix::Handler<$crate::actors::messages::Drain> for $actor {
+            type Result = actix::ResponseFuture<()>;
+            fn handle(
+                &mut self,
+                _: $crate::actors::messages::Drain,
+                _: &mut actix::Context<Self>,
+            ) -> Self::Result {
+                self.ctl
+                    .draining
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                let ctl = self.ctl.clone();
+                Box::pin(async move { ctl.idle().await })
+            }
+        }
+
+        impl actix::Handler<$crate::actors::messages::Restart> for $actor {
+            type Result = ();
+            fn handle(
+                &mut self,
+                _: $crate::actors::messages::Restart,
+                ctx: &mut actix::Context<Self>,
+            ) {
+                actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::actors::scheduler::{Ack, Fail, RegisterWorker, SchedulerHandle};
-use crate::actors::worker::{self, Ended, LoopControl};
+use crate::actors::scheduler::{Ack, Fail, SchedulerHandle};
+use crate::actors::worker::{self, Ended, LoopControl, LoopSpec};
 use crate::pipeline::process::{self, Progress};
 use crate::pipeline::{JobError, ProcessorConfig};
 use crate::queue::{Claimed, Failure, Outcome, QueueError};
@@ -62,40 +62,24 @@ impl Actor for SeparatorActor {
             Verdict::ResumeAfter(d) => d,
             Verdict::GiveUp => return,
         };
-        for slot in 0..self.cfg.concurrency {
-            let worker = format!("{}-{slot}", self.worker);
-            let env = Env {
-                scheduler: self.scheduler.clone(),
-                cfg: self.cfg.clone(),
-                client: self.client.clone(),
-            };
-            let ctl = self.ctl.clone();
-            ctx.spawn(
-                async move {
-                    tokio::time::sleep(delay).await;
-                    let scheduler = env.scheduler.clone();
-                    let info = env.describe();
-                    let reg = RegisterWorker {
-                        worker: worker.clone(),
-                        info,
-                    };
-                    if let Err(e) = scheduler.ask(reg).await {
-                        tracing::debug!(error = %e, "could not register the worker yet");
-                    }
-                    worker::claim_loop(&scheduler, &ctl, Stage::Separate, worker, |c| {
-                        let env = env.clone();
-                        async move { env.task(c).await }
-                    })
-                    .await
-                }
-                .into_actor(self)
-                .map(|ended, _act, ctx| {
-                    if matches!(ended, Ended::Panicked) {
-                        ctx.stop();
-                    }
-                }),
-            );
-        }
+        let env = Env {
+            scheduler: self.scheduler.clone(),
+            cfg: self.cfg.clone(),
+            client: self.client.clone(),
+        };
+        let spec = LoopSpec {
+            scheduler: self.scheduler.clone(),
+            ctl: self.ctl.clone(),
+            stage: Stage::Separate,
+            worker: self.worker.clone(),
+            concurrency: self.cfg.concurrency,
+            delay,
+            info: env.describe(),
+        };
+        worker::spawn_loops(ctx, spec, move |c| {
+            let env = env.clone();
+            async move { env.task(c).await }
+        });
     }
 }
 

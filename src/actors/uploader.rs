@@ -19,8 +19,8 @@ use std::time::Instant;
 use actix::prelude::*;
 use serde_json::{Value, json};
 
-use crate::actors::scheduler::{Ack, AppendLog, Fail, RegisterWorker, SchedulerHandle};
-use crate::actors::worker::{self, Ended, LoopControl};
+use crate::actors::scheduler::{Ack, AppendLog, Fail, SchedulerHandle};
+use crate::actors::worker::{self, Ended, LoopControl, LoopSpec};
 use crate::pipeline::process::{Progress, task_dir};
 use crate::pipeline::storage::Storage;
 use crate::pipeline::{JobError, UploaderConfig, webhook};
@@ -82,40 +82,24 @@ impl Actor for UploaderActor {
             Verdict::ResumeAfter(d) => d,
             Verdict::GiveUp => return,
         };
-        for slot in 0..self.env.cfg.concurrency {
-            let worker = format!("{}-{slot}", self.worker);
-            let env = self.env.clone();
-            let ctl = self.ctl.clone();
-            ctx.spawn(
-                async move {
-                    tokio::time::sleep(delay).await;
-                    let scheduler = env.scheduler.clone();
-                    let info = serde_json::json!({
-                        "role": "uploader",
-                        "version": env!("CARGO_PKG_VERSION"),
-                        "storage": env.storage.kind(),
-                    });
-                    let reg = RegisterWorker {
-                        worker: worker.clone(),
-                        info,
-                    };
-                    if let Err(e) = scheduler.ask(reg).await {
-                        tracing::debug!(error = %e, "could not register the worker yet");
-                    }
-                    worker::claim_loop(&scheduler, &ctl, Stage::Deliver, worker, |c| {
-                        let env = env.clone();
-                        async move { env.deliver(c).await }
-                    })
-                    .await
-                }
-                .into_actor(self)
-                .map(|ended, _, ctx| {
-                    if ended == Ended::Panicked {
-                        ctx.stop();
-                    }
-                }),
-            );
-        }
+        let spec = LoopSpec {
+            scheduler: self.env.scheduler.clone(),
+            ctl: self.ctl.clone(),
+            stage: Stage::Deliver,
+            worker: self.worker.clone(),
+            concurrency: self.env.cfg.concurrency,
+            delay,
+            info: serde_json::json!({
+                "role": "uploader",
+                "version": env!("CARGO_PKG_VERSION"),
+                "storage": self.env.storage.kind(),
+            }),
+        };
+        let env = self.env.clone();
+        worker::spawn_loops(ctx, spec, move |c| {
+            let env = env.clone();
+            async move { env.deliver(c).await }
+        });
     }
 }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::actors::scheduler::{Claim, Heartbeat, SchedulerHandle};
+use actix::prelude::*;
+
+use crate::actors::scheduler::{Claim, Heartbeat, RegisterWorker, SchedulerHandle};
 use crate::pipeline::process::Progress;
 use crate::queue::{Claimed, LeaseState, QueueError};
 use crate::task::Stage;
@@ -34,6 +36,59 @@ impl LoopControl {
         while self.active.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// What a worker actor's loops need to run.
+#[derive(Debug, Clone)]
+pub struct LoopSpec {
+    /// The Scheduler.
+    pub scheduler: SchedulerHandle,
+    /// Draining flag and tasks in hand.
+    pub ctl: LoopControl,
+    /// The stage claimed from.
+    pub stage: Stage,
+    /// Worker id prefix; each loop appends `-<slot>`.
+    pub worker: String,
+    /// Loops to run.
+    pub concurrency: usize,
+    /// Delay before claiming (the restart backoff).
+    pub delay: Duration,
+    /// The self-description registered for each loop's worker id.
+    pub info: serde_json::Value,
+}
+
+/// Spawns `spec.concurrency` claim loops in the actor's context: each registers its worker,
+/// then hands claimed tasks to `handle`; a panicked task stops the actor so that its
+/// supervisor restarts it.
+pub fn spawn_loops<A, H, Fut>(ctx: &mut Context<A>, spec: LoopSpec, handle: H)
+where
+    A: Actor<Context = Context<A>>,
+    H: Fn(Claimed) -> Fut + Clone + 'static,
+    Fut: Future<Output = Ended> + 'static,
+{
+    for slot in 0..spec.concurrency {
+        let spec = spec.clone();
+        let handle = handle.clone();
+        let worker = format!("{}-{slot}", spec.worker);
+        let fut = async move {
+            tokio::time::sleep(spec.delay).await;
+            let reg = RegisterWorker {
+                worker: worker.clone(),
+                info: spec.info.clone(),
+            };
+            if let Err(e) = spec.scheduler.ask(reg).await {
+                tracing::debug!(error = %e, "could not register the worker yet");
+            }
+            claim_loop(&spec.scheduler, &spec.ctl, spec.stage, worker, handle).await
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, A>(fut).map(|ended, _act, ctx: &mut Context<A>| {
+                if ended == Ended::Panicked {
+                    ctx.stop();
+                }
+            }),
+        );
     }
 }
 

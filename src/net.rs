@@ -111,16 +111,22 @@ impl UrlPolicy {
     /// check decides.
     pub async fn check(&self, raw: &str) -> Result<Url, UrlError> {
         let url = self.parse(raw)?;
+        self.check_resolved(&url).await?;
+        Ok(url)
+    }
+
+    /// The DNS half of [`check`](Self::check), for a URL [`parse`](Self::parse) accepted.
+    pub async fn check_resolved(&self, url: &Url) -> Result<(), UrlError> {
         if self.allow_private {
-            return Ok(url);
+            return Ok(());
         }
         if let Some(Host::Domain(_)) = url.host() {
-            match self.resolve(&url).await {
+            match self.resolve(url).await {
                 Ok(_) | Err(UrlError::Unresolvable(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(url)
+        Ok(())
     }
 
     /// Connect-time check: resolves the host once and returns the socket addresses to

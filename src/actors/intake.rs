@@ -194,13 +194,17 @@ impl Handler<Submit> for Intake {
         };
         Box::pin(async move {
             let result = async {
-                let (mut request, idempotency_key) = parsed?;
+                let Validated {
+                    mut request,
+                    idempotency_key,
+                    urls,
+                } = parsed?;
                 if let Some(retry_after) = limited {
                     return Err(IntakeError::RateLimited { retry_after });
                 }
-                for (field, url) in [("audio", &request.audio), ("hook_url", &request.hook_url)] {
+                for (field, url) in &urls {
                     cfg.url_policy
-                        .check(url)
+                        .check_resolved(url)
                         .await
                         .map_err(|e| url_error(field, e))?;
                 }
@@ -238,15 +242,19 @@ fn url_error(field: &'static str, e: UrlError) -> IntakeError {
     IntakeError::invalid(field, e.code(), e.to_string())
 }
 
+/// A request that passed the synchronous checks, with its two URLs already parsed.
+struct Validated {
+    request: TaskRequest,
+    idempotency_key: Option<String>,
+    urls: [(&'static str, url::Url); 2],
+}
+
 /// Checks and normalises the body; URL address checks that need DNS happen after.
-fn validate(
-    cfg: &IntakeConfig,
-    msg: &Submit,
-) -> Result<(TaskRequest, Option<String>), IntakeError> {
+fn validate(cfg: &IntakeConfig, msg: &Submit) -> Result<Validated, IntakeError> {
     let obj = msg.body.as_object().ok_or_else(|| {
         IntakeError::invalid("body", "invalid_body", "the body must be a JSON object")
     })?;
-    let url_field = |field: &'static str| -> Result<String, IntakeError> {
+    let url_field = |field: &'static str| -> Result<url::Url, IntakeError> {
         let v = match obj.get(field) {
             None | Some(Value::Null) => {
                 return Err(IntakeError::invalid(
@@ -272,10 +280,7 @@ fn validate(
             ));
         }
         // Syntax and literal-address checks now; DNS checks later.
-        cfg.url_policy
-            .parse(v)
-            .map(|u| u.to_string())
-            .map_err(|e| url_error(field, e))
+        cfg.url_policy.parse(v).map_err(|e| url_error(field, e))
     };
     let audio = url_field("audio")?;
     let hook_url = url_field("hook_url")?;
@@ -425,10 +430,10 @@ fn validate(
             Some(k.clone())
         }
     };
-    Ok((
-        TaskRequest {
-            audio,
-            hook_url,
+    Ok(Validated {
+        request: TaskRequest {
+            audio: audio.to_string(),
+            hook_url: hook_url.to_string(),
             priority,
             model,
             stems,
@@ -436,5 +441,6 @@ fn validate(
             owner: None,
         },
         idempotency_key,
-    ))
+        urls: [("audio", audio), ("hook_url", hook_url)],
+    })
 }

@@ -89,6 +89,11 @@ impl ResponseError for ApiError {
         if let Some(s) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, s.to_string()));
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The unread rest of the body is still on the wire: the connection cannot be
+            // reused, so say so instead of letting the next request on it fail.
+            resp.force_close();
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.insert_header((
                 header::WWW_AUTHENTICATE,

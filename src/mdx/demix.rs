@@ -80,6 +80,8 @@ pub struct Spectral {
     dim_f: usize,
     dim_t: usize,
     window: Vec<f32>,
+    /// The summed squared windows of a chunk's frames (the iSTFT normaliser), computed once.
+    envelope: Vec<f64>,
     fwd: Arc<dyn RealToComplex<f32>>,
     inv: Arc<dyn ComplexToReal<f32>>,
 }
@@ -97,13 +99,20 @@ impl Spectral {
     /// The STFT for `n_fft`/`hop` feeding `dim_f × dim_t` spectrograms.
     pub fn new(n_fft: usize, hop: usize, dim_f: usize, dim_t: usize) -> Self {
         let mut planner = RealFftPlanner::<f32>::new();
+        let window: Vec<f32> = (0..n_fft)
+            .map(|i| {
+                (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n_fft as f64).cos()) as f32
+            })
+            .collect();
+        let mut envelope = vec![0.0f64; n_fft + hop * (dim_t - 1)];
+        for t in 0..dim_t {
+            for (k, w) in window.iter().enumerate() {
+                envelope[t * hop + k] += f64::from(w * w);
+            }
+        }
         Self {
-            window: (0..n_fft)
-                .map(|i| {
-                    (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n_fft as f64).cos())
-                        as f32
-                })
-                .collect(),
+            window,
+            envelope,
             fwd: planner.plan_fft_forward(n_fft),
             inv: planner.plan_fft_inverse(n_fft),
             n_fft,
@@ -168,14 +177,9 @@ impl Spectral {
         let (n, hop, f_n, t_n) = (self.n_fft, self.hop, self.dim_f, self.dim_t);
         let total = n + hop * (t_n - 1);
         let mut y = vec![[0.0f64; 2]; total];
-        let mut env = vec![0.0f64; total];
+        let env = &self.envelope;
         let mut spec = vec![Complex32::default(); n / 2 + 1];
         let mut frame = vec![0.0f32; n];
-        for t in 0..t_n {
-            for (k, w) in self.window.iter().enumerate() {
-                env[t * hop + k] += f64::from(w * w);
-            }
-        }
         for c in 0..2 {
             for t in 0..t_n {
                 for (f, s) in spec.iter_mut().enumerate() {

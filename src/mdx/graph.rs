@@ -113,10 +113,8 @@ struct Step {
 /// A compiled MDX-Net graph on one device.
 pub struct MdxNet {
     steps: Vec<Step>,
-    input: usize,
     output: usize,
-    slots: usize,
-    /// Uses left of each slot, so values are dropped as soon as they are consumed.
+    /// Uses left of each slot (one slot per value; slot 0 is the graph input), so values are dropped as soon as they are consumed.
     uses: Vec<usize>,
     /// Frequency bins the model takes (`dim_f`).
     pub dim_f: usize,
@@ -385,16 +383,14 @@ impl MdxNet {
         })?;
         let mut uses = vec![0usize; next_slot];
         for s in &steps {
-            for i in s.op_inputs() {
+            for i in s.op.inputs() {
                 uses[i] += 1;
             }
         }
         uses[output_slot] += 1;
         Ok(Self {
             steps,
-            input: 0,
             output: output_slot,
-            slots: next_slot,
             uses,
             dim_f,
             dim_t,
@@ -409,9 +405,9 @@ impl MdxNet {
 
     /// Runs the network on `[batch, 4, dim_f, dim_t]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut values: Vec<Option<Tensor<4>>> = vec![None; self.slots];
+        let mut values: Vec<Option<Tensor<4>>> = vec![None; self.uses.len()];
         let mut left = self.uses.clone();
-        values[self.input] = Some(x);
+        values[0] = Some(x);
         let mut take = |values: &mut Vec<Option<Tensor<4>>>, i: usize| -> Tensor<4> {
             left[i] -= 1;
             if left[i] == 0 {
@@ -469,11 +465,5 @@ impl Op {
             | Op::Transpose { x, .. } => vec![*x],
             Op::Add { a, b } | Op::Mul { a, b } => vec![*a, *b],
         }
-    }
-}
-
-impl Step {
-    fn op_inputs(&self) -> Vec<usize> {
-        self.op.inputs()
     }
 }

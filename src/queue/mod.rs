@@ -964,15 +964,25 @@ impl Queue {
             let seen: Vec<(String, f64)> = conn
                 .zrangebyscore_withscores(self.keys.workers(), since, "+inf")
                 .await?;
-            let mut out = Vec::with_capacity(seen.len());
-            for (id, t) in seen {
-                let info: Option<String> = conn.hget(self.keys.workers_info(), &id).await?;
-                out.push(WorkerInfo {
+            if seen.is_empty() {
+                return Ok(Vec::new());
+            }
+            // One round trip for every worker's self-description.
+            let ids: Vec<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+            let infos: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.keys.workers_info())
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await?;
+            let out = seen
+                .into_iter()
+                .zip(infos)
+                .map(|((id, t), info)| WorkerInfo {
                     info: info.and_then(|s| serde_json::from_str(&s).ok()),
                     last_seen_seconds: (((now_ms - t) / 1000.0).max(0.0) * 10.0).round() / 10.0,
                     id,
-                });
-            }
+                })
+                .collect();
             Ok(out)
         })
         .await

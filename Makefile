@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= /var/tmp/uvr-target
 CARGO ?= cargo
 
-.PHONY: test deps lint fmt check bench bench-api bench-separation build release run clean
+.PHONY: test deps lint fmt check bench bench-api bench-separation build release run clean faults load fuzz
 
 ## test: install missing system packages (redis-server), then run every test
 test: deps
@@ -39,3 +39,18 @@ bench-api: deps
 ## bench-separation: DSP separator SDR vs the L-R baseline, speed, peak memory for 5 and 60 min
 bench-separation:
 	$(CARGO) bench --locked --bench separation
+
+## faults: the fault-injection suite scaled up (SIGKILLed processor/uploader, Redis and
+## SeaweedFS restarts, webhook receiver faults); `make test` runs it with fewer tasks
+faults: deps
+	CUBECL_AUTOTUNE_LEVEL=minimal FAULT_TASKS=$${FAULT_TASKS:-12} $(CARGO) test --locked --test faults -- --nocapture --test-threads=1
+
+## load: bounded load run (open-loop LOAD_RATE/s for LOAD_SECONDS: latency, throughput, memory
+## over time) and overload runs (MAX_QUEUE_DEPTH 503s, rate-limit 429s) against the real binary
+load: deps
+	CUBECL_AUTOTUNE_LEVEL=minimal $(CARGO) test --locked --test load -- --ignored --nocapture --test-threads=1
+
+## fuzz: cargo-fuzz targets request, decode, onnx for FUZZ_SECONDS each (default 60); nightly,
+## its own target directory (FUZZ_TARGET_DIR, default /var/tmp/uvr-fuzz-target)
+fuzz:
+	./scripts/fuzz.sh

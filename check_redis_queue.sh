@@ -16,6 +16,9 @@
 #   REDIS_TASK_QUEUE     default uvr_tasks
 #   REDIS_RESULT_QUEUE   default uvr_results
 #   REDIS_KEY_HASH_TAG   optional; every key gets the prefix "{tag}:"
+#   REDIS_SENTINELS      optional "host:port,host:port": ask these sentinels for the master
+#                        (REDIS_SENTINEL_MASTER, default mymaster; REDIS_SENTINEL_PASSWORD)
+#                        and use its address instead of REDIS_HOST/REDIS_PORT or the URL's
 #   UVR_REDIS_CONTAINER  if set, run redis-cli inside this docker container
 #
 # Exit status: 0 ok, 1 usage / missing tools / unexpected reply, 2 Redis unreachable.
@@ -39,7 +42,8 @@ Options:
   -h, --help  show this help
 
 Environment: REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_DB, REDIS_PASSWORD,
-REDIS_TASK_QUEUE, REDIS_RESULT_QUEUE, REDIS_KEY_HASH_TAG, UVR_REDIS_CONTAINER.
+REDIS_TASK_QUEUE, REDIS_RESULT_QUEUE, REDIS_KEY_HASH_TAG, REDIS_SENTINELS,
+REDIS_SENTINEL_MASTER, REDIS_SENTINEL_PASSWORD, UVR_REDIS_CONTAINER.
 
 Exit status: 0 ok, 1 usage error / missing tool / unexpected reply, 2 Redis unreachable.
 EOF
@@ -111,6 +115,46 @@ fi
 if [ "$USE_DOCKER" = 1 ]; then
     command -v docker >/dev/null 2>&1 ||
         die 1 "neither a usable redis-cli nor docker found (need one of them)"
+fi
+
+# Under Sentinel, the master is whichever server the first answering sentinel names.
+if [ -n "${REDIS_SENTINELS:-}" ] && [ "$USE_DOCKER" = 0 ]; then
+    master_name=${REDIS_SENTINEL_MASTER:-mymaster}
+    sentinel_cli() { # the sentinels' own password, if any, through the environment
+        if [ -n "${REDIS_SENTINEL_PASSWORD:-}" ]; then
+            REDISCLI_AUTH=$REDIS_SENTINEL_PASSWORD redis-cli --no-auth-warning "$@"
+        else
+            env -u REDISCLI_AUTH redis-cli "$@"
+        fi
+    }
+    found=
+    IFS=',' read -r -a sentinels <<<"$REDIS_SENTINELS"
+    for node in "${sentinels[@]}"; do
+        node=${node//[[:space:]]/}
+        [ -n "$node" ] || continue
+        s_host=${node%:*} s_port=${node##*:}
+        [ "$s_host" = "$node" ] && s_port=26379
+        s_host=${s_host#\[} s_host=${s_host%]}
+        reply=$(sentinel_cli -h "$s_host" -p "$s_port" \
+            SENTINEL get-master-addr-by-name "$master_name" 2>/dev/null) || continue
+        m_host=$(printf '%s\n' "$reply" | sed -n 1p)
+        m_port=$(printf '%s\n' "$reply" | sed -n 2p)
+        case $m_port in '' | *[!0-9]*) continue ;; esac
+        found=1
+        break
+    done
+    [ -n "$found" ] || die 2 "no sentinel in REDIS_SENTINELS names a master '$master_name'"
+    if [ -n "$REDIS_URL" ]; then
+        u_scheme=${REDIS_URL%%://*} u_rest=${REDIS_URL#*://}
+        u_auth=${u_rest%%/*}
+        u_path=${u_rest#"$u_auth"}
+        u_user=
+        case $u_auth in *@*) u_user="${u_auth%@*}@" ;; esac
+        case $m_host in *:*) m_host="[$m_host]" ;; esac
+        REDIS_URL="$u_scheme://$u_user$m_host:$m_port$u_path"
+    else
+        REDIS_HOST=$m_host REDIS_PORT=$m_port
+    fi
 fi
 
 # A printable target, never with the password.

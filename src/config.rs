@@ -160,6 +160,35 @@ pub struct RedisConfig {
     pub pool_size: u32,
     /// How long one Redis operation may take before it fails (`REDIS_TIMEOUT`, seconds).
     pub op_timeout: Duration,
+    /// Redis Sentinel: when set, the master is found through these sentinels and the host
+    /// and port of `url` are not used (its database and credentials still are).
+    pub sentinel: Option<SentinelConfig>,
+    /// Replicas that must confirm a new task before the submission is acknowledged
+    /// (`REDIS_WAIT_REPLICAS`, default 0: the master's own write is enough).
+    pub wait_replicas: u32,
+    /// How long to wait for those confirmations (`REDIS_WAIT_TIMEOUT`, default 1 s).
+    pub wait_timeout: Duration,
+}
+
+/// How to reach a Sentinel-monitored master.
+#[derive(Clone)]
+pub struct SentinelConfig {
+    /// The sentinels, `host:port` (`REDIS_SENTINELS`, comma-separated).
+    pub nodes: Vec<(String, u16)>,
+    /// The monitored master's name (`REDIS_SENTINEL_MASTER`, default `mymaster`).
+    pub master: String,
+    /// Password of the sentinels themselves (`REDIS_SENTINEL_PASSWORD`), when they have one.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field("nodes", &self.nodes)
+            .field("master", &self.master)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl fmt::Debug for RedisConfig {
@@ -168,6 +197,8 @@ impl fmt::Debug for RedisConfig {
             .field("url", &redact_url(&self.url))
             .field("pool_size", &self.pool_size)
             .field("op_timeout", &self.op_timeout)
+            .field("sentinel", &self.sentinel)
+            .field("wait_replicas", &self.wait_replicas)
             .finish()
     }
 }
@@ -286,7 +317,54 @@ fn redis_config(env: &Env) -> Result<RedisConfig, ConfigError> {
         url,
         pool_size: env.ranged("REDIS_POOL_SIZE", 16, 1..=1024)?,
         op_timeout: env.seconds("REDIS_TIMEOUT", Duration::from_secs(5))?,
+        sentinel: sentinel_config(env)?,
+        wait_replicas: env.ranged("REDIS_WAIT_REPLICAS", 0, 0..=64)?,
+        wait_timeout: env.seconds("REDIS_WAIT_TIMEOUT", Duration::from_secs(1))?,
     })
+}
+
+fn sentinel_config(env: &Env) -> Result<Option<SentinelConfig>, ConfigError> {
+    let Some(list) = env.get("REDIS_SENTINELS") else {
+        return Ok(None);
+    };
+    let invalid = |value: &str, reason: &str| ConfigError::Invalid {
+        var: "REDIS_SENTINELS",
+        value: value.to_string(),
+        reason: reason.into(),
+    };
+    let mut nodes = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (host, port) = match item.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() => (h, p),
+            _ => (item, "26379"),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '@', ' ']) {
+            return Err(invalid(item, "expected host:port"));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| invalid(item, "expected a port 1..=65535"))?;
+        nodes.push((host.to_string(), port));
+    }
+    if nodes.is_empty() {
+        return Err(invalid(list, "expected at least one host:port"));
+    }
+    let master = env.string("REDIS_SENTINEL_MASTER", "mymaster");
+    if master.is_empty() || master.contains(char::is_whitespace) {
+        return Err(ConfigError::Invalid {
+            var: "REDIS_SENTINEL_MASTER",
+            value: master,
+            reason: "expected the name the sentinels monitor".into(),
+        });
+    }
+    Ok(Some(SentinelConfig {
+        nodes,
+        master,
+        password: env.get("REDIS_SENTINEL_PASSWORD").map(str::to_string),
+    }))
 }
 
 fn queue_name(env: &Env, var: &'static str, default: &str) -> Result<String, ConfigError> {
@@ -409,10 +487,40 @@ mod tests {
             ("LEASE_SECONDS", "soon"),
             ("REDIS_TASK_QUEUE", "bad name"),
             ("REDIS_KEY_HASH_TAG", "a}b"),
+            ("REDIS_SENTINELS", "host:0"),
+            ("REDIS_SENTINELS", ",,"),
+            ("REDIS_SENTINELS", "a b:26379"),
+            ("REDIS_WAIT_REPLICAS", "-1"),
         ] {
             let err = Config::from(&env(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn sentinels_are_parsed_with_default_port_and_master() {
+        let c = Config::from(&env(&[
+            ("REDIS_SENTINELS", "s1:26380, s2 ,[::1]:26381"),
+            ("REDIS_SENTINEL_PASSWORD", "hush"),
+            ("REDIS_PASSWORD", "master-secret"),
+        ]))
+        .unwrap();
+        let s = c.redis.sentinel.as_ref().unwrap();
+        assert_eq!(
+            s.nodes,
+            vec![
+                ("s1".to_string(), 26380),
+                ("s2".to_string(), 26379),
+                ("::1".to_string(), 26381)
+            ]
+        );
+        assert_eq!(s.master, "mymaster");
+        let shown = format!("{:?}", c.redis);
+        assert!(
+            !shown.contains("hush") && !shown.contains("master-secret"),
+            "{shown}"
+        );
+        assert!(Config::from(&env(&[])).unwrap().redis.sentinel.is_none());
     }
 
     #[test]

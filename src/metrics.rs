@@ -42,6 +42,10 @@ pub const ACTOR_STARTS: &str = "uvr_actor_starts_total";
 pub const ACTOR_RESTARTS: &str = "uvr_actor_restarts_total";
 /// Whether Redis answered the last probe (1) or not (0).
 pub const REDIS_UP: &str = "uvr_redis_up";
+/// Commands replayed on the master after a demoted one answered `READONLY`.
+pub const REDIS_READONLY_REPLAYS: &str = "uvr_redis_readonly_replays_total";
+/// New tasks that fewer than `REDIS_WAIT_REPLICAS` replicas confirmed in time.
+pub const REDIS_REPLICATION_SHORTFALLS: &str = "uvr_redis_replication_shortfalls_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -132,6 +136,16 @@ fn describe() {
         REDIS_UP,
         Unit::Count,
         "1 when Redis answered the last probe, else 0."
+    );
+    describe_counter!(
+        REDIS_READONLY_REPLAYS,
+        Unit::Count,
+        "Commands replayed on the master after a demoted one answered READONLY (failover)."
+    );
+    describe_counter!(
+        REDIS_REPLICATION_SHORTFALLS,
+        Unit::Count,
+        "Submissions refused because fewer than REDIS_WAIT_REPLICAS replicas confirmed them."
     );
 }
 

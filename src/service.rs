@@ -92,7 +92,7 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         // Load and warm up the default model before the first job (a no-op for dsp-centre).
         let engine = pcfg.engine.clone();
         let default_model = pcfg.default_model.clone();
-        tokio::task::spawn_blocking(move || engine.load(&default_model))
+        tokio::task::spawn_blocking(move || engine.prepare(&default_model))
             .await
             .context("loading the default model")?
             .map_err(|e| anyhow::anyhow!("default model {}: {e}", pcfg.default_model))?;

@@ -187,7 +187,7 @@ impl Handler<Submit> for Intake {
         let cfg = self.cfg.clone();
         let scheduler = self.scheduler.clone();
         // Validate the cheap, synchronous parts before spending a token.
-        let parsed = validate(&cfg, &msg);
+        let parsed = validate(&cfg, &msg.body, msg.idempotency_key.as_deref());
         let limited = match &parsed {
             Ok(_) => self.take_token(&msg.user).err(),
             Err(_) => None,
@@ -243,15 +243,24 @@ fn url_error(field: &'static str, e: UrlError) -> IntakeError {
 }
 
 /// A request that passed the synchronous checks, with its two URLs already parsed.
-struct Validated {
-    request: TaskRequest,
-    idempotency_key: Option<String>,
-    urls: [(&'static str, url::Url); 2],
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The normalised request (no owner yet).
+    pub request: TaskRequest,
+    /// The checked `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// `audio` and `hook_url`, parsed, by field name: what the DNS check looks at.
+    pub urls: [(&'static str, url::Url); 2],
 }
 
-/// Checks and normalises the body; URL address checks that need DNS happen after.
-fn validate(cfg: &IntakeConfig, msg: &Submit) -> Result<Validated, IntakeError> {
-    let obj = msg.body.as_object().ok_or_else(|| {
+/// Checks and normalises a `POST /generate` body and its `Idempotency-Key`: every check that
+/// needs neither DNS nor the queue. The URL address checks that resolve names happen after.
+pub fn validate(
+    cfg: &IntakeConfig,
+    body: &Value,
+    idempotency_key: Option<&str>,
+) -> Result<Validated, IntakeError> {
+    let obj = body.as_object().ok_or_else(|| {
         IntakeError::invalid("body", "invalid_body", "the body must be a JSON object")
     })?;
     let url_field = |field: &'static str| -> Result<url::Url, IntakeError> {
@@ -286,16 +295,13 @@ fn validate(cfg: &IntakeConfig, msg: &Submit) -> Result<Validated, IntakeError> 
     let hook_url = url_field("hook_url")?;
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => cfg.default_priority,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(p) if (1..=5).contains(&p) => Priority::new(p as u8).expect("checked range"),
-            Some(_) => {
-                return Err(IntakeError::invalid(
-                    "priority",
-                    "out_of_range",
-                    "priority must be 1-5",
-                ));
-            }
-            None if n.as_i64().is_some() => {
+        Some(Value::Number(n)) => match n
+            .as_u64()
+            .and_then(|p| u8::try_from(p).ok())
+            .and_then(Priority::new)
+        {
+            Some(p) => p,
+            None if n.as_u64().is_some() || n.as_i64().is_some() => {
                 return Err(IntakeError::invalid(
                     "priority",
                     "out_of_range",
@@ -318,21 +324,10 @@ fn validate(cfg: &IntakeConfig, msg: &Submit) -> Result<Validated, IntakeError> 
             ));
         }
     };
+    // The task names the model it will use, so the record and the webhook can tell.
     let model = match obj.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(m)) => {
-            if cfg.catalog.get(m).is_none() {
-                return Err(IntakeError::invalid(
-                    "model",
-                    "unknown_model",
-                    format!(
-                        "model {m:?} is not installed (available: {})",
-                        cfg.catalog.names().join(", ")
-                    ),
-                ));
-            }
-            Some(m.clone())
-        }
+        None | Some(Value::Null) => &cfg.catalog.default,
+        Some(Value::String(m)) => m,
         Some(_) => {
             return Err(IntakeError::invalid(
                 "model",
@@ -341,12 +336,17 @@ fn validate(cfg: &IntakeConfig, msg: &Submit) -> Result<Validated, IntakeError> 
             ));
         }
     };
-    // The task names the model it will use, so the record and the webhook can tell.
-    let model = Some(model.unwrap_or_else(|| cfg.catalog.default.clone()));
-    let model_info = cfg
-        .catalog
-        .get(model.as_deref().expect("set above"))
-        .expect("the default model is in the catalogue");
+    let model_info = cfg.catalog.get(model).ok_or_else(|| {
+        IntakeError::invalid(
+            "model",
+            "unknown_model",
+            format!(
+                "model {model:?} is not installed (available: {})",
+                cfg.catalog.names().join(", ")
+            ),
+        )
+    })?;
+    let model = Some(model.clone());
     let stems = match obj.get("stems") {
         None | Some(Value::Null) => None,
         Some(Value::Array(items)) => {
@@ -412,7 +412,7 @@ fn validate(cfg: &IntakeConfig, msg: &Submit) -> Result<Validated, IntakeError> 
             ));
         }
     };
-    let idempotency_key = match &msg.idempotency_key {
+    let idempotency_key = match idempotency_key {
         None => None,
         Some(k) => {
             if k.is_empty()
@@ -427,7 +427,7 @@ fn validate(cfg: &IntakeConfig, msg: &Submit) -> Result<Validated, IntakeError> 
                     ),
                 ));
             }
-            Some(k.clone())
+            Some(k.to_string())
         }
     };
     Ok(Validated {
@@ -443,4 +443,105 @@ fn validate(cfg: &IntakeConfig, msg: &Submit) -> Result<Validated, IntakeError> 
         idempotency_key,
         urls: [("audio", audio), ("hook_url", hook_url)],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{BUILTIN_DSP, ModelInfo, STEMS};
+    use serde_json::json;
+
+    fn cfg(allow_private: bool) -> IntakeConfig {
+        IntakeConfig {
+            default_priority: Priority::new(3).unwrap(),
+            url_policy: UrlPolicy { allow_private },
+            rate_per_second: 0.0,
+            rate_burst: 1.0,
+            max_queue_depth: 0,
+            catalog: Arc::new(Catalog {
+                default: BUILTIN_DSP.into(),
+                models: vec![ModelInfo {
+                    name: BUILTIN_DSP.into(),
+                    kind: "dsp",
+                    stems: STEMS.to_vec(),
+                    file: None,
+                }],
+            }),
+        }
+    }
+
+    fn code(body: Value, key: Option<&str>) -> &'static str {
+        validate(&cfg(false), &body, key).unwrap_err().code()
+    }
+
+    #[test]
+    fn a_valid_body_is_normalised() {
+        let body = json!({"audio": "https://Example.com/a b.wav", "hook_url": "https://h.example/",
+            "stems": ["vocals", "vocals"], "output_format": "WAV24", "priority": 5});
+        let v = validate(&cfg(false), &body, Some("k-1")).unwrap();
+        assert_eq!(v.request.audio, "https://example.com/a%20b.wav");
+        assert_eq!(v.request.model.as_deref(), Some(BUILTIN_DSP));
+        assert_eq!(v.request.stems, Some(vec!["vocals".to_string()]));
+        assert_eq!(v.request.output_format.as_deref(), Some("wav24"));
+        assert_eq!(v.request.priority, Priority::HIGHEST);
+        assert_eq!(v.idempotency_key.as_deref(), Some("k-1"));
+        assert_eq!(v.urls[0].0, "audio");
+    }
+
+    #[test]
+    fn invalid_bodies_have_stable_codes() {
+        let ok = |extra: Value| {
+            let mut b =
+                json!({"audio": "https://a.example/x.wav", "hook_url": "https://b.example/"});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            b
+        };
+        assert_eq!(code(json!([1, 2]), None), "invalid_body");
+        assert_eq!(
+            code(json!({"hook_url": "https://b.example/"}), None),
+            "missing_field"
+        );
+        assert_eq!(code(ok(json!({"audio": 7})), None), "invalid_type");
+        assert_eq!(
+            code(ok(json!({"audio": "file:///etc/passwd"})), None),
+            "unsupported_scheme"
+        );
+        assert_eq!(
+            code(ok(json!({"hook_url": "http://127.0.0.1/"})), None),
+            "private_address"
+        );
+        for p in [json!(0), json!(6), json!(-1), json!(256), json!(u64::MAX)] {
+            assert_eq!(code(ok(json!({"priority": p})), None), "out_of_range");
+        }
+        for p in [json!(2.5), json!("5"), json!(true)] {
+            assert_eq!(code(ok(json!({"priority": p})), None), "invalid_type");
+        }
+        assert_eq!(code(ok(json!({"model": "nope"})), None), "unknown_model");
+        assert_eq!(code(ok(json!({"stems": []})), None), "out_of_range");
+        assert_eq!(code(ok(json!({"stems": ["drums"]})), None), "unknown_stem");
+        assert_eq!(
+            code(ok(json!({"output_format": "mp3"})), None),
+            "unsupported_format"
+        );
+        assert_eq!(code(ok(json!({})), Some("")), "invalid_idempotency_key");
+        assert_eq!(code(ok(json!({})), Some("a b")), "invalid_idempotency_key");
+        let long = "k".repeat(MAX_IDEMPOTENCY_KEY_LEN + 1);
+        assert_eq!(code(ok(json!({})), Some(&long)), "invalid_idempotency_key");
+        let url = format!("https://a.example/{}", "x".repeat(MAX_URL_LEN));
+        assert_eq!(code(ok(json!({"audio": url})), None), "field_too_long");
+        // The private-network switch lifts the address rule only.
+        let body = ok(json!({"hook_url": "http://127.0.0.1:9000/"}));
+        assert!(validate(&cfg(true), &body, None).is_ok());
+    }
+
+    #[test]
+    fn a_default_model_missing_from_the_catalogue_is_an_error_not_a_panic() {
+        let mut c = cfg(false);
+        Arc::make_mut(&mut c.catalog).default = "gone".into();
+        let body = json!({"audio": "https://a.example/x.wav", "hook_url": "https://b.example/"});
+        let err = validate(&c, &body, None).unwrap_err();
+        assert_eq!(err.code(), "unknown_model");
+    }
 }

@@ -97,8 +97,8 @@ impl Env {
         let device = self
             .cfg
             .engine
-            .selected_device()
-            .map(|d| serde_json::json!({"kind": d.kind, "name": d.name}));
+            .device_label()
+            .map(|(kind, name)| serde_json::json!({"kind": kind, "name": name}));
         serde_json::json!({
             "role": "processor",
             "version": env!("CARGO_PKG_VERSION"),

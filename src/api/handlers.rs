@@ -55,18 +55,10 @@ fn unavailable(what: &str) -> ApiError {
     .retry_after(Duration::from_secs(2))
 }
 
-/// Reads the body, enforcing the content type and the size limit.
-async fn json_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Value, ApiError> {
-    let ct = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct
+/// Checks that a body is declared as JSON: `Content-Type` `application/json` or any
+/// `application/*+json`, parameters ignored (a missing header is `""`).
+pub fn check_json_content_type(content_type: &str) -> Result<(), ApiError> {
+    let mime = content_type
         .split(';')
         .next()
         .unwrap_or("")
@@ -80,6 +72,32 @@ async fn json_body(
             "the body must be JSON (Content-Type: application/json)",
         ));
     }
+    Ok(())
+}
+
+/// Parses a body that is within the size limit as JSON.
+pub fn parse_json_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// Reads the body, enforcing the content type and the size limit.
+async fn json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    check_json_content_type(ct)?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -109,13 +127,7 @@ async fn json_body(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })
+    parse_json_body(&body)
 }
 
 async fn generate(
@@ -473,4 +485,43 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
             format!("no route {path}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/vnd.uvr+json ",
+        ] {
+            assert!(check_json_content_type(ct).is_ok(), "{ct}");
+        }
+        for ct in ["", "text/json", "application/xml", "json", "+json"] {
+            assert_eq!(
+                check_json_content_type(ct).unwrap_err().code,
+                "unsupported_media_type",
+                "{ct}"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_are_malformed() {
+        assert!(parse_json_body(br#"{"a": [1, 2.5, null]}"#).is_ok());
+        for body in [
+            &b""[..],
+            b"{",
+            b"\xff\xfe",
+            b"{\"a\": 1} trailing",
+            b"[1e999999]",
+        ] {
+            let err = parse_json_body(body).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.code, "malformed_json");
+        }
+    }
 }

@@ -29,6 +29,7 @@ use crate::task::Priority;
 
 pub use auth::Credentials;
 pub use error::ApiError;
+pub use handlers::{check_json_content_type, parse_json_body};
 
 /// API settings.
 #[derive(Debug, Clone)]

@@ -22,56 +22,11 @@ use burn::tensor::{Tensor, TensorData};
 use realfft::num_complex::Complex32;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 
+pub use super::params::{DemixOptions, MdxParams};
+
 use super::graph::MdxNet;
 use crate::audio::Frame;
 use crate::separation::{Control, FrameSource, Listener, SeparateError, StemSink};
-
-/// Parameters of one model (from UVR's table or a sidecar file).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct MdxParams {
-    /// FFT size (5120, 6144 or 7680 for UVR's models).
-    pub n_fft: usize,
-    /// Hop size (1024 for UVR's models).
-    #[serde(default = "default_hop")]
-    pub hop: usize,
-    /// Gain applied to the model's output.
-    #[serde(default = "one")]
-    pub compensate: f32,
-    /// What the model outputs: "Vocals" or "Instrumental" (others count as vocals).
-    #[serde(default = "vocals")]
-    pub primary_stem: String,
-}
-
-fn default_hop() -> usize {
-    1024
-}
-fn one() -> f32 {
-    1.0
-}
-fn vocals() -> String {
-    "Vocals".into()
-}
-
-/// Run-time options of the demix.
-#[derive(Debug, Clone)]
-pub struct DemixOptions {
-    /// Chunk overlap, 0 ≤ overlap < 1 (`MDX_OVERLAP`, default 0.25).
-    pub overlap: f32,
-    /// Average `f(x)` and `-f(-x)` (`MDX_DENOISE`, default off; doubles the work).
-    pub denoise: bool,
-    /// Chunks per forward pass (`MDX_BATCH`, default 4).
-    pub batch: usize,
-}
-
-impl Default for DemixOptions {
-    fn default() -> Self {
-        Self {
-            overlap: 0.25,
-            denoise: false,
-            batch: 4,
-        }
-    }
-}
 
 /// The STFT of one geometry.
 pub struct Spectral {

@@ -8,9 +8,14 @@
 //!
 //! A GPU is only taken once a small computation has run on it, so a broken driver falls back
 //! (for `auto`) or fails start-up (for `gpu`) instead of failing the first job.
+//!
+//! Without the `mdx` feature only the choice is parsed (a bad value is still a configuration
+//! error); nothing is selected, since no model can run.
 
+#[cfg(feature = "mdx")]
 use std::fmt;
 
+#[cfg(feature = "mdx")]
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 
 /// The requested device.
@@ -44,6 +49,7 @@ impl std::str::FromStr for DeviceChoice {
 }
 
 /// A device that has run a computation.
+#[cfg(feature = "mdx")]
 #[derive(Clone)]
 pub struct SelectedDevice {
     /// The Burn device.
@@ -54,12 +60,14 @@ pub struct SelectedDevice {
     pub name: String,
 }
 
+#[cfg(feature = "mdx")]
 impl fmt::Debug for SelectedDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.kind, self.name)
     }
 }
 
+#[cfg(feature = "mdx")]
 fn probe(device: &Device) -> bool {
     let d = device.clone();
     std::panic::catch_unwind(move || {
@@ -72,6 +80,7 @@ fn probe(device: &Device) -> bool {
     .unwrap_or(false)
 }
 
+#[cfg(feature = "mdx")]
 fn describe(device: &Device, kind: &'static str) -> SelectedDevice {
     let name = device
         .identity()
@@ -84,6 +93,7 @@ fn describe(device: &Device, kind: &'static str) -> SelectedDevice {
     }
 }
 
+#[cfg(feature = "mdx")]
 fn cpu() -> SelectedDevice {
     SelectedDevice {
         device: Device::flex(),
@@ -96,6 +106,7 @@ fn cpu() -> SelectedDevice {
 }
 
 /// Resolves the choice to a working device.
+#[cfg(feature = "mdx")]
 pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, String> {
     match choice {
         DeviceChoice::Cpu => Ok(cpu()),

@@ -1,31 +1,46 @@
 //! Neural separation with UVR's MDX-Net models on Burn.
 //!
 //! - [`onnx`]: reads the `.onnx` file (protobuf) without protoc or a generated schema.
-//! - [`graph`]: compiles the graph into Burn operations on a device (ConvTDFNet of any
-//!   geometry); unsupported graphs are refused with a typed error.
-//! - [`demix`]: UVR's chunked STFT → model → iSTFT → overlap-add procedure, streamed.
+//! - [`plan`]: checks the graph (ConvTDFNet of any geometry) and resolves it into
+//!   operations; unsupported graphs are refused with a typed error.
+//! - `graph`: compiles the plan into Burn operations on a device.
+//! - `demix`: UVR's chunked STFT → model → iSTFT → overlap-add procedure, streamed.
 //! - [`device`]: `SEPARATOR_DEVICE` (auto, gpu, gpu:N, software, cpu).
+//! - [`params`]: model parameters and demix options.
+//!
+//! Everything that needs Burn (`graph`, `demix`, device selection, `MdxModel`,
+//! `MdxSeparator`) is behind the default `mdx` cargo feature; the ONNX reader, the graph
+//! checks and the parameter lookup are always available.
 //!
 //! Model parameters the graph does not carry (`n_fft`, `hop`, `compensate`, primary stem)
 //! come from a sidecar `<model>.json` beside the file, or from UVR's `model_data.json` in
 //! `MODELS_DIR`, keyed by the MD5 of the file's last 10,240,000 bytes, as UVR does.
 
+#[cfg(feature = "mdx")]
 pub mod demix;
 pub mod device;
+#[cfg(feature = "mdx")]
 pub mod graph;
 pub mod onnx;
+pub mod params;
+pub mod plan;
 pub mod synth;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+#[cfg(feature = "mdx")]
 use std::sync::Arc;
 
+#[cfg(feature = "mdx")]
 use burn::tensor::Device;
 use md5::{Digest, Md5};
 
-pub use demix::{DemixOptions, MdxParams};
-pub use graph::{GraphError, MdxNet};
+#[cfg(feature = "mdx")]
+pub use graph::MdxNet;
+pub use params::{DemixOptions, MdxParams};
+pub use plan::GraphError;
 
+#[cfg(feature = "mdx")]
 use crate::separation::{FrameSource, Listener, SeparateError, Separator, StemSink};
 
 /// Why a model could not be loaded.
@@ -127,6 +142,7 @@ pub fn parameters(path: &Path) -> Result<MdxParams, ModelError> {
 }
 
 /// A loaded MDX-Net model, ready on its device.
+#[cfg(feature = "mdx")]
 #[derive(Debug)]
 pub struct MdxModel {
     /// The name (file stem).
@@ -137,6 +153,7 @@ pub struct MdxModel {
     pub params: MdxParams,
 }
 
+#[cfg(feature = "mdx")]
 impl MdxModel {
     /// Loads `path` onto `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
@@ -193,12 +210,14 @@ impl MdxModel {
 }
 
 /// A [`Separator`] over a loaded model.
+#[cfg(feature = "mdx")]
 #[derive(Debug, Clone)]
 pub struct MdxSeparator {
     model: Arc<MdxModel>,
     opts: DemixOptions,
 }
 
+#[cfg(feature = "mdx")]
 impl MdxSeparator {
     /// A separator running `model` with `opts`.
     pub fn new(model: Arc<MdxModel>, opts: DemixOptions) -> Self {
@@ -206,6 +225,7 @@ impl MdxSeparator {
     }
 }
 
+#[cfg(feature = "mdx")]
 impl Separator for MdxSeparator {
     fn name(&self) -> &str {
         &self.model.name

@@ -336,7 +336,8 @@ fn parse_tensor(b: &[u8]) -> Result<(String, Initializer), OnnxError> {
             )));
         }
     };
-    if data_type == 1 && data.len() != dims.iter().product::<usize>() {
+    let elements = dims.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+    if data_type == 1 && elements != Some(data.len()) {
         return Err(bad(&format!(
             "initializer {name:?}: data does not match its shape"
         )));
@@ -379,4 +380,90 @@ fn parse_value_info(b: &[u8]) -> Result<ValueInfo, OnnxError> {
         }
     }
     Ok(ValueInfo { name, dims })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    /// A length-delimited field.
+    fn bytes(num: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint(num << 3 | 2, &mut out);
+        varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A model whose graph holds one initializer with these fields.
+    fn model_with_tensor(tensor: &[u8]) -> Vec<u8> {
+        bytes(7, &bytes(5, tensor))
+    }
+
+    fn packed(values: &[u64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in values {
+            varint(*v, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn a_tensor_shape_whose_size_overflows_is_malformed() {
+        // dims [2^32, 2^32], FLOAT, no data: the element count overflows usize.
+        let mut t = bytes(1, &packed(&[1 << 32, 1 << 32]));
+        t.extend([2 << 3, 1]);
+        let err = parse(&model_with_tensor(&t)).unwrap_err();
+        assert!(matches!(err, OnnxError::Malformed(_)), "{err}");
+    }
+
+    /// Found by `cargo fuzz run onnx`: an initializer whose dims multiply past `usize::MAX`
+    /// panicked ("attempt to multiply with overflow") while checking its data length.
+    #[test]
+    fn fuzz_regression_tensor_dims_overflow() {
+        let input = include_bytes!("../../tests/fixtures/fuzz/onnx/tensor-dims-overflow.onnx");
+        assert!(matches!(parse(input), Err(OnnxError::Malformed(_))));
+    }
+
+    #[test]
+    fn float_data_must_fill_the_shape() {
+        let mut t = bytes(1, &packed(&[2, 2]));
+        t.extend([2 << 3, 1]);
+        t.extend(bytes(9, &[0; 12]));
+        assert!(matches!(
+            parse(&model_with_tensor(&t)),
+            Err(OnnxError::Malformed(_))
+        ));
+        let mut t = bytes(1, &packed(&[2, 2]));
+        t.extend([2 << 3, 1]);
+        t.extend(bytes(9, &[0; 16]));
+        let g = parse(&model_with_tensor(&t)).unwrap();
+        assert_eq!(g.initializers[""].data.len(), 4);
+    }
+
+    #[test]
+    fn truncated_and_garbage_input_is_an_error() {
+        for input in [
+            &b""[..],
+            b"\x3a",
+            b"\x3a\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+            b"\x3a\x05\x0a",
+            b"\x0f",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+        ] {
+            assert!(parse(input).is_err(), "{input:?}");
+        }
+    }
 }

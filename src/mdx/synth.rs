@@ -204,7 +204,7 @@ pub fn convtdfnet(geo: &Geometry, seed: u64) -> Graph {
     b.g
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "mdx"))]
 mod tests {
     use super::*;
 

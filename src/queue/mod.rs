@@ -12,6 +12,7 @@
 mod keys;
 mod pool;
 mod scripts;
+mod target;
 mod wake;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use wake::Wakers;
 
 pub use pool::Pool;
 use pool::{Conn, Manager};
+use target::Target;
 
 /// Errors of the queue layer.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,7 @@ impl From<redis::RedisError> for QueueError {
             || e.is_connection_refusal()
             || e.is_timeout()
             || e.is_unrecoverable_error()
+            || pool::is_read_only(&e)
         {
             QueueError::Unavailable(e.to_string())
         } else {
@@ -291,6 +294,8 @@ pub struct Queue {
     keys: Keys,
     cfg: Arc<QueueConfig>,
     op_timeout: Duration,
+    /// Replicas that must confirm a new task (`WAIT`), and for how long to wait.
+    wait: Option<(u32, Duration)>,
     scripts: Arc<Scripts>,
     wakers: Wakers,
 }
@@ -308,18 +313,22 @@ impl Queue {
     /// Builds the pool (lazily connected: start-up does not wait for Redis) and starts the
     /// wake-up listener. Must be called inside a Tokio runtime.
     pub fn connect(cfg: &Config) -> Result<Self, QueueError> {
-        let manager = Manager::new(cfg.redis.url.as_str(), cfg.redis.op_timeout)?;
+        let connect_timeout = cfg.redis.op_timeout.min(Duration::from_secs(2));
+        let manager = Manager::new(
+            Target::new(&cfg.redis)?,
+            cfg.redis.op_timeout,
+            connect_timeout,
+        );
         let pool = bb8::Pool::builder()
             .max_size(cfg.redis.pool_size)
             .min_idle(Some(0))
             .test_on_check_out(false)
-            .connection_timeout(cfg.redis.op_timeout.min(Duration::from_secs(2)))
+            .connection_timeout(connect_timeout)
             .retry_connection(false)
-            .build_unchecked(manager);
-        let client = redis::Client::open(cfg.redis.url.as_str())?;
+            .build_unchecked(manager.clone());
         let keys = Keys::new(&cfg.queue);
         let wakers = Wakers::start(
-            client,
+            manager,
             [keys.wake(Stage::Separate), keys.wake(Stage::Deliver)],
         );
         Ok(Self {
@@ -327,6 +336,8 @@ impl Queue {
             keys,
             cfg: Arc::new(cfg.queue.clone()),
             op_timeout: cfg.redis.op_timeout,
+            wait: (cfg.redis.wait_replicas > 0)
+                .then_some((cfg.redis.wait_replicas, cfg.redis.wait_timeout)),
             scripts: Arc::new(Scripts::load()),
             wakers,
         })
@@ -385,7 +396,7 @@ impl Queue {
         let reply: Vec<String> = self
             .timed(async {
                 let mut conn = self.conn().await?;
-                Ok(self
+                let reply = self
                     .scripts
                     .enqueue
                     .key(self.keys.queue(Stage::Separate))
@@ -400,8 +411,14 @@ impl Queue {
                     .arg(idem_ttl)
                     .arg(task.max_depth)
                     .arg(self.keys.wake(Stage::Separate))
-                    .invoke_async(&mut conn)
-                    .await?)
+                    .invoke_async::<Vec<String>>(&mut conn)
+                    .await?;
+                if let (Some((replicas, timeout)), Some("created" | "existing")) =
+                    (self.wait, reply.first().map(String::as_str))
+                {
+                    confirm_replicated(&mut conn, replicas, timeout).await?;
+                }
+                Ok(reply)
             })
             .await?;
         match reply.first().map(String::as_str) {
@@ -1050,6 +1067,31 @@ impl Queue {
 }
 
 /// Redis server time in seconds.
+/// `WAIT`s until `replicas` replicas hold this connection's writes. A shortfall is an
+/// error: the task exists on the master, but a failover now could lose it, so the caller
+/// must not be told it is safe (a retry with the same idempotency key finds it).
+async fn confirm_replicated(
+    conn: &mut Conn,
+    replicas: u32,
+    timeout: Duration,
+) -> Result<(), QueueError> {
+    let acked: u32 = redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(timeout.as_millis().max(1) as u64)
+        .query_async(conn)
+        .await?;
+    if acked < replicas {
+        // Often the sign of a failover under way: this server may no longer be the master
+        // the sentinels name, so the next operation should ask them again.
+        conn.mark_broken();
+        metrics::counter!(crate::metrics::REDIS_REPLICATION_SHORTFALLS).increment(1);
+        return Err(QueueError::Unavailable(format!(
+            "new task confirmed by {acked} of {replicas} replicas within {timeout:?}"
+        )));
+    }
+    Ok(())
+}
+
 async fn redis_time(conn: &mut Conn) -> Result<f64, QueueError> {
     let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut *conn).await?;
     Ok(s as f64 + us as f64 / 1e6)

@@ -1,9 +1,16 @@
-//! The Redis connection pool: bb8 over bb8-redis's manager, with one addition. A
-//! multiplexed connection whose socket died stays dead, and bb8-redis cannot tell without a
+//! The Redis connection pool: bb8 over multiplexed connections, with two additions.
+//!
+//! A multiplexed connection whose socket died stays dead, and a pool cannot tell without a
 //! PING on every checkout; so each connection carries a flag that is set when a command on
 //! it fails with an I/O or connection error, and bb8 drops flagged connections when they
 //! come back. After a Redis restart the next operation fails fast and the one after that
-//! gets a fresh connection.
+//! gets a fresh connection, made through the [`Target`] (under Sentinel: to the master the
+//! sentinels name now).
+//!
+//! A command answered `READONLY` reached a master that has been demoted to a replica by a
+//! failover. Nothing ran (a replica refuses every write, and a script's first write aborts
+//! it), so the connection is flagged and the command is replayed on a fresh connection to
+//! the current master, a few times with short pauses while the sentinels settle.
 //!
 //! Operations do not hold a pool slot while they run: they take a clone of a pooled
 //! connection and give the slot back at once, so concurrent operations share the sockets
@@ -14,9 +21,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bb8_redis::RedisConnectionManager;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind,
+    Value,
+};
+
+use super::target::Target;
+
+/// Replays of a command that reached a demoted master.
+const READONLY_REPLAYS: u32 = 5;
 
 /// The pool type used by the queue.
 pub type Pool = bb8::Pool<Manager>;
@@ -27,6 +41,7 @@ pub type Pool = bb8::Pool<Manager>;
 pub struct Conn {
     inner: MultiplexedConnection,
     broken: Arc<AtomicBool>,
+    connector: Arc<Connector>,
 }
 
 impl Conn {
@@ -35,13 +50,20 @@ impl Conn {
         self.broken.load(Ordering::Relaxed)
     }
 
+    /// Marks the connection broken: the pool drops it and the next operation reconnects
+    /// (under Sentinel, to whichever server is the master by then).
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
     fn watch<T>(&self, r: Result<T, RedisError>) -> Result<T, RedisError> {
         if let Err(e) = &r
             && (e.is_io_error()
                 || e.is_connection_dropped()
                 || e.is_connection_refusal()
                 || e.is_unrecoverable_error()
-                || e.is_timeout())
+                || e.is_timeout()
+                || is_read_only(e))
         {
             self.broken.store(true, Ordering::Relaxed);
         }
@@ -49,11 +71,67 @@ impl Conn {
     }
 }
 
+/// The replays of one command after `READONLY` answers.
+struct Replay {
+    done: u32,
+    pause: Duration,
+}
+
+impl Replay {
+    fn new() -> Self {
+        Self {
+            done: 0,
+            pause: Duration::from_millis(50),
+        }
+    }
+
+    /// Whether `r` calls for another replay (and one is left).
+    fn wanted<T>(&mut self, r: &Result<T, RedisError>) -> bool {
+        match r {
+            Err(e) if is_read_only(e) && self.done < READONLY_REPLAYS => {
+                self.done += 1;
+                tracing::warn!(
+                    replay = self.done,
+                    "redis answered READONLY (failover); replaying on the master"
+                );
+                metrics::counter!(crate::metrics::REDIS_READONLY_REPLAYS).increment(1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After a pause, a connection to whichever server is the master now. It serves only
+    /// the replayed command: the pool replaces the flagged connection itself.
+    async fn connection(
+        &mut self,
+        connector: &Connector,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(800));
+        connector.connect().await
+    }
+}
+
+/// Whether `e` is a `READONLY` reply: the server is a replica now.
+pub(super) fn is_read_only(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let r = self.inner.req_packed_command(cmd).await;
-            self.watch(r)
+            let first = self.inner.req_packed_command(cmd).await;
+            let mut r = self.watch(first);
+            let mut replay = Replay::new();
+            while replay.wanted(&r) {
+                r = replay
+                    .connection(&self.connector)
+                    .await?
+                    .req_packed_command(cmd)
+                    .await;
+            }
+            r
         })
     }
 
@@ -64,8 +142,17 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let r = self.inner.req_packed_commands(cmd, offset, count).await;
-            self.watch(r)
+            let first = self.inner.req_packed_commands(cmd, offset, count).await;
+            let mut r = self.watch(first);
+            let mut replay = Replay::new();
+            while replay.wanted(&r) {
+                r = replay
+                    .connection(&self.connector)
+                    .await?
+                    .req_packed_commands(cmd, offset, count)
+                    .await;
+            }
+            r
         })
     }
 
@@ -74,20 +161,48 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// bb8-redis's manager plus the broken-connection flag and a response timeout.
-#[derive(Debug, Clone)]
+/// Makes connections to the current master with the configured response timeout.
+struct Connector {
+    target: Target,
+    config: AsyncConnectionConfig,
+}
+
+impl Connector {
+    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+        let client = self.target.client().await?;
+        client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+    }
+}
+
+/// The bb8 manager: connections through the [`Target`], with the broken-connection flag.
+#[derive(Clone)]
 pub struct Manager {
-    inner: RedisConnectionManager,
-    response_timeout: Duration,
+    connector: Arc<Connector>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").finish_non_exhaustive()
+    }
 }
 
 impl Manager {
-    /// A manager for `url`; every command waits at most `response_timeout` for its reply.
-    pub fn new(url: &str, response_timeout: Duration) -> Result<Self, RedisError> {
-        Ok(Self {
-            inner: RedisConnectionManager::new(url)?,
-            response_timeout,
-        })
+    /// A manager for `target`; every command waits at most `response_timeout` for its
+    /// reply, every connection attempt at most `connect_timeout`.
+    pub fn new(target: Target, response_timeout: Duration, connect_timeout: Duration) -> Self {
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(response_timeout))
+            .set_connection_timeout(Some(connect_timeout));
+        Self {
+            connector: Arc::new(Connector { target, config }),
+        }
+    }
+
+    /// A client for the current master (pub/sub uses its own connection).
+    pub async fn client(&self) -> Result<redis::Client, RedisError> {
+        self.connector.target.client().await
     }
 }
 
@@ -96,16 +211,15 @@ impl bb8::ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Conn, RedisError> {
-        let mut inner = self.inner.connect().await?;
-        inner.set_response_timeout(self.response_timeout);
         Ok(Conn {
-            inner,
+            inner: self.connector.connect().await?,
             broken: Arc::new(AtomicBool::new(false)),
+            connector: self.connector.clone(),
         })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
-        let r = self.inner.is_valid(&mut conn.inner).await;
+        let r = redis::cmd("PING").query_async::<()>(&mut conn.inner).await;
         conn.watch(r)
     }
 

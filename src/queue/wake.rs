@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
+use super::pool::Manager;
 use crate::task::Stage;
 
 /// One [`Notify`] per stage, fed by the Redis subscription.
@@ -20,7 +21,8 @@ pub(super) struct Wakers {
 
 impl Wakers {
     /// Starts the subscriber task; `channels` are the separate and deliver wake channels.
-    pub fn start(client: redis::Client, channels: [String; 2]) -> Self {
+    /// The subscription goes to whichever server `manager` names as the master at the time.
+    pub fn start(manager: Manager, channels: [String; 2]) -> Self {
         let wakers = Self {
             separate: Arc::new(Notify::new()),
             deliver: Arc::new(Notify::new()),
@@ -29,7 +31,7 @@ impl Wakers {
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
-                match w.listen(&client, &channels).await {
+                match w.listen(&manager, &channels).await {
                     Ok(()) => delay = Duration::from_millis(100),
                     Err(e) => {
                         tracing::debug!(error = %e, "wake-up subscription lost; retrying");
@@ -45,12 +47,8 @@ impl Wakers {
         wakers
     }
 
-    async fn listen(
-        &self,
-        client: &redis::Client,
-        channels: &[String; 2],
-    ) -> redis::RedisResult<()> {
-        let mut pubsub = client.get_async_pubsub().await?;
+    async fn listen(&self, manager: &Manager, channels: &[String; 2]) -> redis::RedisResult<()> {
+        let mut pubsub = manager.client().await?.get_async_pubsub().await?;
         pubsub.subscribe(&channels[0]).await?;
         pubsub.subscribe(&channels[1]).await?;
         let mut messages = pubsub.on_message();

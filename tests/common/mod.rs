@@ -271,3 +271,33 @@ pub fn seed_body(priority: u8) -> serde_json::Value {
         "priority": priority,
     })
 }
+
+/// Resident set size of process `pid` in bytes (`VmRSS` in `/proc/<pid>/status`); `None`
+/// when the process is gone or `/proc` is unavailable.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `used_memory` from `INFO memory` of the Redis on `port` (bytes).
+pub fn redis_used_memory(port: u16) -> Option<u64> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["INFO", "memory"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl RedisServer {
+    /// `used_memory` from `INFO memory` (bytes).
+    pub fn used_memory(&self) -> Option<u64> {
+        redis_used_memory(self.port)
+    }
+}

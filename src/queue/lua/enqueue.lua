@@ -15,7 +15,13 @@
 local idem = tonumber(ARGV[5]) > 0
 if idem then
   local existing = redis.call('GET', KEYS[4])
-  if existing then return {'existing', existing, ''} end
+  if existing then
+    -- Rewrite the key unchanged: a demoted master must refuse this (READONLY) instead of
+    -- answering from data a failover is about to discard, and the caller's WAIT then
+    -- covers the original write too (the replication stream is ordered).
+    redis.call('SET', KEYS[4], existing, 'KEEPTTL')
+    return {'existing', existing, ''}
+  end
 end
 local max_depth = tonumber(ARGV[6])
 if max_depth > 0 then

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use common::e2e::{Deployment, Received, WEBHOOK_SECRET, verify_signature};
+use common::e2e::{Deployment, Received, WEBHOOK_SECRET, header_map, verify_signature};
 use common::{PASSWORD, TestApp, USER, spawn_app};
 use serde_json::{Value, json};
 
@@ -277,34 +277,31 @@ mod fixtures {
         }
     }
 
-    fn crc8(data: &[u8]) -> u8 {
-        let mut crc = 0u8;
+    /// A CRC without reflection or final xor, MSB first: CRC-8 (0x07) and CRC-16 (0x8005)
+    /// of FLAC, CRC-32 (0x04C11DB7) of Ogg.
+    fn crc_msb(data: &[u8], width: u32, poly: u32) -> u32 {
+        let top = 1u32 << (width - 1);
+        let mask = u32::MAX >> (32 - width);
+        let mut crc = 0u32;
         for &b in data {
-            crc ^= b;
+            crc ^= u32::from(b) << (width - 8);
             for _ in 0..8 {
-                crc = if crc & 0x80 != 0 {
-                    (crc << 1) ^ 0x07
+                crc = if crc & top != 0 {
+                    (crc << 1) ^ poly
                 } else {
                     crc << 1
-                };
+                } & mask;
             }
         }
         crc
     }
 
+    fn crc8(data: &[u8]) -> u8 {
+        crc_msb(data, 8, 0x07) as u8
+    }
+
     fn crc16(data: &[u8]) -> u16 {
-        let mut crc = 0u16;
-        for &b in data {
-            crc ^= u16::from(b) << 8;
-            for _ in 0..8 {
-                crc = if crc & 0x8000 != 0 {
-                    (crc << 1) ^ 0x8005
-                } else {
-                    crc << 1
-                };
-            }
-        }
-        crc
+        crc_msb(data, 16, 0x8005) as u16
     }
 
     /// FLAC with verbatim subframes (valid, just not compressed): the tone, `bps` 16 or 24.
@@ -465,18 +462,7 @@ mod fixtures {
     }
 
     fn ogg_crc(data: &[u8]) -> u32 {
-        let mut crc = 0u32;
-        for &b in data {
-            crc ^= u32::from(b) << 24;
-            for _ in 0..8 {
-                crc = if crc & 0x8000_0000 != 0 {
-                    (crc << 1) ^ 0x04C1_1DB7
-                } else {
-                    crc << 1
-                };
-            }
-        }
-        crc
+        crc_msb(data, 32, 0x04C1_1DB7)
     }
 
     fn ogg_page(out: &mut Vec<u8>, seq: u32, granule: u64, flags: u8, packets: &[Vec<u8>]) {
@@ -1511,16 +1497,7 @@ async fn origin_hook(
     body: web::Bytes,
     st: web::Data<Arc<Mutex<OriginState>>>,
 ) -> HttpResponse {
-    let headers = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                v.to_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    let headers = header_map(&req);
     st.lock().unwrap().hooks.push(Received {
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),

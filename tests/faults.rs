@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use common::e2e::{
     Deployment, HookAction, HookHit, HookReceiver, PASSWORD, Peer, Proxy, S3_KEY, S3_SECRET,
-    Seaweed, WEBHOOK_SECRET, test_wav, verify_signature,
+    Seaweed, Service, WEBHOOK_SECRET, test_wav, verify_signature,
 };
 use common::{RedisServer, eventually, free_port};
 use serde_json::{Value, json};
@@ -888,40 +888,76 @@ fn short_audio(peer: &Peer, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// A webhook scenario: one all-roles process, `n` short songs, webhooks to `hooks`.
+struct WebhookScenario {
+    n: usize,
+    ids: Vec<String>,
+    api: Api,
+    hooks: HookReceiver,
+    _svc: Service,
+    dep: Deployment,
+    _peer: Peer,
+}
+
+impl WebhookScenario {
+    /// Starts the deployment (with `extra` settings) and submits the songs.
+    async fn start(hooks: HookReceiver, extra: &[(&str, &str)]) -> Self {
+        let n = task_count(3);
+        let peer = Peer::start();
+        let dep = webhook_deployment(extra);
+        let svc = dep.spawn("api,processor,uploader", "all");
+        let api = Api::new(&dep.base());
+        let ids = api.submit_all(&short_audio(&peer, n), &hooks.url()).await;
+        Self {
+            n,
+            ids,
+            api,
+            hooks,
+            _svc: svc,
+            dep,
+            _peer: peer,
+        }
+    }
+
+    /// Waits for every task to settle, prints the figures, checks the signatures, the empty
+    /// queues and that every task completed.
+    async fn finish(&self, name: &str) -> (HashMap<String, Option<Value>>, Vec<HookHit>, Figures) {
+        let records = settle(&self.api, &self.ids, SETTLE).await;
+        let hits = self.hooks.hits();
+        let f = Figures::compute(
+            &self.ids.iter().cloned().map(Some).collect::<Vec<_>>(),
+            &records,
+            &hits,
+        );
+        f.print(name);
+        check_hooks(&hits);
+        check_aftermath(&self.api, &self.dep).await;
+        assert_eq!(f.lost, 0, "{records:?}");
+        assert_eq!(f.completed, self.n, "{records:?}");
+        (records, hits, f)
+    }
+}
+
 #[actix_rt::test]
 async fn webhook_receiver_down_then_up() {
     let _one = SERIAL.lock().await;
-    let n = task_count(3);
-    let peer = Peer::start();
-    let mut hooks = HookReceiver::start_down();
-    let dep = webhook_deployment(&[]);
-    let _svc = dep.spawn("api,processor,uploader", "all");
-    let api = Api::new(&dep.base());
-    let ids = api.submit_all(&short_audio(&peer, n), &hooks.url()).await;
+    let mut sc = WebhookScenario::start(HookReceiver::start_down(), &[]).await;
+    let (api, ids) = (&sc.api, &sc.ids);
     // Down until every task has failed at least twice with "connection refused".
-    for id in &ids {
-        let refused = wait_task(&api, id, Duration::from_secs(120), |t| {
+    for id in ids {
+        let refused = wait_task(api, id, Duration::from_secs(120), |t| {
             outcomes(t).iter().filter(|o| *o == "retry").count() >= 2
         })
         .await;
         assert!(refused, "{id}: {:?}", api.task(id).await);
     }
-    hooks.up();
+    sc.hooks.up();
 
-    let records = settle(&api, &ids, SETTLE).await;
-    let hits = hooks.hits();
-    let f = Figures::compute(
-        &ids.iter().cloned().map(Some).collect::<Vec<_>>(),
-        &records,
-        &hits,
-    );
-    f.print("webhook receiver down (connection refused), then up");
-    check_hooks(&hits);
-    check_aftermath(&api, &dep).await;
-    assert_eq!(f.lost, 0, "{records:?}");
-    assert_eq!(f.completed, n, "{records:?}");
+    let (records, _, f) = sc
+        .finish("webhook receiver down (connection refused), then up")
+        .await;
     assert_eq!(f.duplicated, 0, "{:?}", f.accepted);
-    for id in &ids {
+    for id in &sc.ids {
         let t = record(&records, id);
         let o = outcomes(t);
         assert_eq!(o.last().map(String::as_str), Some("delivered"), "{t}");
@@ -938,33 +974,16 @@ async fn webhook_receiver_down_then_up() {
 #[actix_rt::test]
 async fn webhook_receiver_answering_500_a_few_times() {
     let _one = SERIAL.lock().await;
-    let n = task_count(3);
-    let peer = Peer::start();
     let hooks = HookReceiver::start();
     hooks.set_plan(vec![
         HookAction::Answer(500),
         HookAction::Answer(500),
         HookAction::Answer(500),
     ]);
-    let dep = webhook_deployment(&[]);
-    let _svc = dep.spawn("api,processor,uploader", "all");
-    let api = Api::new(&dep.base());
-    let ids = api.submit_all(&short_audio(&peer, n), &hooks.url()).await;
-
-    let records = settle(&api, &ids, SETTLE).await;
-    let hits = hooks.hits();
-    let f = Figures::compute(
-        &ids.iter().cloned().map(Some).collect::<Vec<_>>(),
-        &records,
-        &hits,
-    );
-    f.print("webhook receiver answers 500 three times");
-    check_hooks(&hits);
-    check_aftermath(&api, &dep).await;
-    assert_eq!(f.lost, 0, "{records:?}");
-    assert_eq!(f.completed, n, "{records:?}");
+    let sc = WebhookScenario::start(hooks, &[]).await;
+    let (records, hits, f) = sc.finish("webhook receiver answers 500 three times").await;
     assert_eq!(f.duplicated, 0, "{:?}", f.accepted);
-    for id in &ids {
+    for id in &sc.ids {
         let t = record(&records, id);
         assert_eq!(outcomes(t), ["retry", "retry", "retry", "delivered"], "{t}");
         let statuses: Vec<u16> = hits
@@ -979,24 +998,14 @@ async fn webhook_receiver_answering_500_a_few_times() {
 #[actix_rt::test]
 async fn webhook_receiver_slower_than_the_timeout() {
     let _one = SERIAL.lock().await;
-    let n = task_count(3);
-    let peer = Peer::start();
     let hooks = HookReceiver::start();
     // The first delivery of each task is answered 200 after 3 s; the sender gives up at 1 s.
     hooks.set_plan(vec![HookAction::Slow(Duration::from_secs(3), 200)]);
-    let dep = webhook_deployment(&[("WEBHOOK_TIMEOUT_SECONDS", "1")]);
-    let _svc = dep.spawn("api,processor,uploader", "all");
-    let api = Api::new(&dep.base());
-    let ids = api.submit_all(&short_audio(&peer, n), &hooks.url()).await;
-
-    let records = settle(&api, &ids, SETTLE).await;
-    let hits = hooks.hits();
-    let f = Figures::compute(
-        &ids.iter().cloned().map(Some).collect::<Vec<_>>(),
-        &records,
-        &hits,
-    );
-    f.print("webhook receiver slower than WEBHOOK_TIMEOUT_SECONDS");
+    let sc = WebhookScenario::start(hooks, &[("WEBHOOK_TIMEOUT_SECONDS", "1")]).await;
+    let (records, hits, f) = sc
+        .finish("webhook receiver slower than WEBHOOK_TIMEOUT_SECONDS")
+        .await;
+    let (n, ids) = (sc.n, &sc.ids);
     println!(
         "FAULT-DETAIL | webhook receiver slow | the receiver took {} slow deliveries whose answer came after the sender's timeout; each was sent again (at-least-once, same webhook-id)",
         hits.iter()
@@ -1004,14 +1013,10 @@ async fn webhook_receiver_slower_than_the_timeout() {
             .count()
             .saturating_sub(n)
     );
-    check_hooks(&hits);
-    check_aftermath(&api, &dep).await;
-    assert_eq!(f.lost, 0, "{records:?}");
-    assert_eq!(f.completed, n, "{records:?}");
     // A delivery that timed out is retried (the sender cannot know the receiver took it):
     // one extra per slow answer, never more.
     assert!(f.accepted.values().all(|c| *c <= 2), "{:?}", f.accepted);
-    for id in &ids {
+    for id in ids {
         let t = record(&records, id);
         assert_eq!(outcomes(t), ["retry", "delivered"], "{t}");
         let first = &t["webhook_deliveries"][0];
@@ -1028,30 +1033,13 @@ async fn webhook_receiver_slower_than_the_timeout() {
 #[actix_rt::test]
 async fn webhook_receiver_answering_410_stops_delivery() {
     let _one = SERIAL.lock().await;
-    let n = task_count(3);
-    let peer = Peer::start();
     let hooks = HookReceiver::start();
     hooks.set_plan(vec![HookAction::Answer(410)]);
-    let dep = webhook_deployment(&[]);
-    let _svc = dep.spawn("api,processor,uploader", "all");
-    let api = Api::new(&dep.base());
-    let ids = api.submit_all(&short_audio(&peer, n), &hooks.url()).await;
-
-    let records = settle(&api, &ids, SETTLE).await;
-    let hits = hooks.hits();
-    let f = Figures::compute(
-        &ids.iter().cloned().map(Some).collect::<Vec<_>>(),
-        &records,
-        &hits,
-    );
-    f.print("webhook receiver answers 410 Gone");
-    check_hooks(&hits);
-    check_aftermath(&api, &dep).await;
-    assert_eq!(f.lost, 0, "{records:?}");
+    let sc = WebhookScenario::start(hooks, &[]).await;
     // 410 stops delivery for good; the stems stay on the task ("links stay on the task
     // whatever happens to the webhook").
-    assert_eq!(f.completed, n, "{records:?}");
-    for id in &ids {
+    let (records, hits, _) = sc.finish("webhook receiver answers 410 Gone").await;
+    for id in &sc.ids {
         let t = record(&records, id);
         assert_eq!(t["status"], "succeeded", "{t}");
         assert_eq!(t["result"]["webhook"]["state"], "gone", "{t}");

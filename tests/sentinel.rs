@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, free_port};
+use common::{eventually, free_port, redis_cli as cli};
 use uvr::actors::scheduler::{Ack, Claim, Enqueue, GetTask, SchedulerHandle};
 use uvr::config::{Config, Env};
 use uvr::queue::{NewTask, Queue, QueueError};
@@ -113,18 +113,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Runs `redis-cli` against the server on `port`; `None` when it fails.
-fn cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// The port the sentinel on `sentinel` names as master now.

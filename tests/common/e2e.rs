@@ -62,13 +62,9 @@ async fn serve_file(req: HttpRequest, st: web::Data<Arc<Mutex<PeerState>>>) -> H
     }
 }
 
-async fn receive_hook(
-    req: HttpRequest,
-    body: web::Bytes,
-    st: web::Data<Arc<Mutex<PeerState>>>,
-) -> HttpResponse {
-    let headers = req
-        .headers()
+/// A request's headers by name, values lossily as text.
+pub fn header_map(req: &HttpRequest) -> HashMap<String, String> {
+    req.headers()
         .iter()
         .map(|(k, v)| {
             (
@@ -76,7 +72,15 @@ async fn receive_hook(
                 v.to_str().unwrap_or_default().to_string(),
             )
         })
-        .collect();
+        .collect()
+}
+
+async fn receive_hook(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<Arc<Mutex<PeerState>>>,
+) -> HttpResponse {
+    let headers = header_map(&req);
     let mut s = st.lock().unwrap();
     s.hooks.push(Received {
         headers,
@@ -497,16 +501,7 @@ async fn hook_endpoint(
     body: web::Bytes,
     st: web::Data<Arc<Mutex<HookState>>>,
 ) -> HttpResponse {
-    let headers: HashMap<String, String> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                v.to_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    let headers = header_map(&req);
     let id = headers.get("webhook-id").cloned().unwrap_or_default();
     let action = {
         let mut s = st.lock().unwrap();

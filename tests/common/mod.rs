@@ -18,6 +18,19 @@ pub struct RedisServer {
     aof: Option<&'static str>,
 }
 
+/// Runs `redis-cli` against the server on `port` (loopback); `None` when it fails.
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -102,15 +115,7 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server; `None` when it fails.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+        redis_cli(self.port, args)
     }
 
     /// The URL of this server.

@@ -375,19 +375,11 @@ async fn processor_sigkilled_mid_separation_is_replaced() {
     let before_replacement = hooks.hits().len();
     let _second = dep.spawn("processor", "processor-2");
 
-    let records = settle(&api, &ids, SETTLE).await;
-    let hits = hooks.hits();
-    let f = Figures::compute(
-        &ids.iter().cloned().map(Some).collect::<Vec<_>>(),
-        &records,
-        &hits,
-    );
-    f.print("processor SIGKILL mid-separation");
+    let (records, _, f) =
+        conclude("processor SIGKILL mid-separation", &api, &dep, &ids, &hooks).await;
     println!(
         "FAULT-DETAIL | processor SIGKILL mid-separation | killed with {at_kill} of {stem_size} bytes of the vocal stem written"
     );
-    check_hooks(&hits);
-    check_aftermath(&api, &dep).await;
     assert_eq!(
         before_replacement, 0,
         "nothing announced before the takeover"
@@ -464,19 +456,11 @@ async fn uploader_sigkilled_mid_upload_is_replaced() {
     proxy.set_rate(None);
     let _second = dep.spawn("uploader", "uploader-2");
 
-    let records = settle(&api, &ids, SETTLE).await;
-    let hits = hooks.hits();
-    let f = Figures::compute(
-        &ids.iter().cloned().map(Some).collect::<Vec<_>>(),
-        &records,
-        &hits,
-    );
-    f.print("uploader SIGKILL mid-upload (S3)");
+    let (records, _, f) =
+        conclude("uploader SIGKILL mid-upload (S3)", &api, &dep, &ids, &hooks).await;
     println!(
         "FAULT-DETAIL | uploader SIGKILL mid-upload | {in_flight} task(s) held by the killed uploader, {sent_at_kill} bytes on their way to S3 at the kill"
     );
-    check_hooks(&hits);
-    check_aftermath(&api, &dep).await;
     assert!(in_flight >= 1, "the kill landed while a task was held");
     assert_eq!(
         announced_before_kill, 0,
@@ -522,19 +506,10 @@ async fn uploader_sigkilled_mid_webhook_is_replaced() {
     let open_at_kill = hooks.hits().len();
     let _second = dep.spawn("uploader", "uploader-2");
 
-    let records = settle(&api, &ids, SETTLE).await;
-    let hits = hooks.hits();
-    let f = Figures::compute(
-        &ids.iter().cloned().map(Some).collect::<Vec<_>>(),
-        &records,
-        &hits,
-    );
-    f.print("uploader SIGKILL mid-webhook");
+    let (records, _, f) = conclude("uploader SIGKILL mid-webhook", &api, &dep, &ids, &hooks).await;
     println!(
         "FAULT-DETAIL | uploader SIGKILL mid-webhook | {open_at_kill} webhook request(s) open at the kill; each is delivered again (at-least-once, same webhook-id)"
     );
-    check_hooks(&hits);
-    check_aftermath(&api, &dep).await;
     assert_eq!(f.lost, 0, "{records:?}");
     assert_eq!(f.completed, n, "{records:?}");
     // At-least-once: the killed uploader never learnt the outcome of the open requests, so
@@ -841,21 +816,19 @@ async fn s3_outage_during_delivery_is_ridden_out() {
     let announced_during_outage = hooks.hits().len();
     s3.restart();
 
-    let records = settle(&api, &ids, SETTLE).await;
-    let hits = hooks.hits();
-    let f = Figures::compute(
-        &ids.iter().cloned().map(Some).collect::<Vec<_>>(),
-        &records,
-        &hits,
-    );
-    f.print("seaweedfs stop+restart during delivery");
+    let (records, _, f) = conclude(
+        "seaweedfs stop+restart during delivery",
+        &api,
+        &dep,
+        &ids,
+        &hooks,
+    )
+    .await;
     let attempts: Vec<u64> = ids
         .iter()
         .map(|id| record(&records, id)["attempts"].as_u64().unwrap_or(0))
         .collect();
     println!("FAULT-DETAIL | seaweedfs stop+restart | delivery attempts per task: {attempts:?}");
-    check_hooks(&hits);
-    check_aftermath(&api, &dep).await;
     assert_eq!(
         announced_during_outage, 0,
         "no webhook while the stems cannot be stored"
@@ -880,6 +853,28 @@ fn webhook_deployment(extra: &[(&str, &str)]) -> Deployment {
     ];
     env.extend_from_slice(extra);
     Deployment::new(&env)
+}
+
+/// The end of a scenario: waits for every task to settle, prints the figures, checks the
+/// webhook signatures and that the queues are empty and nothing panicked.
+async fn conclude(
+    name: &str,
+    api: &Api,
+    dep: &Deployment,
+    ids: &[String],
+    hooks: &HookReceiver,
+) -> (HashMap<String, Option<Value>>, Vec<HookHit>, Figures) {
+    let records = settle(api, ids, SETTLE).await;
+    let hits = hooks.hits();
+    let f = Figures::compute(
+        &ids.iter().cloned().map(Some).collect::<Vec<_>>(),
+        &records,
+        &hits,
+    );
+    f.print(name);
+    check_hooks(&hits);
+    check_aftermath(api, dep).await;
+    (records, hits, f)
 }
 
 fn short_audio(peer: &Peer, n: usize) -> Vec<String> {
@@ -922,16 +917,7 @@ impl WebhookScenario {
     /// Waits for every task to settle, prints the figures, checks the signatures, the empty
     /// queues and that every task completed.
     async fn finish(&self, name: &str) -> (HashMap<String, Option<Value>>, Vec<HookHit>, Figures) {
-        let records = settle(&self.api, &self.ids, SETTLE).await;
-        let hits = self.hooks.hits();
-        let f = Figures::compute(
-            &self.ids.iter().cloned().map(Some).collect::<Vec<_>>(),
-            &records,
-            &hits,
-        );
-        f.print(name);
-        check_hooks(&hits);
-        check_aftermath(&self.api, &self.dep).await;
+        let (records, hits, f) = conclude(name, &self.api, &self.dep, &self.ids, &self.hooks).await;
         assert_eq!(f.lost, 0, "{records:?}");
         assert_eq!(f.completed, self.n, "{records:?}");
         (records, hits, f)

@@ -1,7 +1,7 @@
 //! The completion webhook, signed per Standard Webhooks.
 //!
-//! Headers: `webhook-id` (the task id plus the attempt, stable across retries of the same
-//! delivery: `<task>`), `webhook-timestamp` (Unix seconds) and `webhook-signature`
+//! Headers: `webhook-id` (the task id, the same on every retry so receivers can drop
+//! repeats), `webhook-timestamp` (Unix seconds) and `webhook-signature`
 //! (`v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`). The key is `WEBHOOK_SECRET`;
 //! a `whsec_` prefix means the rest is base64 (as Standard Webhooks libraries generate it),
 //! otherwise the raw bytes are used. Several secrets separated by spaces sign with each
@@ -20,7 +20,7 @@ use reqwest::header;
 use sha2::Sha256;
 
 use super::JobError;
-use crate::audio::fetch::{FetchConfig, classify};
+use crate::audio::fetch::{FetchConfig, FetchError, classify};
 use crate::config::{ConfigError, Env};
 
 /// Webhook settings.
@@ -205,17 +205,23 @@ pub async fn send(
         Err(e) => {
             let fe = classify(&e);
             let retryable = fe.retryable();
+            // The fetch error's own text speaks of the audio source; say who failed here.
+            let message = match &fe {
+                FetchError::Unreachable(m) => format!("webhook receiver unreachable: {m}"),
+                FetchError::Timeout(m) => format!("webhook receiver timed out: {m}"),
+                other => other.to_string(),
+            };
             let err = JobError::new(
                 if retryable {
                     "webhook_unreachable"
                 } else {
                     "webhook_refused"
                 },
-                fe.to_string(),
+                message.clone(),
                 retryable,
             );
             let outcome = if retryable { "retry" } else { "failed" };
-            (attempt(None, outcome, Some(fe.to_string())), Err(err))
+            (attempt(None, outcome, Some(message)), Err(err))
         }
     }
 }

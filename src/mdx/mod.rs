@@ -231,10 +231,6 @@ impl Separator for MdxSeparator {
         &self.model.name
     }
 
-    fn stems(&self) -> &'static [&'static str] {
-        &["vocals", "instrumental"]
-    }
-
     fn separate(
         &mut self,
         input: &mut dyn FrameSource,

@@ -217,10 +217,6 @@ impl Separator for CentreExtractor {
         crate::models::BUILTIN_DSP
     }
 
-    fn stems(&self) -> &'static [&'static str] {
-        &["vocals", "instrumental"]
-    }
-
     fn separate(
         &mut self,
         input: &mut dyn FrameSource,

@@ -149,8 +149,10 @@ impl SeparateError {
 pub trait Separator: Send {
     /// The model name.
     fn name(&self) -> &str;
-    /// The stems it produces, in sink index order.
-    fn stems(&self) -> &'static [&'static str];
+    /// The stems it produces, in sink index order: the catalogue's two by default.
+    fn stems(&self) -> &'static [&'static str] {
+        crate::models::STEMS
+    }
     /// Separates the whole input; returns the number of frames written per stem (equal to
     /// the input length).
     fn separate(

@@ -2,13 +2,15 @@
 //! UVR-MDX-NET-Voc_FT (dim_f 3072, 48 channels, 5 stages, n_fft 7680, dim_t 256; random
 //! weights from `models/reference/generate_reference.py --real-geometry`), for:
 //! (a) Burn on the CPU (flex), (b) onnxruntime on the same ONNX file with the same thread
-//! count, in the same run, and (c) Burn on wgpu (a hardware GPU if there is one, else the
-//! software Vulkan adapter, for information).
+//! count and the same batch size, in the same run, and (c) Burn on wgpu (a hardware GPU if
+//! there is one, else the software Vulkan adapter, for information). Each side is warmed up at
+//! exactly the shapes it then times; Burn's lines carry the per-phase split of the demix.
 //!
-//! `cargo bench --bench mdx` (`BENCH_SECONDS` of audio, default 30; `BENCH_DEVICES`, default
-//! `cpu,onnxruntime,gpu`; `BENCH_SYNTHETIC=1` builds the real-geometry graph in memory instead
-//! of generating the ONNX file with Python). Under `cargo test` it runs a smoke version on the
-//! tiny fixture.
+//! `cargo bench --bench mdx` (`BENCH_SECONDS` of audio, default 30; `BENCH_BATCHES`, default
+//! `1,4`; `BENCH_DEVICES`, default `cpu,onnxruntime,gpu`; `BENCH_SYNTHETIC=1` builds the
+//! real-geometry graph in memory instead of generating the ONNX file with Python). Under
+//! `cargo test` it runs a smoke version on the tiny fixture. The GPU figures beside PyTorch's
+//! come from `scripts/gpu_bench.sh`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,7 +59,14 @@ fn load(source: &Source, device: &burn::tensor::Device) -> MdxModel {
     }
 }
 
-fn run_burn(model: &Source, choice: DeviceChoice, audio: &[[f32; 2]]) -> Option<(f64, String)> {
+/// One timed demix on Burn at `batch`, after a warm-up at exactly the shapes it times; the
+/// seconds and a description with the per-phase split.
+fn run_burn(
+    model: &Source,
+    choice: DeviceChoice,
+    audio: &[[f32; 2]],
+    batch: usize,
+) -> Option<(f64, String)> {
     let device = match select(choice) {
         Ok(d) => d,
         Err(e) => {
@@ -66,22 +75,38 @@ fn run_burn(model: &Source, choice: DeviceChoice, audio: &[[f32; 2]]) -> Option<
         }
     };
     let m = Arc::new(load(model, &device.device));
+    let opts = DemixOptions {
+        batch,
+        ..DemixOptions::default()
+    };
     let warm = Instant::now();
-    m.warm_up();
+    m.warm_up(&opts);
     let warm = warm.elapsed().as_secs_f64();
-    let mut sep = MdxSeparator::new(m, DemixOptions::default());
+    let mut sep = MdxSeparator::new(m, opts);
     let start = Instant::now();
     let mut sink = VecSink::default();
     sep.separate(&mut SliceSource::new(audio), &mut sink, &mut NoListener)
         .unwrap();
     let secs = start.elapsed().as_secs_f64();
+    let p = sep.phases();
+    let share = |d: std::time::Duration| 100.0 * d.as_secs_f64() / secs;
     Some((
         secs,
-        format!("{} [{}], warm-up {:.1} s", device.kind, device.name, warm),
+        format!(
+            "{} [{}] batch {batch} (warm-up {warm:.1} s; {} chunks in {} passes: STFT+upload {:.0}%, forward {:.0}%, iSTFT {:.0}%, overlap-add {:.0}%)",
+            device.kind,
+            device.name,
+            p.chunks,
+            p.passes,
+            share(p.stft),
+            share(p.forward),
+            share(p.istft),
+            share(p.overlap_add),
+        ),
     ))
 }
 
-fn run_onnxruntime(model: &Path, seconds: f64, threads: usize) -> Option<f64> {
+fn run_onnxruntime(model: &Path, seconds: f64, threads: usize, batch: usize) -> Option<f64> {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/reference/bench_onnxruntime.py");
     let out = Command::new("python3")
@@ -89,6 +114,7 @@ fn run_onnxruntime(model: &Path, seconds: f64, threads: usize) -> Option<f64> {
         .arg(model)
         .arg(seconds.to_string())
         .arg(threads.to_string())
+        .arg(batch.to_string())
         .output()
         .ok()?;
     if !out.status.success() {
@@ -167,42 +193,49 @@ fn main() {
     } else {
         Source::File(model.clone())
     };
-    let mut cpu = None;
-    let mut ort = None;
-    for d in devices.split(',') {
-        match d.trim() {
-            "cpu" => {
-                if let Some((s, what)) = run_burn(&source, DeviceChoice::Cpu, &audio) {
-                    println!("  burn {what}: {:.2} s per minute of audio", per_minute(s));
-                    cpu = Some(per_minute(s));
+    let batches: Vec<usize> = std::env::var("BENCH_BATCHES")
+        .unwrap_or_else(|_| if quick { "2".into() } else { "1,4".into() })
+        .split(',')
+        .filter_map(|b| b.trim().parse().ok())
+        .collect();
+    for &batch in &batches {
+        let mut cpu = None;
+        let mut ort = None;
+        for d in devices.split(',') {
+            match d.trim() {
+                "cpu" => {
+                    if let Some((s, what)) = run_burn(&source, DeviceChoice::Cpu, &audio, batch) {
+                        println!("  burn {what}: {:.2} s per minute of audio", per_minute(s));
+                        cpu = Some(per_minute(s));
+                    }
                 }
-            }
-            "onnxruntime" if synthetic => {
-                println!("  onnxruntime: skipped (synthetic graph, no ONNX file)")
-            }
-            "onnxruntime" => {
-                if let Some(s) = run_onnxruntime(&model, seconds, threads) {
-                    println!(
-                        "  onnxruntime CPU ({threads} threads): {:.2} s per minute of audio",
-                        per_minute(s)
-                    );
-                    ort = Some(per_minute(s));
+                "onnxruntime" if synthetic => {
+                    println!("  onnxruntime: skipped (synthetic graph, no ONNX file)")
                 }
-            }
-            "gpu" | "software" => {
-                let choice = if d.trim() == "gpu" {
-                    DeviceChoice::Auto
-                } else {
-                    DeviceChoice::Software
-                };
-                if let Some((s, what)) = run_burn(&source, choice, &audio) {
-                    println!("  burn {what}: {:.2} s per minute of audio", per_minute(s));
+                "onnxruntime" => {
+                    if let Some(s) = run_onnxruntime(&model, seconds, threads, batch) {
+                        println!(
+                            "  onnxruntime CPU ({threads} threads) batch {batch}: {:.2} s per minute of audio",
+                            per_minute(s)
+                        );
+                        ort = Some(per_minute(s));
+                    }
                 }
+                "gpu" | "software" => {
+                    let choice = if d.trim() == "gpu" {
+                        DeviceChoice::Auto
+                    } else {
+                        DeviceChoice::Software
+                    };
+                    if let Some((s, what)) = run_burn(&source, choice, &audio, batch) {
+                        println!("  burn {what}: {:.2} s per minute of audio", per_minute(s));
+                    }
+                }
+                other => println!("  unknown device {other}"),
             }
-            other => println!("  unknown device {other}"),
         }
-    }
-    if let (Some(c), Some(o)) = (cpu, ort) {
-        println!("  ratio burn CPU / onnxruntime: {:.2}x", c / o);
+        if let (Some(c), Some(o)) = (cpu, ort) {
+            println!("  batch {batch}: burn CPU / onnxruntime = {:.2}x", c / o);
+        }
     }
 }

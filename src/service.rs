@@ -266,8 +266,7 @@ pub async fn separate_command(args: &[String]) -> anyhow::Result<()> {
         std::path::Path::new(&env.string("MODELS_DIR", "models")),
         None,
     )?);
-    let choice = env.parse("SEPARATOR_DEVICE", crate::mdx::device::DeviceChoice::Auto)?;
-    let engine = crate::separation::Engine::new(catalog, choice, Default::default());
+    let engine = crate::pipeline::engine(&env, catalog)?;
     let job = crate::pipeline::process::SeparateJob {
         source: &source,
         out_dir: &out_dir,

@@ -165,3 +165,95 @@ fn bad_files_are_refused_with_typed_errors() {
         .to_string();
     assert!(err.contains("missing parameter"), "{err}");
 }
+
+/// Runs `uvr separate` on `input` with the tiny model on lavapipe, kernel tuning cached in
+/// `cache`; returns everything the process printed.
+fn separate_with_cache(models: &Path, cache: &Path, input: &Path, out: &Path) -> String {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_uvr"))
+        .arg("separate")
+        .arg(input)
+        .args(["--model", "tiny", "--format", "wav32f", "-o"])
+        .arg(out)
+        .env("MODELS_DIR", models)
+        .env("SEPARATOR_DEVICE", "software")
+        .env("SEPARATOR_CACHE_DIR", cache)
+        .env("SEPARATOR_AUTOTUNE", "minimal")
+        .env("MDX_BATCH", "2")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "uvr separate failed:\n{text}");
+    text
+}
+
+/// The autotune cache entries a process reported loading (cubecl's log line, one per tuner).
+fn cached_entries_loaded(log: &str) -> usize {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("Loaded ").nth(1)?;
+            let (n, tail) = rest.split_once(' ')?;
+            tail.starts_with("autotune cached entries")
+                .then(|| n.parse::<usize>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Kernel tuning outlives the process: the first start tunes at the jobs' shapes and fills
+/// `SEPARATOR_CACHE_DIR`; a second process loads those results instead of tuning again, and
+/// separates to the same stems. The real binary, the GPU code path (lavapipe).
+#[test]
+fn a_new_process_loads_the_tuning_results_of_the_last() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for ext in ["onnx", "json"] {
+        std::fs::copy(
+            dir().join(format!("tiny.{ext}")),
+            models.join(format!("tiny.{ext}")),
+        )
+        .unwrap();
+    }
+    let (clip, shape) = load(&reference()["clip"]);
+    let input = tmp.path().join("mix.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 44_100,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(&input, spec).unwrap();
+    for f in planar_to_frames(&clip, shape[1]) {
+        w.write_sample(f[0]).unwrap();
+        w.write_sample(f[1]).unwrap();
+    }
+    w.finalize().unwrap();
+    let cache = tmp.path().join("cache");
+
+    let first = separate_with_cache(&models, &cache, &input, &tmp.path().join("first"));
+    assert!(first.contains("kernel tuning cache is empty"), "{first}");
+    assert_eq!(cached_entries_loaded(&first), 0, "{first}");
+    assert!(
+        std::fs::read_dir(&cache).unwrap().count() > 0,
+        "the first start left nothing in the cache directory"
+    );
+
+    let second = separate_with_cache(&models, &cache, &input, &tmp.path().join("second"));
+    assert!(second.contains("kernel tuning cache found"), "{second}");
+    let loaded = cached_entries_loaded(&second);
+    assert!(loaded > 0, "no cached tuning results loaded:\n{second}");
+
+    let read = |run: &str| {
+        let mut r = hound::WavReader::open(tmp.path().join(run).join("vocals.wav")).unwrap();
+        r.samples::<f32>().map(Result::unwrap).collect::<Vec<f32>>()
+    };
+    let (a, b) = (read("first"), read("second"));
+    assert_eq!(a.len(), b.len());
+    let snr = snr_db(&a, &b);
+    assert!(snr > 100.0, "the two runs disagree: {snr:.1} dB");
+}

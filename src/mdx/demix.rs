@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 use realfft::num_complex::Complex32;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 
@@ -82,9 +83,22 @@ impl Spectral {
         self.hop * (self.dim_t - 1)
     }
 
+    /// Values of one spectrogram (`4 · dim_f · dim_t`).
+    pub fn spec_len(&self) -> usize {
+        4 * self.dim_f * self.dim_t
+    }
+
     /// STFT of one stereo chunk into `out` (`4 · dim_f · dim_t`, layout [4][dim_f][dim_t]),
     /// with the first 3 bins zeroed.
     pub fn forward(&self, chunk: &[Frame], out: &mut [f32]) {
+        let plane = 2 * self.dim_f * self.dim_t;
+        for (c, out) in out.chunks_mut(plane).enumerate() {
+            self.forward_channel(chunk, c, out);
+        }
+    }
+
+    /// STFT of channel `c` of `chunk` into its two planes (`2 · dim_f · dim_t`: re, im).
+    fn forward_channel(&self, chunk: &[Frame], c: usize, out: &mut [f32]) {
         let (n, hop, f_n, t_n) = (self.n_fft, self.hop, self.dim_f, self.dim_t);
         let len = chunk.len() as isize;
         let half = (n / 2) as isize;
@@ -105,67 +119,129 @@ impl Spectral {
                 }
             }
         };
-        for c in 0..2 {
-            for t in 0..t_n {
-                let start = (t * hop) as isize - half;
-                for (k, v) in frame.iter_mut().enumerate() {
-                    *v = chunk[reflect(start + k as isize)][c] * self.window[k];
-                }
-                self.fwd
-                    .process(&mut frame, &mut spec)
-                    .expect("buffer sizes match the plan");
-                for f in 0..f_n {
-                    let (re, im) = if f < 3 {
-                        (0.0, 0.0)
-                    } else {
-                        (spec[f].re, spec[f].im)
-                    };
-                    out[((2 * c) * f_n + f) * t_n + t] = re;
-                    out[((2 * c + 1) * f_n + f) * t_n + t] = im;
-                }
+        let (re_plane, im_plane) = out.split_at_mut(f_n * t_n);
+        for t in 0..t_n {
+            let start = (t * hop) as isize - half;
+            for (k, v) in frame.iter_mut().enumerate() {
+                *v = chunk[reflect(start + k as isize)][c] * self.window[k];
+            }
+            self.fwd
+                .process(&mut frame, &mut spec)
+                .expect("buffer sizes match the plan");
+            for f in 0..f_n {
+                let (re, im) = if f < 3 {
+                    (0.0, 0.0)
+                } else {
+                    (spec[f].re, spec[f].im)
+                };
+                re_plane[f * t_n + t] = re;
+                im_plane[f * t_n + t] = im;
             }
         }
     }
 
     /// Inverse STFT of one `[4][dim_f][dim_t]` spectrogram into `chunk()` stereo samples.
     pub fn inverse(&self, spec_in: &[f32], out: &mut Vec<[f64; 2]>) {
+        let plane = 2 * self.dim_f * self.dim_t;
+        let left = self.inverse_channel(&spec_in[..plane]);
+        let right = self.inverse_channel(&spec_in[plane..2 * plane]);
+        out.clear();
+        out.extend(left.into_iter().zip(right).map(|(l, r)| [l, r]));
+    }
+
+    /// Inverse STFT of one channel's two planes (re, im) into `chunk()` samples.
+    fn inverse_channel(&self, planes: &[f32]) -> Vec<f64> {
         let (n, hop, f_n, t_n) = (self.n_fft, self.hop, self.dim_f, self.dim_t);
         let total = n + hop * (t_n - 1);
-        let mut y = vec![[0.0f64; 2]; total];
-        let env = &self.envelope;
+        let mut y = vec![0.0f64; total];
         let mut spec = vec![Complex32::default(); n / 2 + 1];
         let mut frame = vec![0.0f32; n];
-        for c in 0..2 {
-            for t in 0..t_n {
-                for (f, s) in spec.iter_mut().enumerate() {
-                    *s = if f < f_n {
-                        Complex32::new(
-                            spec_in[((2 * c) * f_n + f) * t_n + t],
-                            spec_in[((2 * c + 1) * f_n + f) * t_n + t],
-                        )
-                    } else {
-                        Complex32::default()
-                    };
-                }
-                spec[0].im = 0.0;
-                let last = spec.len() - 1;
-                spec[last].im = 0.0;
-                self.inv
-                    .process(&mut spec, &mut frame)
-                    .expect("buffer sizes match the plan");
-                for (k, v) in frame.iter().enumerate() {
-                    y[t * hop + k][c] += f64::from(v / n as f32 * self.window[k]);
-                }
+        let (re_plane, im_plane) = planes.split_at(f_n * t_n);
+        for t in 0..t_n {
+            for (f, s) in spec.iter_mut().enumerate() {
+                *s = if f < f_n {
+                    Complex32::new(re_plane[f * t_n + t], im_plane[f * t_n + t])
+                } else {
+                    Complex32::default()
+                };
+            }
+            spec[0].im = 0.0;
+            let last = spec.len() - 1;
+            spec[last].im = 0.0;
+            self.inv
+                .process(&mut spec, &mut frame)
+                .expect("buffer sizes match the plan");
+            for (k, v) in frame.iter().enumerate() {
+                y[t * hop + k] += f64::from(v / n as f32 * self.window[k]);
             }
         }
-        out.clear();
         let (lo, hi) = (n / 2, total - n / 2);
-        out.extend((lo..hi).map(|i| [y[i][0] / env[i], y[i][1] / env[i]]));
+        (lo..hi).map(|i| y[i] / self.envelope[i]).collect()
+    }
+
+    /// STFTs of `chunks` (each `chunk()` frames) into consecutive spectrograms of `out`, every
+    /// channel of every chunk in parallel.
+    pub fn forward_batch(&self, chunks: &[Vec<Frame>], out: &mut [f32]) {
+        let plane = 2 * self.dim_f * self.dim_t;
+        out[..chunks.len() * 2 * plane]
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(i, out)| self.forward_channel(&chunks[i / 2], i % 2, out));
+    }
+
+    /// Inverse STFTs of the first `count` spectrograms of `specs`, every channel of every
+    /// chunk in parallel.
+    pub fn inverse_batch(&self, specs: &[f32], count: usize) -> Vec<Vec<[f64; 2]>> {
+        let plane = 2 * self.dim_f * self.dim_t;
+        let channels: Vec<Vec<f64>> = specs[..count * 2 * plane]
+            .par_chunks(plane)
+            .map(|planes| self.inverse_channel(planes))
+            .collect();
+        channels
+            .chunks(2)
+            .map(|lr| lr[0].iter().zip(&lr[1]).map(|(l, r)| [*l, *r]).collect())
+            .collect()
     }
 }
 
+/// Where a demix spent its time, summed over its batches. On a GPU the forward pass runs
+/// while the CPU computes the next batch's STFT, so `forward` is the time spent waiting for
+/// it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    /// Chunks STFT'd.
+    pub chunks: usize,
+    /// Forward passes run (each over `batch` spectrograms, or fewer for a last partial batch
+    /// on the CPU).
+    pub passes: usize,
+    /// Reading input, STFTs, copying the batch to the device.
+    pub stft: std::time::Duration,
+    /// Waiting for the forward pass and reading its output back.
+    pub forward: std::time::Duration,
+    /// Inverse STFTs.
+    pub istft: std::time::Duration,
+    /// Overlap-add and writing the stems.
+    pub overlap_add: std::time::Duration,
+}
+
+/// A batch whose forward pass has been submitted and whose output is not yet read.
+struct InFlight {
+    /// Mixture index of each chunk's start.
+    starts: Vec<usize>,
+    /// The padded mixture length, if the input's end was known when the batch was planned.
+    total: Option<usize>,
+    /// The model's output (possibly with padding items after `starts.len()`).
+    pred: Tensor<4>,
+}
+
 /// Streams `input` through the UVR demix with `net`; writes the primary stem (`compensate`
-/// applied) to `primary` and the mix minus it to `secondary` of `output`.
+/// applied) to `primary` and the mix minus it to `secondary` of `output`; adds where the time
+/// went to `phases`.
+///
+/// Batches are pipelined: batch k+1 is read and STFT'd (in parallel across chunks and
+/// channels) while the device runs batch k's forward pass; on a device that compiles kernels
+/// per shape ([`MdxNet::fixed_shapes`]) a last partial batch is padded with silent chunks so
+/// every pass has the shape [`crate::mdx::MdxModel::warm_up`] prepared.
 #[allow(clippy::too_many_arguments)]
 pub fn demix(
     net: &MdxNet,
@@ -176,6 +252,7 @@ pub fn demix(
     primary: usize,
     secondary: usize,
     listener: &mut dyn Listener,
+    phases: &mut Phases,
 ) -> Result<u64, SeparateError> {
     let sp = Spectral::new(params.n_fft, params.hop, net.dim_f, net.dim_t);
     let chunk = sp.chunk();
@@ -192,138 +269,224 @@ pub fn demix(
     } else {
         (((1.0 - f64::from(opts.overlap)) * chunk as f64) as usize).max(1)
     };
+    let padded_total = |n: usize| trim + n + gen_size + trim - (n % gen_size);
     let total_in = input.total_frames();
-    // The mixture: `trim` zeros, the input, then zeros up to `total` once the length is known.
-    let mut mix: VecDeque<Frame> = VecDeque::from(vec![[0.0; 2]; trim]);
-    let mut mix_start: usize = 0; // mixture index of mix[0]
+    let batch = opts.batch.max(1);
+    let spec_len = sp.spec_len();
+    let mut st = State {
+        // The mixture: `trim` zeros, the input, then zeros up to `total` once the length is
+        // known.
+        mix: VecDeque::from(vec![[0.0; 2]; trim]),
+        mix_start: 0,
+        acc: VecDeque::new(),
+        div: VecDeque::new(),
+        acc_start: 0,
+        written: 0,
+    };
     let mut n: Option<usize> = None; // input length, known at the end
     let mut read: usize = 0;
-    let mut acc: VecDeque<[f64; 2]> = VecDeque::new();
-    let mut div: VecDeque<f64> = VecDeque::new();
-    let mut acc_start: usize = 0; // mixture index of acc[0]
     let mut next_chunk: usize = 0;
-    let mut written: u64 = 0;
-    let spec_len = 4 * net.dim_f * net.dim_t;
-    let mut wave = Vec::with_capacity(chunk);
-    let batch = opts.batch.max(1);
+    let mut in_flight: Option<InFlight> = None;
     loop {
-        let total = n.map(|n| trim + n + gen_size + trim - (n % gen_size));
-        if total.is_some_and(|t| next_chunk * step >= t) {
-            break;
-        }
-        // Read until `batch` chunks are covered or the input ends.
-        let want_end = (next_chunk + batch - 1) * step + chunk;
-        while n.is_none() && mix_start + mix.len() < want_end {
-            match input.next_chunk(65_536)? {
-                Some(frames) => {
-                    read += frames.len();
-                    mix.extend(frames);
-                }
-                None => n = Some(read),
-            }
-        }
-        let total = n.map(|n| trim + n + gen_size + trim - (n % gen_size));
-        // The chunks of this pass.
+        let started = std::time::Instant::now();
+        // Plan the next batch: read until `batch` chunks are covered or the input ends.
         let mut starts = Vec::new();
-        for k in next_chunk..next_chunk + batch {
-            let s = k * step;
-            match total {
-                Some(t) if s >= t => break,
-                Some(_) => starts.push(s),
-                None if s + chunk <= mix_start + mix.len() => starts.push(s),
-                None => break,
+        if !n.is_some_and(|n| next_chunk * step >= padded_total(n)) {
+            let want_end = (next_chunk + batch - 1) * step + chunk;
+            while n.is_none() && st.mix_start + st.mix.len() < want_end {
+                match input.next_chunk(65_536)? {
+                    Some(frames) => {
+                        read += frames.len();
+                        st.mix.extend(frames);
+                    }
+                    None => n = Some(read),
+                }
+            }
+            let total = n.map(padded_total);
+            for k in next_chunk..next_chunk + batch {
+                let s = k * step;
+                match total {
+                    Some(t) if s >= t => break,
+                    Some(_) => starts.push(s),
+                    None if s + chunk <= st.mix_start + st.mix.len() => starts.push(s),
+                    None => break,
+                }
+            }
+            if starts.is_empty() {
+                return Err(SeparateError::Model("demix made no progress".into()));
             }
         }
-        if starts.is_empty() {
-            return Err(SeparateError::Model("demix made no progress".into()));
-        }
-        let mut batch_in = vec![0.0f32; spec_len * starts.len()];
-        let mut part = vec![[0.0f32; 2]; chunk];
-        for (b, s) in starts.iter().enumerate() {
-            for (i, p) in part.iter_mut().enumerate() {
-                let idx = s + i;
-                *p = if total.is_some_and(|t| idx >= t) {
-                    [0.0; 2]
-                } else {
-                    mix.get(idx - mix_start).copied().unwrap_or([0.0; 2])
-                };
-            }
-            sp.forward(&part, &mut batch_in[b * spec_len..(b + 1) * spec_len]);
-        }
-        let pred = run(net, &batch_in, starts.len(), opts.denoise)?;
-        for (b, s) in starts.iter().enumerate() {
-            let end = total.map_or(s + chunk, |t| (s + chunk).min(t));
-            let actual = end - s;
-            sp.inverse(&pred[b * spec_len..(b + 1) * spec_len], &mut wave);
-            while acc_start + acc.len() < end {
-                acc.push_back([0.0; 2]);
-                div.push_back(0.0);
-            }
-            for i in 0..actual {
-                let w = if opts.overlap <= 0.0 || actual == 1 {
-                    1.0
-                } else {
-                    0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (actual - 1) as f64).cos()
-                };
-                let a = &mut acc[s + i - acc_start];
-                a[0] += wave[i][0] * w;
-                a[1] += wave[i][1] * w;
-                div[s + i - acc_start] += w;
-            }
-        }
-        next_chunk += starts.len();
-        // Everything before the next chunk's start is final.
-        let limit = match total {
-            Some(t) if next_chunk * step >= t => t,
-            _ => next_chunk * step,
+        // Submit it: STFT, then the forward pass, which a GPU runs while the previous batch is
+        // finished below.
+        let next = if starts.is_empty() {
+            None
+        } else {
+            let total = n.map(padded_total);
+            let parts: Vec<Vec<Frame>> = starts
+                .iter()
+                .map(|s| {
+                    (0..chunk)
+                        .map(|i| {
+                            let idx = s + i;
+                            if total.is_some_and(|t| idx >= t) {
+                                [0.0; 2]
+                            } else {
+                                st.mix.get(idx - st.mix_start).copied().unwrap_or([0.0; 2])
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            let items = if net.fixed_shapes() {
+                batch
+            } else {
+                starts.len()
+            };
+            let mut batch_in = vec![0.0f32; spec_len * items];
+            sp.forward_batch(&parts, &mut batch_in);
+            phases.chunks += starts.len();
+            phases.passes += 1;
+            let pred = submit(net, batch_in, items, opts.denoise);
+            next_chunk += starts.len();
+            Some(InFlight {
+                starts,
+                total,
+                pred,
+            })
         };
-        let mut prim = Vec::new();
-        let mut sec = Vec::new();
-        while acc_start < limit && !acc.is_empty() {
-            let a = acc.pop_front().expect("non-empty");
-            let d = div.pop_front().expect("same length");
-            let p = acc_start;
-            acc_start += 1;
-            if p < trim {
-                continue;
+        phases.stft += started.elapsed();
+        if let Some(done) = in_flight.take() {
+            // Once `done` is added, everything before the pending batch's first chunk is final;
+            // with nothing pending (the input's end is known by then), everything is.
+            let limit = match &next {
+                Some(b) => b.starts[0],
+                None => n
+                    .map(padded_total)
+                    .ok_or_else(|| SeparateError::Model("demix ended before its input".into()))?,
+            };
+            finish(
+                &sp, params, opts, done, limit, trim, chunk, n, &mut st, output, primary,
+                secondary, phases,
+            )?;
+            if listener.progress(st.written, total_in) == Control::Stop {
+                return Err(SeparateError::Stopped);
             }
-            let i = p - trim;
-            if n.is_some_and(|n| i >= n) {
-                continue;
-            }
-            let x = mix[p - mix_start];
-            let comp = f64::from(params.compensate);
-            let v = [(a[0] / d * comp) as f32, (a[1] / d * comp) as f32];
-            prim.push(v);
-            sec.push([x[0] - v[0], x[1] - v[1]]);
         }
-        written += prim.len() as u64;
-        output.write(primary, &prim)?;
-        output.write(secondary, &sec)?;
-        // Input before both the next chunk and the next unemitted sample is no longer needed.
-        let keep_from = (next_chunk * step).min(acc_start);
-        while mix_start < keep_from && !mix.is_empty() {
-            mix.pop_front();
-            mix_start += 1;
-        }
-        if listener.progress(written, total_in) == Control::Stop {
-            return Err(SeparateError::Stopped);
+        match next {
+            Some(b) => in_flight = Some(b),
+            None => break,
         }
     }
-    Ok(written)
+    Ok(st.written)
 }
 
-/// One forward pass over `b` spectrograms (optionally denoised), back on the host.
-fn run(net: &MdxNet, input: &[f32], b: usize, denoise: bool) -> Result<Vec<f32>, SeparateError> {
+/// The streaming state: the mixture window and the overlap-add accumulators.
+struct State {
+    mix: VecDeque<Frame>,
+    /// Mixture index of `mix[0]`.
+    mix_start: usize,
+    acc: VecDeque<[f64; 2]>,
+    div: VecDeque<f64>,
+    /// Mixture index of `acc[0]`.
+    acc_start: usize,
+    written: u64,
+}
+
+/// Reads a batch's output, inverse-STFTs and overlap-adds it, and emits every sample before
+/// `limit`, which no later chunk can touch.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    sp: &Spectral,
+    params: &MdxParams,
+    opts: &DemixOptions,
+    done: InFlight,
+    limit: usize,
+    trim: usize,
+    chunk: usize,
+    n: Option<usize>,
+    st: &mut State,
+    output: &mut dyn StemSink,
+    primary: usize,
+    secondary: usize,
+    phases: &mut Phases,
+) -> Result<(), SeparateError> {
+    let started = std::time::Instant::now();
+    let pred = done
+        .pred
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| SeparateError::Model(format!("reading the model output: {e:?}")))?;
+    phases.forward += started.elapsed();
+    let started = std::time::Instant::now();
+    let waves = sp.inverse_batch(&pred, done.starts.len());
+    phases.istft += started.elapsed();
+    let started = std::time::Instant::now();
+    let total = done.total;
+    for (s, wave) in done.starts.iter().zip(&waves) {
+        let end = total.map_or(s + chunk, |t| (s + chunk).min(t));
+        let actual = end - s;
+        while st.acc_start + st.acc.len() < end {
+            st.acc.push_back([0.0; 2]);
+            st.div.push_back(0.0);
+        }
+        for i in 0..actual {
+            let w = if opts.overlap <= 0.0 || actual == 1 {
+                1.0
+            } else {
+                0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (actual - 1) as f64).cos()
+            };
+            let a = &mut st.acc[s + i - st.acc_start];
+            a[0] += wave[i][0] * w;
+            a[1] += wave[i][1] * w;
+            st.div[s + i - st.acc_start] += w;
+        }
+    }
+    let mut prim = Vec::new();
+    let mut sec = Vec::new();
+    let comp = f64::from(params.compensate);
+    while st.acc_start < limit && !st.acc.is_empty() {
+        let a = st.acc.pop_front().expect("non-empty");
+        let d = st.div.pop_front().expect("same length");
+        let p = st.acc_start;
+        st.acc_start += 1;
+        if p < trim {
+            continue;
+        }
+        let i = p - trim;
+        if n.is_some_and(|n| i >= n) {
+            continue;
+        }
+        let x = st.mix[p - st.mix_start];
+        let v = [(a[0] / d * comp) as f32, (a[1] / d * comp) as f32];
+        prim.push(v);
+        sec.push([x[0] - v[0], x[1] - v[1]]);
+    }
+    st.written += prim.len() as u64;
+    output.write(primary, &prim)?;
+    output.write(secondary, &sec)?;
+    // Input before both the pending batch (which starts at `limit`, if any) and the next
+    // unemitted sample is no longer needed.
+    let keep_from = limit.min(st.acc_start);
+    while st.mix_start < keep_from && !st.mix.is_empty() {
+        st.mix.pop_front();
+        st.mix_start += 1;
+    }
+    phases.overlap_add += started.elapsed();
+    Ok(())
+}
+
+/// Submits one forward pass over `b` spectrograms (optionally denoised: the mean of `f(x)`
+/// and `-f(-x)`); a GPU starts on it at once, the result is read when the tensor is.
+pub(crate) fn submit(net: &MdxNet, input: Vec<f32>, b: usize, denoise: bool) -> Tensor<4> {
     let shape = [b, 4, net.dim_f, net.dim_t];
-    let x = Tensor::<4>::from_data(TensorData::new(input.to_vec(), shape), net.device());
+    let x = Tensor::<4>::from_data(TensorData::new(input, shape), net.device());
     let y = if denoise {
         let neg = net.forward(x.clone().neg());
         (net.forward(x) - neg) * 0.5
     } else {
         net.forward(x)
     };
-    y.into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| SeparateError::Model(format!("reading the model output: {e:?}")))
+    // Start the queued work now rather than when the result is read.
+    let _ = net.device().flush();
+    y
 }

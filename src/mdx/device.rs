@@ -48,6 +48,115 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
+/// How hard cubecl searches for the fastest kernels of each new shape on a GPU
+/// (`SEPARATOR_AUTOTUNE`); the CPU backend does not tune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TuneLevel {
+    /// Few candidates: the shortest first start, kernels a little slower.
+    Minimal,
+    /// cubecl's default.
+    #[default]
+    Balanced,
+    /// More candidates.
+    Extensive,
+    /// Every candidate: the longest first start.
+    Full,
+}
+
+impl std::str::FromStr for TuneLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "minimal" => Self::Minimal,
+            "balanced" => Self::Balanced,
+            "extensive" => Self::Extensive,
+            "full" => Self::Full,
+            _ => return Err("expected minimal, balanced, extensive or full".into()),
+        })
+    }
+}
+
+/// Kernel tuning settings of the GPU runtime, applied once per process before the first
+/// device is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tuning {
+    /// Where autotune results (and compiled kernels, where the backend caches them) persist
+    /// across processes (`SEPARATOR_CACHE_DIR`); `None` (`off`): tuned anew by every process.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// The autotune level; `None` keeps cubecl's own (`CUBECL_AUTOTUNE_LEVEL` or balanced).
+    pub level: Option<TuneLevel>,
+}
+
+/// What [`configure`] found in the cache directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheState {
+    /// No persistent cache: every process tunes anew.
+    Disabled,
+    /// An empty cache directory: this process tunes and writes its results there.
+    Empty(std::path::PathBuf),
+    /// A cache directory an earlier process filled (its size in bytes): its results are
+    /// reused.
+    Existing(std::path::PathBuf, u64),
+    /// The runtime was configured earlier in this process (or read its configuration before
+    /// it could be set); these settings were not applied.
+    AlreadyConfigured,
+}
+
+/// Applies `tuning` to the GPU runtime (cubecl): the cache directory (created if missing)
+/// and the autotune level, over cubecl's own configuration file and `CUBECL_*` variables.
+/// Must run before the first device is used; later calls change nothing.
+#[cfg(feature = "mdx")]
+pub fn configure(tuning: &Tuning) -> Result<CacheState, String> {
+    use cubecl_runtime::config::autotune::AutotuneLevel;
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if let Some(level) = tuning.level {
+        config.autotune.level = match level {
+            TuneLevel::Minimal => AutotuneLevel::Minimal,
+            TuneLevel::Balanced => AutotuneLevel::Balanced,
+            TuneLevel::Extensive => AutotuneLevel::Extensive,
+            TuneLevel::Full => AutotuneLevel::Full,
+        };
+    }
+    let state = match &tuning.cache_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create the cache directory {}: {e}", dir.display()))?;
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            config.environment.path = CacheConfig::Directory(dir.clone());
+            config.autotune.disable_cache = false;
+            config.compilation.cache = true;
+            // The runtime keeps one database (and its journal) per environment in the directory.
+            let bytes: u64 = std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok()?.metadata().ok())
+                        .filter(|m| m.is_file())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            if bytes > 0 {
+                CacheState::Existing(dir, bytes)
+            } else {
+                CacheState::Empty(dir)
+            }
+        }
+        None => {
+            config.autotune.disable_cache = true;
+            config.compilation.cache = false;
+            CacheState::Disabled
+        }
+    };
+    if CubeClRuntimeConfig::try_set(config) {
+        Ok(state)
+    } else {
+        Ok(CacheState::AlreadyConfigured)
+    }
+}
+
 /// A device that has run a computation.
 #[cfg(feature = "mdx")]
 #[derive(Clone)]

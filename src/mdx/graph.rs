@@ -129,8 +129,8 @@ impl MdxNet {
                 let op = match s.op {
                     PlanOp::Conv { x, w, b, geometry } => Op::Conv {
                         x,
-                        w: tensor4(w, device),
-                        b: b.map(|b| tensor1(b, device)),
+                        w: tensor4(&w, device),
+                        b: b.map(|b| tensor1(&b, device)),
                         opts: conv_options(&geometry),
                     },
                     PlanOp::ConvT {
@@ -141,8 +141,8 @@ impl MdxNet {
                         output_padding,
                     } => Op::ConvT {
                         x,
-                        w: tensor4(w, device),
-                        b: b.map(|b| tensor1(b, device)),
+                        w: tensor4(&w, device),
+                        b: b.map(|b| tensor1(&b, device)),
                         opts: ConvTransposeOptions::new(
                             geometry.stride,
                             geometry.padding,
@@ -191,6 +191,13 @@ impl MdxNet {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Whether the device compiles (and tunes) kernels per input shape, so every forward pass
+    /// should have the shape the warm-up ran: true on GPUs (cubecl), false on the CPU backend,
+    /// where a smaller last batch is simply less work.
+    pub fn fixed_shapes(&self) -> bool {
+        self.device != Device::flex()
     }
 
     /// Runs the network on `[batch, 4, dim_f, dim_t]`.

@@ -198,14 +198,16 @@ impl MdxModel {
         })
     }
 
-    /// Runs one dummy chunk so kernels are compiled (and autotuned) before the first job.
-    pub fn warm_up(&self) {
-        let spec = vec![0.0f32; 4 * self.net.dim_f * self.net.dim_t];
-        let x = burn::tensor::Tensor::<4>::from_data(
-            burn::tensor::TensorData::new(spec, [1, 4, self.net.dim_f, self.net.dim_t]),
-            self.net.device(),
-        );
-        let _ = self.net.forward(x).into_data();
+    /// Runs the forward pass a job with `opts` runs, at exactly its shape
+    /// (`[batch, 4, dim_f, dim_t]`, denoised or not), so kernels are compiled and autotuned
+    /// before the first job; on a GPU a job pads its last batch to that shape. The input is a
+    /// low-level signal, not silence, so nothing is tuned on a degenerate all-zero case.
+    pub fn warm_up(&self, opts: &DemixOptions) {
+        let b = opts.batch.max(1);
+        let spec: Vec<f32> = (0..b * 4 * self.net.dim_f * self.net.dim_t)
+            .map(|i| ((i % 97) as f32 - 48.0) * 1e-3)
+            .collect();
+        let _ = demix::submit(&self.net, spec, b, opts.denoise).into_data();
     }
 }
 
@@ -215,13 +217,23 @@ impl MdxModel {
 pub struct MdxSeparator {
     model: Arc<MdxModel>,
     opts: DemixOptions,
+    phases: demix::Phases,
 }
 
 #[cfg(feature = "mdx")]
 impl MdxSeparator {
     /// A separator running `model` with `opts`.
     pub fn new(model: Arc<MdxModel>, opts: DemixOptions) -> Self {
-        Self { model, opts }
+        Self {
+            model,
+            opts,
+            phases: demix::Phases::default(),
+        }
+    }
+
+    /// Where the time went, summed over every input separated so far.
+    pub fn phases(&self) -> &demix::Phases {
+        &self.phases
     }
 }
 
@@ -252,6 +264,7 @@ impl Separator for MdxSeparator {
             primary,
             secondary,
             listener,
+            &mut self.phases,
         )
     }
 }

@@ -71,23 +71,9 @@ impl ProcessorConfig {
         catalog: std::sync::Arc<crate::models::Catalog>,
         lease: Duration,
     ) -> Result<Self, ConfigError> {
-        let choice = env.parse("SEPARATOR_DEVICE", crate::mdx::device::DeviceChoice::Auto)?;
-        let overlap: f32 = env.parse("MDX_OVERLAP", 0.25)?;
-        if !(0.0..0.99).contains(&overlap) {
-            return Err(ConfigError::Invalid {
-                var: "MDX_OVERLAP",
-                value: overlap.to_string(),
-                reason: "expected 0 <= overlap < 0.99".into(),
-            });
-        }
-        let opts = crate::mdx::DemixOptions {
-            overlap,
-            denoise: env.boolean("MDX_DENOISE", false)?,
-            batch: env.ranged("MDX_BATCH", 4usize, 1..=64)?,
-        };
         let default_model = catalog.default.clone();
         Ok(Self {
-            engine: std::sync::Arc::new(crate::separation::Engine::new(catalog, choice, opts)),
+            engine: std::sync::Arc::new(engine(env, catalog)?),
             lease,
             staging_dir: PathBuf::from(env.string("STAGING_DIR", "data/staging")),
             fetch: fetch_config(env)?,
@@ -96,6 +82,43 @@ impl ProcessorConfig {
             default_model,
         })
     }
+}
+
+/// The separation engine from `SEPARATOR_DEVICE`, `SEPARATOR_CACHE_DIR`,
+/// `SEPARATOR_AUTOTUNE` and the `MDX_*` demix options.
+pub fn engine(
+    env: &Env,
+    catalog: std::sync::Arc<crate::models::Catalog>,
+) -> Result<crate::separation::Engine, ConfigError> {
+    let choice = env.parse("SEPARATOR_DEVICE", crate::mdx::device::DeviceChoice::Auto)?;
+    let overlap: f32 = env.parse("MDX_OVERLAP", 0.25)?;
+    if !(0.0..0.99).contains(&overlap) {
+        return Err(ConfigError::Invalid {
+            var: "MDX_OVERLAP",
+            value: overlap.to_string(),
+            reason: "expected 0 <= overlap < 0.99".into(),
+        });
+    }
+    let opts = crate::mdx::DemixOptions {
+        overlap,
+        denoise: env.boolean("MDX_DENOISE", false)?,
+        batch: env.ranged("MDX_BATCH", 4usize, 1..=64)?,
+    };
+    let cache_dir = env.string("SEPARATOR_CACHE_DIR", "data/cache");
+    let tuning = crate::mdx::device::Tuning {
+        // `off`: no persistent cache, every process tunes anew.
+        cache_dir: (!cache_dir.eq_ignore_ascii_case("off")).then(|| PathBuf::from(cache_dir)),
+        level: env
+            .get("SEPARATOR_AUTOTUNE")
+            .map(|_| {
+                env.parse(
+                    "SEPARATOR_AUTOTUNE",
+                    crate::mdx::device::TuneLevel::Balanced,
+                )
+            })
+            .transpose()?,
+    };
+    Ok(crate::separation::Engine::new(catalog, choice, opts).with_tuning(tuning))
 }
 
 /// The HTTP client limits shared by downloads and webhooks.

@@ -171,6 +171,7 @@ pub struct Engine {
     #[cfg(feature = "mdx")]
     device: std::sync::OnceLock<Result<crate::mdx::device::SelectedDevice, String>>,
     choice: crate::mdx::device::DeviceChoice,
+    tuning: crate::mdx::device::Tuning,
     opts: crate::mdx::DemixOptions,
     #[cfg(feature = "mdx")]
     loaded: Mutex<HashMap<String, Arc<crate::mdx::MdxModel>>>,
@@ -197,10 +198,17 @@ impl Engine {
             #[cfg(feature = "mdx")]
             device: std::sync::OnceLock::new(),
             choice,
+            tuning: Default::default(),
             opts,
             #[cfg(feature = "mdx")]
             loaded: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same engine with `tuning` applied to the GPU runtime when the device is selected.
+    pub fn with_tuning(mut self, tuning: crate::mdx::device::Tuning) -> Self {
+        self.tuning = tuning;
+        self
     }
 
     /// An engine that only knows the built-in separator (tests, `uvr separate` without models).
@@ -220,6 +228,27 @@ impl Engine {
     pub fn device(&self) -> Result<&crate::mdx::device::SelectedDevice, SeparateError> {
         self.device
             .get_or_init(|| {
+                use crate::mdx::device::{CacheState, DeviceChoice, configure};
+                if self.choice != DeviceChoice::Cpu {
+                    match configure(&self.tuning) {
+                        Ok(CacheState::Existing(dir, bytes)) => tracing::info!(
+                            dir = %dir.display(),
+                            bytes,
+                            "kernel tuning cache found: tuned shapes are not tuned again"
+                        ),
+                        Ok(CacheState::Empty(dir)) => tracing::info!(
+                            dir = %dir.display(),
+                            "kernel tuning cache is empty: the first model load tunes and fills it"
+                        ),
+                        Ok(CacheState::Disabled) => tracing::info!(
+                            "kernel tuning cache off (SEPARATOR_CACHE_DIR=off): every process tunes anew"
+                        ),
+                        Ok(CacheState::AlreadyConfigured) => tracing::debug!(
+                            "GPU runtime already configured in this process"
+                        ),
+                        Err(e) => return Err(e),
+                    }
+                }
                 let d = crate::mdx::device::select(self.choice);
                 match &d {
                     Ok(d) => tracing::info!(device = %d.name, kind = d.kind, "separation device"),
@@ -288,13 +317,20 @@ impl Engine {
         let started = std::time::Instant::now();
         let model = crate::mdx::MdxModel::load(file, &device.device)
             .map_err(|e| SeparateError::Model(e.to_string()))?;
-        model.warm_up();
+        let loaded = started.elapsed();
+        let started = std::time::Instant::now();
+        model.warm_up(&self.opts);
+        let warm = started.elapsed();
         tracing::info!(
             model = name,
             dim_f = model.net.dim_f,
             dim_t = model.net.dim_t,
             n_fft = model.params.n_fft,
-            seconds = started.elapsed().as_secs_f64(),
+            batch = self.opts.batch,
+            load_seconds = loaded.as_secs_f64(),
+            // Kernel compilation and autotuning at the jobs' exact shapes (on a GPU); with a
+            // filled SEPARATOR_CACHE_DIR, tuning is skipped.
+            warm_up_seconds = warm.as_secs_f64(),
             "model loaded"
         );
         let model = Arc::new(model);

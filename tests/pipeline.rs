@@ -432,3 +432,123 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Answers every host name with one address and records the names asked: a DNS answer that
+/// changed after the submission (DNS rebinding).
+struct PointsAt {
+    ip: std::net::IpAddr,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl reqwest::dns::Resolve for PointsAt {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        self.asked.lock().unwrap().push(name.as_str().to_string());
+        let addr = std::net::SocketAddr::new(self.ip, 0);
+        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
+    }
+}
+
+/// The connect-time check, end to end and without a proxy: with the policy on
+/// (`ALLOW_PRIVATE_NETWORKS=false`), the real API accepts a name that resolves nowhere at
+/// submission; by the time a processor fetches it the name points at 127.0.0.1, where the
+/// song is served. The processor refuses to connect: the task fails with `private_address`
+/// and the loopback server never sees a request.
+#[actix_rt::test]
+async fn a_name_rebound_to_loopback_after_submission_is_refused_at_connect_time() {
+    use uvr::actors::separator::SeparatorActor;
+    use uvr::audio::fetch::Lookup;
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        // Through a proxy the connect-time check is the proxy's job (SECURITY.md).
+        assert!(
+            std::env::var_os(var).is_none(),
+            "{var} is set: this test needs direct connections"
+        );
+    }
+    let peer = Peer::start();
+    let served = peer.put("song.wav", test_wav(1.0, 44_100));
+    let port = url::Url::parse(&served).unwrap().port().unwrap();
+    let audio = format!("http://media.rebind.invalid:{port}/audio/song.wav");
+
+    let app = common::spawn_app(&[("ALLOW_PRIVATE_NETWORKS", "false")]);
+    let resp = app
+        .generate(&json!({"audio": audio, "hook_url": "https://93.184.215.14/webhook"}))
+        .await;
+    assert_eq!(resp.status(), 202, "accepted at submission");
+    let id = resp.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A processor with the policy on, whose resolver now answers 127.0.0.1.
+    let staging = tempfile::tempdir().unwrap();
+    let env = uvr::config::Env::from_pairs([
+        ("ALLOW_PRIVATE_NETWORKS", "false".to_string()),
+        ("STAGING_DIR", staging.path().display().to_string()),
+    ]);
+    let mut pcfg = uvr::pipeline::ProcessorConfig::from_env(
+        &env,
+        std::sync::Arc::new(
+            uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
+        ),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(!pcfg.fetch.policy.allow_private);
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    pcfg.fetch.lookup = Lookup::Custom(std::sync::Arc::new(PointsAt {
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        asked: asked.clone(),
+    }));
+    let _sep = SeparatorActor::new(app.scheduler.clone(), pcfg, "rebind".into()).start_supervised();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let t = loop {
+        let t: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        if t["status"] != "queued" && t["status"] != "processing" {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task was not attempted: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error"]["code"], "private_address", "{t}");
+    let message = t["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("media.rebind.invalid") && message.contains("127.0.0.1"),
+        "{message}"
+    );
+    // Not worth retrying: dead-lettered from the separation stage at the first attempt.
+    assert!(
+        app.redis
+            .cli(&["ZSCORE", "uvr_tasks:dead", &id])
+            .is_some_and(|s| !s.trim().is_empty()),
+        "dead-lettered"
+    );
+    assert_eq!(
+        app.redis
+            .cli(&["ZCARD", "uvr_tasks:delayed"])
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        asked.lock().unwrap().as_slice(),
+        ["media.rebind.invalid"],
+        "looked up once, at connect time"
+    );
+    assert!(
+        peer.audio_requests().is_empty(),
+        "nothing fetched: {:?}",
+        peer.audio_requests()
+    );
+}

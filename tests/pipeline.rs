@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::e2e::{
     Deployment, PASSWORD, Peer, WEBHOOK_SECRET, read_wav, test_wav, verify_signature,
 };
+use common::eventually;
 use serde_json::{Value, json};
 
 async fn submit(client: &reqwest::Client, base: &str, body: Value) -> Value {
@@ -351,11 +352,33 @@ async fn stems_go_to_s3_with_presigned_links() {
     }
 }
 
+/// Polls the task record until `pred` holds; fails after 30 s.
+async fn wait_task(
+    scheduler: &uvr::actors::scheduler::SchedulerHandle,
+    id: &uvr::task::TaskId,
+    what: &str,
+    pred: impl Fn(&uvr::task::TaskRecord) -> bool,
+) -> uvr::task::TaskRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rec, _) = scheduler
+            .ask(uvr::actors::scheduler::GetTask(id.clone()))
+            .await
+            .unwrap();
+        if pred(&rec) {
+            return rec;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {rec:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[actix_rt::test]
 async fn a_restarted_separator_comes_back_and_loses_no_task() {
-    use uvr::actors::scheduler::{Enqueue, GetTask, SchedulerHandle};
+    use uvr::actors::scheduler::{Enqueue, SchedulerHandle};
     use uvr::actors::separator::{Restart, SeparatorActor};
     use uvr::config::Env;
+    use uvr::task::Status;
     let metrics = uvr::metrics::install();
     let redis = common::RedisServer::start();
     let peer = Peer::start();
@@ -386,8 +409,16 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let before = restarts();
-    // Restart it while it works on a slow download: the task must still complete.
+    let requeued = || {
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("uvr_queue_maintenance_total") && l.contains("requeued"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (restarts_before, requeued_before) = (restarts(), requeued());
+    // Every download of the song drips for about two seconds.
     let wav = test_wav(1.0, 44_100);
     let audio = peer.put("sup.wav", wav.clone());
     peer.state
@@ -413,24 +444,56 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
         .await
         .unwrap()
         .id;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Restart it while the first attempt is downloading.
+    wait_task(&scheduler, &id, "first attempt downloading", |r| {
+        r.status == Status::Processing && r.attempts == 1
+    })
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !peer.state.lock().unwrap().audio_requests.is_empty()
+        })
+        .await,
+        "the download started"
+    );
     sep.send(Restart).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(restarts() - before, 1.0, "the restart is counted");
-    peer.state.lock().unwrap().drip.clear();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (rec, _) = scheduler.ask(GetTask(id.clone())).await.unwrap();
-        if rec.status == uvr::task::Status::Separated {
-            assert!(rec.attempts <= 1 || rec.error_code.as_deref() == Some("lease_expired"));
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "task lost after restart: {rec:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            restarts() - restarts_before >= 1.0
+        })
+        .await,
+        "the restart is counted"
+    );
+    assert_eq!(restarts() - restarts_before, 1.0, "one restart");
+    // The restart dropped the attempt in hand: its lease runs out, the reaper puts the task
+    // back, and the restarted actor claims it again (its download drips as well).
+    let rec = wait_task(
+        &scheduler,
+        &id,
+        "second attempt after the lease expired",
+        |r| r.status == Status::Processing && r.attempts == 2,
+    )
+    .await;
+    assert_eq!(rec.error_code.as_deref(), Some("lease_expired"), "{rec:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            requeued() - requeued_before >= 1.0
+        })
+        .await,
+        "the reaper's requeue is counted"
+    );
+    assert_eq!(requeued() - requeued_before, 1.0, "requeued once");
+    // And that attempt completes: the task is not lost.
+    wait_task(&scheduler, &id, "separated after the restart", |r| {
+        r.status == Status::Separated
+    })
+    .await;
+    assert_eq!(
+        peer.state.lock().unwrap().audio_requests,
+        ["sup.wav", "sup.wav"],
+        "one download per attempt"
+    );
+    assert_eq!(restarts() - restarts_before, 1.0, "no further restart");
 }
 
 /// Answers every host name with one address and records the names asked: a DNS answer that

@@ -26,7 +26,8 @@
 //! name a host under `.invalid`, which resolves nowhere, so nothing leaves the machine, and each
 //! redirect target is checked by the policy before any request. (Through a proxy the
 //! connect-time DNS check does not apply, since the proxy resolves names: that deployment tests
-//! the checks of redirect targets, not DNS.)
+//! the checks of redirect targets, not DNS. The DNS check is tested without a proxy in
+//! `src/audio/fetch.rs` and `tests/pipeline.rs`.)
 
 mod common;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::e2e::{
     Deployment, PASSWORD, Peer, WEBHOOK_SECRET, read_wav, test_wav, verify_signature,
 };
+use common::eventually;
 use serde_json::{Value, json};
 
 async fn submit(client: &reqwest::Client, base: &str, body: Value) -> Value {
@@ -351,11 +352,33 @@ async fn stems_go_to_s3_with_presigned_links() {
     }
 }
 
+/// Polls the task record until `pred` holds; fails after 30 s.
+async fn wait_task(
+    scheduler: &uvr::actors::scheduler::SchedulerHandle,
+    id: &uvr::task::TaskId,
+    what: &str,
+    pred: impl Fn(&uvr::task::TaskRecord) -> bool,
+) -> uvr::task::TaskRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rec, _) = scheduler
+            .ask(uvr::actors::scheduler::GetTask(id.clone()))
+            .await
+            .unwrap();
+        if pred(&rec) {
+            return rec;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {rec:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[actix_rt::test]
 async fn a_restarted_separator_comes_back_and_loses_no_task() {
-    use uvr::actors::scheduler::{Enqueue, GetTask, SchedulerHandle};
+    use uvr::actors::scheduler::{Enqueue, SchedulerHandle};
     use uvr::actors::separator::{Restart, SeparatorActor};
     use uvr::config::Env;
+    use uvr::task::Status;
     let metrics = uvr::metrics::install();
     let redis = common::RedisServer::start();
     let peer = Peer::start();
@@ -386,8 +409,16 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let before = restarts();
-    // Restart it while it works on a slow download: the task must still complete.
+    let requeued = || {
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("uvr_queue_maintenance_total") && l.contains("requeued"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (restarts_before, requeued_before) = (restarts(), requeued());
+    // Every download of the song drips for about two seconds.
     let wav = test_wav(1.0, 44_100);
     let audio = peer.put("sup.wav", wav.clone());
     peer.state
@@ -413,22 +444,174 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
         .await
         .unwrap()
         .id;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Restart it while the first attempt is downloading.
+    wait_task(&scheduler, &id, "first attempt downloading", |r| {
+        r.status == Status::Processing && r.attempts == 1
+    })
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !peer.state.lock().unwrap().audio_requests.is_empty()
+        })
+        .await,
+        "the download started"
+    );
     sep.send(Restart).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(restarts() - before, 1.0, "the restart is counted");
-    peer.state.lock().unwrap().drip.clear();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            restarts() - restarts_before >= 1.0
+        })
+        .await,
+        "the restart is counted"
+    );
+    assert_eq!(restarts() - restarts_before, 1.0, "one restart");
+    // The restart dropped the attempt in hand: its lease runs out, the reaper puts the task
+    // back, and the restarted actor claims it again (its download drips as well).
+    let rec = wait_task(
+        &scheduler,
+        &id,
+        "second attempt after the lease expired",
+        |r| r.status == Status::Processing && r.attempts == 2,
+    )
+    .await;
+    assert_eq!(rec.error_code.as_deref(), Some("lease_expired"), "{rec:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            requeued() - requeued_before >= 1.0
+        })
+        .await,
+        "the reaper's requeue is counted"
+    );
+    assert_eq!(requeued() - requeued_before, 1.0, "requeued once");
+    // And that attempt completes: the task is not lost.
+    wait_task(&scheduler, &id, "separated after the restart", |r| {
+        r.status == Status::Separated
+    })
+    .await;
+    assert_eq!(
+        peer.state.lock().unwrap().audio_requests,
+        ["sup.wav", "sup.wav"],
+        "one download per attempt"
+    );
+    assert_eq!(restarts() - restarts_before, 1.0, "no further restart");
+}
+
+/// Answers every host name with one address and records the names asked: a DNS answer that
+/// changed after the submission (DNS rebinding).
+struct PointsAt {
+    ip: std::net::IpAddr,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl reqwest::dns::Resolve for PointsAt {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        self.asked.lock().unwrap().push(name.as_str().to_string());
+        let addr = std::net::SocketAddr::new(self.ip, 0);
+        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
+    }
+}
+
+/// The connect-time check, end to end and without a proxy: with the policy on
+/// (`ALLOW_PRIVATE_NETWORKS=false`), the real API accepts a name that resolves nowhere at
+/// submission; by the time a processor fetches it the name points at 127.0.0.1, where the
+/// song is served. The processor refuses to connect: the task fails with `private_address`
+/// and the loopback server never sees a request.
+#[actix_rt::test]
+async fn a_name_rebound_to_loopback_after_submission_is_refused_at_connect_time() {
+    use uvr::actors::separator::SeparatorActor;
+    use uvr::audio::fetch::Lookup;
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        // Through a proxy the connect-time check is the proxy's job (SECURITY.md).
+        assert!(
+            std::env::var_os(var).is_none(),
+            "{var} is set: this test needs direct connections"
+        );
+    }
+    let peer = Peer::start();
+    let served = peer.put("song.wav", test_wav(1.0, 44_100));
+    let port = url::Url::parse(&served).unwrap().port().unwrap();
+    let audio = format!("http://media.rebind.invalid:{port}/audio/song.wav");
+
+    let app = common::spawn_app(&[("ALLOW_PRIVATE_NETWORKS", "false")]);
+    let resp = app
+        .generate(&json!({"audio": audio, "hook_url": "https://93.184.215.14/webhook"}))
+        .await;
+    assert_eq!(resp.status(), 202, "accepted at submission");
+    let id = resp.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A processor with the policy on, whose resolver now answers 127.0.0.1.
+    let staging = tempfile::tempdir().unwrap();
+    let env = uvr::config::Env::from_pairs([
+        ("ALLOW_PRIVATE_NETWORKS", "false".to_string()),
+        ("STAGING_DIR", staging.path().display().to_string()),
+    ]);
+    let mut pcfg = uvr::pipeline::ProcessorConfig::from_env(
+        &env,
+        std::sync::Arc::new(
+            uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
+        ),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(!pcfg.fetch.policy.allow_private);
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    pcfg.fetch.lookup = Lookup::Custom(std::sync::Arc::new(PointsAt {
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        asked: asked.clone(),
+    }));
+    let _sep = SeparatorActor::new(app.scheduler.clone(), pcfg, "rebind".into()).start_supervised();
+
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (rec, _) = scheduler.ask(GetTask(id.clone())).await.unwrap();
-        if rec.status == uvr::task::Status::Separated {
-            assert!(rec.attempts <= 1 || rec.error_code.as_deref() == Some("lease_expired"));
-            break;
+    let t = loop {
+        let t: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        if t["status"] != "queued" && t["status"] != "processing" {
+            break t;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "task lost after restart: {rec:?}"
+            "the task was not attempted: {t}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error"]["code"], "private_address", "{t}");
+    let message = t["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("media.rebind.invalid") && message.contains("127.0.0.1"),
+        "{message}"
+    );
+    // Not worth retrying: dead-lettered from the separation stage at the first attempt.
+    assert!(
+        app.redis
+            .cli(&["ZSCORE", "uvr_tasks:dead", &id])
+            .is_some_and(|s| !s.trim().is_empty()),
+        "dead-lettered"
+    );
+    assert_eq!(
+        app.redis
+            .cli(&["ZCARD", "uvr_tasks:delayed"])
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        asked.lock().unwrap().as_slice(),
+        ["media.rebind.invalid"],
+        "looked up once, at connect time"
+    );
+    assert!(
+        peer.audio_requests().is_empty(),
+        "nothing fetched: {:?}",
+        peer.audio_requests()
+    );
 }

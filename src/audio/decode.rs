@@ -606,11 +606,12 @@ mod tests {
         assert_eq!(r.total_frames(), Some(frames));
     }
 
-    #[test]
-    fn out_of_range_samples_are_clipped_or_silenced() {
+    /// 2000 stereo float frames cycling through `f32::MAX`, `-f32::MAX`, NaN, infinity and
+    /// 0.5 (five samples, so every frame holds a different pair).
+    fn hostile_float_wav(rate: u32) -> Vec<u8> {
         let spec = hound::WavSpec {
             channels: 2,
-            sample_rate: 96_000,
+            sample_rate: rate,
             bits_per_sample: 32,
             sample_format: hound::SampleFormat::Float,
         };
@@ -621,10 +622,40 @@ mod tests {
             w.write_sample(s).unwrap();
         }
         w.finalize().unwrap();
-        let mut r = AudioReader::from_bytes(out.into_inner(), None, 0).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn out_of_range_samples_are_clipped_or_silenced() {
+        // At 44.1 kHz nothing is resampled: each frame comes out exactly as clipped.
+        let mut r = AudioReader::from_bytes(hostile_float_wav(44_100), None, 0).unwrap();
+        let mut frames = Vec::new();
         while let Some(chunk) = r.read(1000).unwrap() {
-            assert!(chunk.iter().flatten().all(|s| s.is_finite()));
+            frames.extend(chunk);
         }
+        assert_eq!(frames.len(), 2000);
+        let m = MAX_SAMPLE;
+        // A frame with a non-finite sample is silenced whole.
+        let cycle = [[m, -m], [0.0, 0.0], [0.5, m], [0.0, 0.0], [0.0, 0.0]];
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(*f, cycle[i % 5], "frame {i}");
+        }
+    }
+
+    #[test]
+    fn clipped_samples_stay_finite_through_the_resampler() {
+        // At 96 kHz the clipped samples go through the resampler: every output frame is
+        // finite and stays near the clipping level, where `f32::MAX` would overflow.
+        let mut r = AudioReader::from_bytes(hostile_float_wav(96_000), None, 0).unwrap();
+        let mut n = 0;
+        while let Some(chunk) = r.read(1000).unwrap() {
+            for s in chunk.iter().flatten() {
+                assert!(s.is_finite() && s.abs() <= 4.0 * MAX_SAMPLE, "{s}");
+            }
+            n += chunk.len() as u64;
+        }
+        assert_eq!(n, out_frames(2000, 96_000));
+        assert_eq!(r.total_frames(), Some(n));
     }
 
     /// Found by `cargo fuzz run decode`: a Matroska header with a zero EBML length byte made

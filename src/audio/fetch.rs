@@ -6,7 +6,12 @@
 //! submission is caught); IP literals are checked before the request. Redirects are followed
 //! by hand, at most [`MAX_REDIRECTS`], each target checked again. Downloads stream to a file
 //! with a size cap, a connect timeout and a read (idle) timeout.
+//!
+//! Where the answers come from is a [`Lookup`]: the system resolver in the service, a scripted
+//! one in tests (a name whose answer changes between two lookups, as in DNS rebinding). The
+//! policy judges whatever it answers.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -77,19 +82,49 @@ impl FetchError {
     }
 }
 
+/// Where [`PolicyResolver`] gets its answers before it judges them.
+#[derive(Clone, Default)]
+pub enum Lookup {
+    /// The system resolver (`getaddrinfo`, through tokio): what the service uses.
+    #[default]
+    System,
+    /// Another resolver, for tests: its answers are judged exactly like the system's.
+    Custom(Arc<dyn Resolve>),
+}
+
+impl fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lookup::System => f.write_str("System"),
+            Lookup::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
 /// A DNS resolver that only returns addresses the policy allows.
 #[derive(Debug, Clone)]
 pub struct PolicyResolver {
     policy: UrlPolicy,
+    lookup: Lookup,
+}
+
+impl PolicyResolver {
+    /// A resolver applying `policy` to the answers of `lookup`.
+    pub fn new(policy: UrlPolicy, lookup: Lookup) -> Self {
+        Self { policy, lookup }
+    }
 }
 
 impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy;
+        let lookup = self.lookup.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = match lookup {
+                Lookup::System => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+                Lookup::Custom(inner) => inner.resolve(name).await?.collect(),
+            };
             if addrs.is_empty() {
                 return Err(Box::new(UrlError::Unresolvable(host)) as _);
             }
@@ -117,21 +152,33 @@ pub struct FetchConfig {
     pub connect_timeout: Duration,
     /// Longest silence while reading (`FETCH_READ_TIMEOUT_SECONDS`).
     pub read_timeout: Duration,
+    /// Where host names are resolved (the system resolver; tests supply their own).
+    pub lookup: Lookup,
 }
 
 /// An HTTP client that applies the address policy at connect time and never follows
 /// redirects by itself.
 pub fn client(cfg: &FetchConfig, total_timeout: Option<Duration>) -> reqwest::Client {
+    builder(cfg, total_timeout)
+        .build()
+        .expect("static client configuration")
+}
+
+/// The configuration of [`client`], before it is built.
+fn builder(cfg: &FetchConfig, total_timeout: Option<Duration>) -> reqwest::ClientBuilder {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(PolicyResolver { policy: cfg.policy }))
+        .dns_resolver(Arc::new(PolicyResolver::new(
+            cfg.policy,
+            cfg.lookup.clone(),
+        )))
         .connect_timeout(cfg.connect_timeout)
         .read_timeout(cfg.read_timeout)
         .user_agent(concat!("uvr/", env!("CARGO_PKG_VERSION")));
     if let Some(t) = total_timeout {
         b = b.timeout(t);
     }
-    b.build().expect("static client configuration")
+    b
 }
 
 /// Downloads audio into `dest`, following checked redirects; returns the final URL and size.
@@ -217,4 +264,269 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connect-time check, with a scripted resolver in place of the system's: what it
+    //! answers is what the client would connect to, and the loopback server below counts
+    //! every connection it gets.
+
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::str::FromStr;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Answers the n-th lookup with `answers[n]` (the last answer repeats) and counts them.
+    struct Script {
+        answers: Vec<Vec<IpAddr>>,
+        lookups: AtomicUsize,
+        names: Mutex<Vec<String>>,
+    }
+
+    impl Script {
+        fn new(answers: &[&[&str]]) -> Arc<Self> {
+            Arc::new(Self {
+                answers: answers
+                    .iter()
+                    .map(|a| a.iter().map(|ip| ip.parse().unwrap()).collect())
+                    .collect(),
+                lookups: AtomicUsize::new(0),
+                names: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn lookups(&self) -> usize {
+            self.lookups.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Resolve for Script {
+        fn resolve(&self, name: Name) -> Resolving {
+            let n = self.lookups.fetch_add(1, Ordering::SeqCst);
+            self.names.lock().unwrap().push(name.as_str().to_string());
+            let answer = self.answers[n.min(self.answers.len() - 1)].clone();
+            let addrs: Vec<SocketAddr> = answer
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
+            Box::pin(async move {
+                Ok(Box::new(addrs.into_iter()) as Box<dyn Iterator<Item = SocketAddr> + Send>)
+            })
+        }
+    }
+
+    /// A loopback HTTP server on port 0 that answers every request with `hello` and counts
+    /// the connections it accepts.
+    struct Origin {
+        port: u16,
+        connections: Arc<AtomicUsize>,
+    }
+
+    impl Origin {
+        async fn start() -> Self {
+            let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let counter = connections.clone();
+            tokio::spawn(async move {
+                while let Ok((mut sock, _)) = listener.accept().await {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let _ = sock
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                            )
+                            .await;
+                    });
+                }
+            });
+            Self { port, connections }
+        }
+
+        fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+    }
+
+    fn config(allow_private: bool, lookup: &Arc<Script>) -> FetchConfig {
+        FetchConfig {
+            policy: UrlPolicy { allow_private },
+            max_bytes: 1 << 20,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
+            lookup: Lookup::Custom(lookup.clone()),
+        }
+    }
+
+    /// The service's client, minus any proxy from the environment (through a proxy the
+    /// connect-time check is the proxy's job: SECURITY.md).
+    fn test_client(cfg: &FetchConfig) -> reqwest::Client {
+        builder(cfg, None).no_proxy().build().unwrap()
+    }
+
+    async fn fetch(cfg: &FetchConfig, url: &str) -> (Result<(Url, u64), FetchError>, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("source.audio");
+        let r = download(&test_client(cfg), cfg, url, &dest).await;
+        (r, dest.exists())
+    }
+
+    async fn first_lookup(cfg: &FetchConfig, host: &str) -> Result<Vec<SocketAddr>, UrlError> {
+        let resolver = PolicyResolver::new(cfg.policy, cfg.lookup.clone());
+        match resolver.resolve(Name::from_str(host).unwrap()).await {
+            Ok(addrs) => Ok(addrs.collect()),
+            Err(e) => Err(e
+                .downcast_ref::<UrlError>()
+                .expect("a policy error")
+                .clone()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_rebound_to_loopback_after_a_public_answer_is_refused_at_connect_time() {
+        let origin = Origin::start().await;
+        let dns = Script::new(&[&["93.184.215.14"], &["127.0.0.1"]]);
+        let cfg = config(false, &dns);
+        // First lookup (the submission's view): public, handed through unchanged.
+        assert_eq!(
+            first_lookup(&cfg, "media.rebind.test").await.unwrap(),
+            ["93.184.215.14:0".parse::<SocketAddr>().unwrap()]
+        );
+        // Connect time: the name now points at the loopback origin.
+        let url = format!("http://media.rebind.test:{}/song.wav", origin.port);
+        let (r, written) = fetch(&cfg, &url).await;
+        let err = r.unwrap_err();
+        assert_eq!(err.code(), "private_address", "{err}");
+        assert!(!err.retryable());
+        match &err {
+            FetchError::Policy(UrlError::PrivateAddress { host, addr }) => {
+                assert_eq!(host, "media.rebind.test");
+                assert_eq!(*addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+            }
+            other => panic!("not the connect-time refusal: {other:?}"),
+        }
+        assert_eq!(dns.lookups(), 2, "the download looked the name up again");
+        assert_eq!(dns.names.lock().unwrap()[1], "media.rebind.test");
+        assert_eq!(origin.connections(), 0, "nothing reached the origin");
+        assert!(!written, "nothing was written");
+    }
+
+    #[tokio::test]
+    async fn every_non_public_answer_is_refused_and_nothing_is_connected() {
+        let origin = Origin::start().await;
+        for answer in [
+            &["127.0.0.1"][..],
+            &["::ffff:127.0.0.1"],
+            &["::1"],
+            &["10.0.0.7"],
+            &["169.254.169.254"],
+            &["fd00:ec2::254"],
+            // One bad address among public ones refuses the whole answer.
+            &["93.184.215.14", "127.0.0.1"],
+        ] {
+            let dns = Script::new(&[answer]);
+            let cfg = config(false, &dns);
+            let url = format!("http://cdn.rebind.test:{}/a.wav", origin.port);
+            let (r, _) = fetch(&cfg, &url).await;
+            let err = r.unwrap_err();
+            assert_eq!(err.code(), "private_address", "{answer:?}: {err}");
+            assert_eq!(dns.lookups(), 1, "{answer:?}");
+            let refused = first_lookup(&cfg, "cdn.rebind.test").await.unwrap_err();
+            assert_eq!(refused.code(), "private_address", "{answer:?}");
+        }
+        assert_eq!(origin.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn public_answers_pass_through_unchanged() {
+        let dns = Script::new(&[&["93.184.215.14", "2606:4700::1111", "::ffff:8.8.8.8"]]);
+        let cfg = config(false, &dns);
+        let addrs: Vec<IpAddr> = first_lookup(&cfg, "example.com")
+            .await
+            .unwrap()
+            .iter()
+            .map(SocketAddr::ip)
+            .collect();
+        assert_eq!(addrs, dns.answers[0]);
+    }
+
+    /// The control: with the policy lifted the same scripted name is fetched from the
+    /// origin, so the refusals above are the policy's doing, not an unreachable server or
+    /// a resolver the client ignores.
+    #[tokio::test]
+    async fn with_private_networks_allowed_the_same_name_is_fetched() {
+        let origin = Origin::start().await;
+        let dns = Script::new(&[&["127.0.0.1"]]);
+        let cfg = config(true, &dns);
+        let url = format!("http://media.rebind.test:{}/song.wav", origin.port);
+        let (r, written) = fetch(&cfg, &url).await;
+        let (final_url, bytes) = r.unwrap();
+        assert_eq!(final_url.as_str(), url);
+        assert_eq!(bytes, 5);
+        assert!(written);
+        assert_eq!(dns.lookups(), 1);
+        assert_eq!(origin.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn loopback_literals_are_refused_before_any_request() {
+        let origin = Origin::start().await;
+        let dns = Script::new(&[&["93.184.215.14"]]);
+        let cfg = config(false, &dns);
+        for host in [
+            "127.0.0.1",
+            "[::ffff:127.0.0.1]",
+            "[::ffff:7f00:1]",
+            "0x7f.1",
+        ] {
+            let url = format!("http://{host}:{}/a.wav", origin.port);
+            let (r, _) = fetch(&cfg, &url).await;
+            assert_eq!(r.unwrap_err().code(), "private_address", "{url}");
+        }
+        assert_eq!(dns.lookups(), 0, "literals are not looked up");
+        assert_eq!(origin.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_webhook_to_a_rebound_name_is_refused_at_connect_time() {
+        let origin = Origin::start().await;
+        let dns = Script::new(&[&["127.0.0.1"]]);
+        let cfg = config(false, &dns);
+        let webhook = crate::pipeline::webhook::WebhookConfig::from_env(
+            &crate::config::Env::from_pairs([("WEBHOOK_SECRET", "test-webhook-secret-0123456789")]),
+        )
+        .unwrap();
+        let url = format!("http://hooks.rebind.test:{}/hook", origin.port);
+        let (attempt, r) = crate::pipeline::webhook::send(
+            &test_client(&cfg),
+            &cfg,
+            &webhook,
+            &url,
+            "0190a2b4-0000-7000-8000-000000000000",
+            b"{}",
+        )
+        .await;
+        let err = r.unwrap_err();
+        assert_eq!(err.code, "webhook_refused", "{err}");
+        assert!(!err.retryable);
+        assert!(err.message.contains("127.0.0.1"), "{}", err.message);
+        assert_eq!(attempt.outcome, "failed");
+        assert_eq!(dns.lookups(), 1);
+        assert_eq!(origin.connections(), 0);
+    }
 }

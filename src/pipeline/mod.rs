@@ -130,6 +130,7 @@ pub fn fetch_config(env: &Env) -> Result<FetchConfig, ConfigError> {
         max_bytes: env.parse("MAX_AUDIO_BYTES", 1u64 << 30)?,
         connect_timeout: env.seconds("FETCH_CONNECT_TIMEOUT_SECONDS", Duration::from_secs(10))?,
         read_timeout: env.seconds("FETCH_READ_TIMEOUT_SECONDS", Duration::from_secs(30))?,
+        lookup: Default::default(),
     })
 }
 

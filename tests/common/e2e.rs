@@ -30,6 +30,8 @@ pub struct PeerState {
     pub hooks: Vec<Received>,
     /// Statuses to answer webhooks with, in order; 200 once exhausted.
     pub hook_statuses: Vec<u16>,
+    /// Every audio request, by file name, in arrival order.
+    pub audio_requests: Vec<String>,
 }
 
 /// The loopback audio server and webhook receiver.
@@ -42,7 +44,8 @@ pub struct Peer {
 async fn serve_file(req: HttpRequest, st: web::Data<Arc<Mutex<PeerState>>>) -> HttpResponse {
     let name = req.match_info().get("name").unwrap_or_default().to_string();
     let (data, drip) = {
-        let s = st.lock().unwrap();
+        let mut s = st.lock().unwrap();
+        s.audio_requests.push(name.clone());
         (s.files.get(&name).cloned(), s.drip.get(&name).copied())
     };
     match (data, drip) {
@@ -129,6 +132,11 @@ impl Peer {
 
     pub fn hooks(&self) -> Vec<Received> {
         self.state.lock().unwrap().hooks.clone()
+    }
+
+    /// Every audio request so far (file names, in arrival order).
+    pub fn audio_requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().audio_requests.clone()
     }
 
     /// Waits until `n` webhooks arrived.

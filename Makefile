@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= /var/tmp/uvr-target
 CARGO ?= cargo
 
-.PHONY: test deps lint fmt check bench bench-api bench-separation build release run clean faults load fuzz
+.PHONY: test deps lint fmt check bench bench-api bench-separation bench-mdx gpu-bench-prepare gpu-bench-rehearsal build release run clean faults load fuzz
 
 ## test: install missing system packages (redis-server), then run every test
 test: deps
@@ -39,6 +39,20 @@ bench-api: deps
 ## bench-separation: DSP separator SDR vs the L-R baseline, speed, peak memory for 5 and 60 min
 bench-separation:
 	$(CARGO) bench --locked --bench separation
+
+## bench-mdx: MDX-Net at the Kim_Vocal_2 geometry, Burn CPU beside onnxruntime at batch 1 and 4
+## (pip install -r models/reference/requirements.txt), and wgpu
+bench-mdx:
+	$(CARGO) bench --locked --bench mdx
+
+## gpu-bench-prepare: stripped release build, PyTorch anchor and Vulkan loaders for
+## scripts/gpu_bench.sh on a GPU machine; gpu-bench-rehearsal: the same run on lavapipe
+gpu-bench-prepare:
+	./scripts/gpu_bench.sh prepare
+
+gpu-bench-rehearsal:
+	$(CARGO) build --locked --bin uvr
+	GPU_BENCH_DEVICE=software GPU_BENCH_BIN=$(CARGO_TARGET_DIR)/debug/uvr ./scripts/gpu_bench.sh run $${OUT:-gpu-bench-out}
 
 ## faults: the fault-injection suite scaled up (SIGKILLed processor/uploader, Redis and
 ## SeaweedFS restarts, webhook receiver faults); `make test` runs it with fewer tasks

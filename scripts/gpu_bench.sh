@@ -156,7 +156,7 @@ EOF
     --model bench --format wav32f -o "$w/warm")
   say "uvr, new process with a warm cache, ${short} s clip, batch 4: ${t} s end to end" \
     "(goal < 5 s); model load + warm-up $(summary_field "$out/uvr_warm_start.log" timings.model_seconds) s"
-  grep -h "autotune cached entries\|tuning cache" "$out/uvr_warm_start.log" | sed 's/^/  /' | tee -a "$summary" || true
+  grep -h "autotune cached entries\|tuning cache" "$out/uvr_warm_start.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/  /' | tee -a "$summary" || true
   # 3. Steady state: separation time of the long clip, model loaded and warmed at its shapes.
   local b sep
   for b in 1 4; do

@@ -615,3 +615,281 @@ async fn a_name_rebound_to_loopback_after_submission_is_refused_at_connect_time(
         peer.audio_requests()
     );
 }
+
+/// A status and the headers to send with it.
+type Answer = (u16, Vec<(&'static str, String)>);
+
+/// What [`Receiver`] answers the n-th request on one path with (200 once the plan is used
+/// up), and every request it got.
+#[derive(Default)]
+struct ReceiverState {
+    plans: std::collections::HashMap<String, Vec<Answer>>,
+    hits: Vec<(String, std::time::Instant)>,
+}
+
+/// A loopback HTTP server that records every request (any method, any path) and answers by
+/// plan.
+#[derive(Clone)]
+struct Receiver {
+    base: String,
+    state: std::sync::Arc<std::sync::Mutex<ReceiverState>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+        type St = std::sync::Arc<std::sync::Mutex<ReceiverState>>;
+        async fn answer(req: HttpRequest, st: web::Data<St>) -> HttpResponse {
+            let path = req.path().to_string();
+            let mut s = st.lock().unwrap();
+            let n = s.hits.iter().filter(|(p, _)| *p == path).count();
+            s.hits.push((path.clone(), std::time::Instant::now()));
+            let (status, headers) = s
+                .plans
+                .get(&path)
+                .and_then(|p| p.get(n).cloned())
+                .unwrap_or((200, Vec::new()));
+            let mut resp =
+                HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+            for (k, v) in headers {
+                resp.insert_header((k, v));
+            }
+            resp.finish()
+        }
+        let state = St::default();
+        let data = web::Data::new(state.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(answer))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_rt::spawn(server);
+        Self { base, state }
+    }
+
+    /// Plans the answers for `path` and returns its URL.
+    fn plan(&self, path: &str, answers: Vec<Answer>) -> String {
+        self.state
+            .lock()
+            .unwrap()
+            .plans
+            .insert(path.to_string(), answers);
+        format!("{}{path}", self.base)
+    }
+
+    /// When each request for `path` arrived.
+    fn hits(&self, path: &str) -> Vec<std::time::Instant> {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, at)| *at)
+            .collect()
+    }
+
+    fn all_hits(&self) -> usize {
+        self.state.lock().unwrap().hits.len()
+    }
+}
+
+/// The API, a separator and an uploader in this process on a throwaway Redis, with loopback
+/// targets allowed, local storage and fast retries; `extra` on top.
+struct InProcess {
+    app: common::TestApp,
+    peer: Peer,
+    _dir: tempfile::TempDir,
+    _sep: actix::Addr<uvr::actors::separator::SeparatorActor>,
+    _up: actix::Addr<uvr::actors::uploader::UploaderActor>,
+}
+
+impl InProcess {
+    fn start(extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging").display().to_string();
+        let storage = format!("file://{}", dir.path().join("stems").display());
+        let mut pairs: Vec<(&str, &str)> = vec![
+            ("ALLOW_PRIVATE_NETWORKS", "true"),
+            ("STAGING_DIR", &staging),
+            ("STORAGE_URL", &storage),
+            ("LINK_SIGNING_KEY", "test-link-signing-key"),
+            ("WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("REAPER_INTERVAL_SECONDS", "0.1"),
+            ("CLAIM_POLL_SECONDS", "0.1"),
+        ];
+        pairs.extend_from_slice(extra);
+        let app = common::spawn_app(&pairs);
+        let redis_url = app.redis.url();
+        pairs.push(("REDIS_URL", &redis_url));
+        let env = uvr::config::Env::from_pairs(pairs.iter().copied());
+        let cfg = uvr::config::Config::from(&env).unwrap();
+        let catalog = std::sync::Arc::new(
+            uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
+        );
+        let pcfg =
+            uvr::pipeline::ProcessorConfig::from_env(&env, catalog, cfg.queue.lease).unwrap();
+        std::fs::create_dir_all(&pcfg.staging_dir).unwrap();
+        let ucfg = uvr::pipeline::UploaderConfig::from_env(&env, &cfg.queue).unwrap();
+        let storage = uvr::pipeline::storage::Storage::open(&ucfg.storage).unwrap();
+        let sep = uvr::actors::separator::SeparatorActor::new(
+            app.scheduler.clone(),
+            pcfg,
+            "in-process-processor".into(),
+        )
+        .start_supervised();
+        let up = uvr::actors::uploader::UploaderActor::new(
+            app.scheduler.clone(),
+            ucfg,
+            storage,
+            "in-process-uploader".into(),
+        )
+        .start_supervised();
+        Self {
+            app,
+            peer: Peer::start(),
+            _dir: dir,
+            _sep: sep,
+            _up: up,
+        }
+    }
+
+    /// Submits a short song with `hook_url`; the task id.
+    async fn submit(&self, hook_url: &str) -> String {
+        let audio = self.peer.put("song.wav", test_wav(0.3, 44_100));
+        let resp = self
+            .app
+            .generate(&json!({"audio": audio, "hook_url": hook_url}))
+            .await;
+        assert_eq!(resp.status(), 202);
+        resp.json::<Value>().await.unwrap()["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The task once it has ended (succeeded or failed); fails after 30 s.
+    async fn ended(&self, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let t: Value = self
+                .app
+                .get(&format!("/tasks/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if t["status"] == "succeeded" || t["status"] == "failed" {
+                return t;
+            }
+            assert!(std::time::Instant::now() < deadline, "not ended: {t}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Webhooks follow no redirect (README "Delivery", SECURITY.md rule 3): a receiver answering
+/// 302 or 307 with a `Location` on a second loopback server gets that server no request.
+/// The uploader treats the redirect as a refusal for good: one attempt, logged as `failed`
+/// with its status, no retry, and the task ends `succeeded` with its links and
+/// `webhook.state` `refused`.
+#[actix_rt::test]
+async fn a_redirecting_webhook_receiver_is_not_followed_nor_retried() {
+    let sys = InProcess::start(&[("RETRY_BASE_SECONDS", "0.1"), ("WEBHOOK_MAX_ATTEMPTS", "5")]);
+    let receiver = Receiver::start();
+    let target = Receiver::start();
+    for status in [302u16, 307] {
+        let path = format!("/hook-{status}");
+        let location = format!("{}/stolen-{status}", target.base);
+        let hook = receiver.plan(&path, vec![(status, vec![("Location", location)])]);
+        let id = sys.submit(&hook).await;
+        let t = sys.ended(&id).await;
+        assert_eq!(target.all_hits(), 0, "{status}: the redirect was followed");
+        assert_eq!(t["status"], "succeeded", "{t}");
+        assert_eq!(
+            t["result"]["webhook"],
+            json!({"state": "refused", "attempts": 1}),
+            "{t}"
+        );
+        assert!(t["result"]["stems"]["vocals"]["url"].is_string(), "{t}");
+        let log = t["webhook_deliveries"].as_array().unwrap();
+        assert_eq!(log.len(), 1, "{t}");
+        assert_eq!(log[0]["status"], status, "{t}");
+        assert_eq!(log[0]["outcome"], "failed", "{t}");
+        assert_eq!(
+            log[0]["error"],
+            format!("receiver answered {status}; redirects are not followed")
+        );
+        assert_eq!(receiver.hits(&path).len(), 1, "{status}: one request");
+    }
+    // Past several retry delays: still one request each, none at the target.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.hits("/hook-302").len(), 1);
+    assert_eq!(receiver.hits("/hook-307").len(), 1);
+    assert_eq!(target.all_hits(), 0, "the redirect target got a request");
+}
+
+/// README "Delivery": a failed webhook is retried no sooner than the receiver's
+/// `Retry-After` (in seconds), even when the backoff is far shorter.
+#[actix_rt::test]
+async fn a_webhook_retry_waits_for_the_receivers_retry_after() {
+    let sys = InProcess::start(&[
+        ("RETRY_BASE_SECONDS", "0.05"),
+        ("WEBHOOK_RETRY_MAX_SECONDS", "0.1"),
+    ]);
+    let receiver = Receiver::start();
+    let hook = receiver.plan("/busy", vec![(503, vec![("Retry-After", "3".into())])]);
+    let id = sys.submit(&hook).await;
+    let t = sys.ended(&id).await;
+    assert_eq!(t["result"]["webhook"]["state"], "delivered", "{t}");
+    let outcomes: Vec<&str> = t["webhook_deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["retry", "delivered"], "{t}");
+    let hits = receiver.hits("/busy");
+    assert_eq!(hits.len(), 2);
+    let gap = hits[1] - hits[0];
+    assert!(
+        gap >= Duration::from_secs(3) && gap < Duration::from_secs(8),
+        "retried after {gap:?}, not after the 3 s the receiver asked for"
+    );
+}
+
+/// README "Delivery": a webhook that keeps failing is tried `WEBHOOK_MAX_ATTEMPTS` times,
+/// then given up; the task keeps its links and ends `succeeded` with `webhook.state`
+/// `gave_up`.
+#[actix_rt::test]
+async fn a_failing_webhook_is_given_up_after_webhook_max_attempts() {
+    let sys = InProcess::start(&[
+        ("RETRY_BASE_SECONDS", "0.05"),
+        ("WEBHOOK_RETRY_MAX_SECONDS", "0.1"),
+        ("WEBHOOK_MAX_ATTEMPTS", "3"),
+    ]);
+    let receiver = Receiver::start();
+    let hook = receiver.plan("/down", vec![(500, Vec::new()); 10]);
+    let id = sys.submit(&hook).await;
+    let t = sys.ended(&id).await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    assert_eq!(
+        t["result"]["webhook"],
+        json!({"state": "gave_up", "attempts": 3}),
+        "{t}"
+    );
+    assert!(t["result"]["stems"]["vocals"]["url"].is_string(), "{t}");
+    let log = t["webhook_deliveries"].as_array().unwrap();
+    assert_eq!(log.len(), 3, "{t}");
+    assert!(log.iter().all(|e| e["status"] == 500), "{t}");
+    // Well past the backoff: no fourth attempt.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.hits("/down").len(), 3);
+}

@@ -252,3 +252,125 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separator_device_values_parse() {
+        for (raw, want) in [
+            ("auto", DeviceChoice::Auto),
+            ("", DeviceChoice::Auto),
+            ("  Auto ", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("CPU", DeviceChoice::Cpu),
+            ("gpu", DeviceChoice::Gpu(0)),
+            ("gpu:0", DeviceChoice::Gpu(0)),
+            ("gpu:3", DeviceChoice::Gpu(3)),
+            ("GPU:12", DeviceChoice::Gpu(12)),
+            ("software", DeviceChoice::Software),
+            ("lavapipe", DeviceChoice::Software),
+            ("LavaPipe", DeviceChoice::Software),
+        ] {
+            assert_eq!(raw.parse::<DeviceChoice>(), Ok(want), "{raw:?}");
+        }
+        for raw in [
+            "tpu",
+            "cuda",
+            "gpu:",
+            "gpu:-1",
+            "gpu:x",
+            "gpu:1:2",
+            "gpu 1",
+            "gpu1",
+            "gpu:+",
+            "cpu:0",
+            "software:0",
+            "vulkan",
+            "auto,cpu",
+            "gpugpu:1",
+        ] {
+            let err = raw.parse::<DeviceChoice>().unwrap_err();
+            assert_eq!(err, "expected auto, cpu, gpu, gpu:N or software", "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn separator_autotune_values_parse() {
+        for (raw, want) in [
+            ("minimal", TuneLevel::Minimal),
+            ("balanced", TuneLevel::Balanced),
+            ("extensive", TuneLevel::Extensive),
+            ("full", TuneLevel::Full),
+            (" Minimal ", TuneLevel::Minimal),
+            ("FULL", TuneLevel::Full),
+        ] {
+            assert_eq!(raw.parse::<TuneLevel>(), Ok(want), "{raw:?}");
+        }
+        for raw in ["", "max", "fast", "none", "minimal,full", "0"] {
+            let err = raw.parse::<TuneLevel>().unwrap_err();
+            assert_eq!(
+                err, "expected minimal, balanced, extensive or full",
+                "{raw:?}"
+            );
+        }
+        assert_eq!(
+            TuneLevel::default(),
+            TuneLevel::Balanced,
+            "cubecl's default"
+        );
+    }
+
+    /// Whether wgpu reaches a hardware GPU here (the development machine has none; Mesa's
+    /// llvmpipe, which it does have, is a software adapter).
+    #[cfg(feature = "mdx")]
+    fn hardware_gpu() -> bool {
+        [DeviceKind::DiscreteGpu(0), DeviceKind::IntegratedGpu(0)]
+            .into_iter()
+            .any(|k| probe(&Device::wgpu(k)))
+    }
+
+    /// `auto` takes a hardware GPU or the CPU, never the software adapter; without a
+    /// hardware GPU, `gpu`/`gpu:N` fail with a message saying so instead of falling back.
+    #[cfg(feature = "mdx")]
+    #[test]
+    fn auto_falls_back_to_the_cpu_and_gpu_fails_without_a_hardware_gpu() {
+        let auto = select(DeviceChoice::Auto).expect("auto always finds a device");
+        assert_ne!(
+            auto.kind, "software-gpu",
+            "auto took a software adapter: {auto:?}"
+        );
+        if hardware_gpu() {
+            assert_eq!(auto.kind, "gpu", "{auto:?}");
+            assert_eq!(select(DeviceChoice::Gpu(0)).unwrap().kind, "gpu");
+        } else {
+            assert_eq!(auto.kind, "cpu", "{auto:?}");
+            assert!(auto.name.starts_with("burn-flex ("), "{auto:?}");
+            for i in [0, 1, 7] {
+                let err = select(DeviceChoice::Gpu(i)).unwrap_err();
+                assert_eq!(
+                    err,
+                    format!("no hardware GPU with index {i} reachable through wgpu")
+                );
+            }
+        }
+        assert_eq!(select(DeviceChoice::Cpu).unwrap().kind, "cpu");
+    }
+
+    /// `software` runs the wgpu code path on Mesa's llvmpipe: lavapipe through Vulkan
+    /// (`make test` installs it) or, where only Mesa's OpenGL driver is present, through GL;
+    /// both name themselves llvmpipe.
+    #[cfg(feature = "mdx")]
+    #[test]
+    fn software_selects_mesa_llvmpipe() {
+        let d = select(DeviceChoice::Software)
+            .expect("a software wgpu adapter (apt install mesa-vulkan-drivers)");
+        assert_eq!(d.kind, "software-gpu");
+        assert!(
+            d.name.to_ascii_lowercase().contains("llvmpipe"),
+            "not Mesa's software adapter: {d:?}"
+        );
+        assert!(probe(&d.device), "it computes");
+    }
+}

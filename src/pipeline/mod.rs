@@ -167,3 +167,67 @@ impl UploaderConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> std::sync::Arc<crate::models::Catalog> {
+        std::sync::Arc::new(
+            crate::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
+        )
+    }
+
+    fn engine_with(pairs: &[(&str, &str)]) -> Result<crate::separation::Engine, ConfigError> {
+        engine(&Env::from_pairs(pairs.iter().copied()), catalog())
+    }
+
+    #[test]
+    fn separator_device_and_autotune_are_read_from_the_environment() {
+        let shown = format!("{:?}", engine_with(&[]).unwrap());
+        assert!(shown.contains("choice: Auto"), "{shown}");
+        let shown = format!(
+            "{:?}",
+            engine_with(&[
+                ("SEPARATOR_DEVICE", "gpu:2"),
+                ("SEPARATOR_AUTOTUNE", "full")
+            ])
+            .unwrap()
+        );
+        assert!(shown.contains("choice: Gpu(2)"), "{shown}");
+    }
+
+    #[test]
+    fn bad_separator_device_or_autotune_is_a_configuration_error_naming_the_variable() {
+        for (var, value, expected) in [
+            (
+                "SEPARATOR_DEVICE",
+                "tpu",
+                "expected auto, cpu, gpu, gpu:N or software",
+            ),
+            (
+                "SEPARATOR_DEVICE",
+                "gpu:-1",
+                "expected auto, cpu, gpu, gpu:N or software",
+            ),
+            (
+                "SEPARATOR_AUTOTUNE",
+                "max",
+                "expected minimal, balanced, extensive or full",
+            ),
+        ] {
+            let err = engine_with(&[(var, value)]).unwrap_err();
+            let ConfigError::Invalid {
+                var: named,
+                value: shown,
+                ..
+            } = &err;
+            assert_eq!((*named, shown.as_str()), (var, value), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(var) && text.contains(value) && text.contains(expected),
+                "{text}"
+            );
+        }
+    }
+}

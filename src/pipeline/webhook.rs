@@ -255,4 +255,104 @@ mod tests {
         assert!(!format!("{cfg:?}").contains("long-enough"));
         assert_eq!(cfg.signature("i", 1, b"{}").matches("v1,").count(), 2);
     }
+
+    /// A loopback server on port 0 answering every request with `head` (a status line and
+    /// headers) and an empty body; it counts the requests it gets.
+    async fn answering(head: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (counter, head) = (counter.clone(), head.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let resp = format!("{head}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (port, requests)
+    }
+
+    /// Webhooks follow no redirect (README, SECURITY.md): through the client the uploader
+    /// uses, a receiver answering 3xx with a `Location` on another loopback server gets that
+    /// server no request; the attempt is recorded as failed with the status, and not retried.
+    #[tokio::test]
+    async fn a_redirecting_receiver_is_not_followed_and_the_delivery_fails_for_good() {
+        use std::sync::atomic::Ordering;
+        for var in ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"] {
+            assert!(
+                std::env::var_os(var).is_none(),
+                "{var} is set: this test needs direct connections"
+            );
+        }
+        let fetch = FetchConfig {
+            policy: crate::net::UrlPolicy {
+                allow_private: true,
+            },
+            max_bytes: 1 << 20,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
+            lookup: Default::default(),
+        };
+        let cfg = WebhookConfig::from_env(&Env::from_pairs([(
+            "WEBHOOK_SECRET",
+            "test-webhook-secret-0123456789",
+        )]))
+        .unwrap();
+        let client = crate::audio::fetch::client(&fetch, Some(cfg.timeout));
+        let (target_port, target_requests) = answering("HTTP/1.1 200 OK".into()).await;
+        for status in [301u16, 302, 303, 307, 308] {
+            let location = format!("http://127.0.0.1:{target_port}/elsewhere");
+            let (port, requests) =
+                answering(format!("HTTP/1.1 {status} Moved\r\nLocation: {location}")).await;
+            let (attempt, sent) = send(
+                &client,
+                &fetch,
+                &cfg,
+                &format!("http://127.0.0.1:{port}/hook"),
+                "0190a2b4-0000-7000-8000-000000000000",
+                b"{}",
+            )
+            .await;
+            assert_eq!(
+                target_requests.load(Ordering::SeqCst),
+                0,
+                "{status}: the redirect was followed"
+            );
+            assert_eq!(requests.load(Ordering::SeqCst), 1, "{status}: one request");
+            let err = sent.unwrap_err();
+            assert_eq!(
+                (err.code, err.retryable),
+                ("webhook_redirected", false),
+                "{status}: {err}"
+            );
+            assert_eq!(
+                err.message,
+                format!("receiver answered {status}; redirects are not followed")
+            );
+            assert_eq!(attempt.status, Some(status));
+            assert_eq!(attempt.outcome, "failed", "{status}");
+            assert_eq!(attempt.error.as_deref(), Some(err.message.as_str()));
+        }
+        // Give a followed request time to arrive before concluding none did.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            target_requests.load(Ordering::SeqCst),
+            0,
+            "the redirect target got a request"
+        );
+    }
 }

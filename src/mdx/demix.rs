@@ -291,7 +291,7 @@ pub fn demix(
         let started = std::time::Instant::now();
         // Plan the next batch: read until `batch` chunks are covered or the input ends.
         let mut starts = Vec::new();
-        if !n.is_some_and(|n| next_chunk * step >= padded_total(n)) {
+        if n.is_none_or(|n| next_chunk * step < padded_total(n)) {
             let want_end = (next_chunk + batch - 1) * step + chunk;
             while n.is_none() && st.mix_start + st.mix.len() < want_end {
                 match input.next_chunk(65_536)? {
@@ -429,15 +429,15 @@ fn finish(
             st.acc.push_back([0.0; 2]);
             st.div.push_back(0.0);
         }
-        for i in 0..actual {
+        for (i, sample) in wave.iter().enumerate().take(actual) {
             let w = if opts.overlap <= 0.0 || actual == 1 {
                 1.0
             } else {
                 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (actual - 1) as f64).cos()
             };
             let a = &mut st.acc[s + i - st.acc_start];
-            a[0] += wave[i][0] * w;
-            a[1] += wave[i][1] * w;
+            a[0] += sample[0] * w;
+            a[1] += sample[1] * w;
             st.div[s + i - st.acc_start] += w;
         }
     }

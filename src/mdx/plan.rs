@@ -535,6 +535,8 @@ fn fold_affines(plan: &mut Plan<'_>) {
         producer.insert(s.out, i);
     }
     let mut removed = vec![false; plan.steps.len()];
+    // By index: step `i` is read while another step, `j`, is rewritten.
+    #[allow(clippy::needless_range_loop)]
     for i in 0..plan.steps.len() {
         let PlanOp::Affine { x, scale, shift } = &plan.steps[i].op else {
             continue;

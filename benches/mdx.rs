@@ -9,7 +9,8 @@
 //! `cargo bench --bench mdx` (`BENCH_SECONDS` of audio, default 30; `BENCH_BATCHES`, default
 //! `1,4`; `BENCH_DEVICES`, default `cpu,onnxruntime,gpu`; `BENCH_SYNTHETIC=1` builds the
 //! real-geometry graph in memory instead of generating the ONNX file with Python). Under
-//! `cargo test` it runs a smoke version on the tiny fixture. The GPU figures beside PyTorch's
+//! `cargo test` it runs a smoke version on the tiny fixture. `BENCH_PROFILE=1` adds the forward
+//! pass's split by operator. The GPU figures beside PyTorch's
 //! come from `scripts/gpu_bench.sh`.
 
 use std::path::{Path, PathBuf};
@@ -82,6 +83,25 @@ fn run_burn(
     let warm = Instant::now();
     m.warm_up(&opts);
     let warm = warm.elapsed().as_secs_f64();
+    if std::env::var("BENCH_PROFILE").is_ok_and(|v| v == "1") {
+        // One more pass at the timed shape, each operation waited for: where the forward goes.
+        let len = batch * 4 * m.net.dim_f * m.net.dim_t;
+        let x = burn::tensor::Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(vec![0.01f32; len], [batch, 4, m.net.dim_f, m.net.dim_t]),
+            m.net.device(),
+        );
+        let (_, ops) = m.net.forward_profiled(x);
+        let total: f64 = ops.iter().map(|(_, t)| t).sum();
+        let split: Vec<String> = ops
+            .iter()
+            .map(|(op, t)| format!("{op} {:.0}%", 100.0 * t / total))
+            .collect();
+        println!(
+            "  {} batch {batch} forward {total:.2} s by operator: {}",
+            device.kind,
+            split.join(", ")
+        );
+    }
     let mut sep = MdxSeparator::new(m, opts);
     let start = Instant::now();
     let mut sink = VecSink::default();

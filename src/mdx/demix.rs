@@ -216,7 +216,8 @@ pub struct Phases {
     pub passes: usize,
     /// Reading input, STFTs, copying the batch to the device.
     pub stft: std::time::Duration,
-    /// Waiting for the forward pass and reading its output back.
+    /// Running (CPU) or queueing (GPU) the forward pass, waiting for it and reading its
+    /// output back.
     pub forward: std::time::Duration,
     /// Inverse STFTs.
     pub istft: std::time::Duration,
@@ -346,7 +347,11 @@ pub fn demix(
             sp.forward_batch(&parts, &mut batch_in);
             phases.chunks += starts.len();
             phases.passes += 1;
+            phases.stft += started.elapsed();
+            // On the CPU the pass runs here; on a GPU this only queues it.
+            let submitted = std::time::Instant::now();
             let pred = submit(net, batch_in, items, opts.denoise);
+            phases.forward += submitted.elapsed();
             next_chunk += starts.len();
             Some(InFlight {
                 starts,
@@ -354,7 +359,9 @@ pub fn demix(
                 pred,
             })
         };
-        phases.stft += started.elapsed();
+        if next.is_none() {
+            phases.stft += started.elapsed();
+        }
         if let Some(done) = in_flight.take() {
             // Once `done` is added, everything before the pending batch's first chunk is final;
             // with nothing pending (the input's end is known by then), everything is.

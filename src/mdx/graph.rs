@@ -65,6 +65,21 @@ enum Op {
     },
 }
 
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Conv { .. } => "Conv",
+            Op::ConvT { .. } => "ConvTranspose",
+            Op::Affine { .. } => "BatchNorm",
+            Op::MatMul { .. } => "MatMul",
+            Op::Relu { .. } => "Relu",
+            Op::Add { .. } | Op::AddConst { .. } => "Add",
+            Op::Mul { .. } => "Mul",
+            Op::Transpose { .. } => "Transpose",
+        }
+    }
+}
+
 struct Step {
     op: Op,
     out: usize,
@@ -202,6 +217,27 @@ impl MdxNet {
 
     /// Runs the network on `[batch, 4, dim_f, dim_t]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.run(x, None)
+    }
+
+    /// [`forward`](Self::forward), waiting for each operation to finish and summing the
+    /// seconds spent per operator type (for the benchmark's profile; slower than `forward`
+    /// on a GPU, where it defeats fusion).
+    pub fn forward_profiled(&self, x: Tensor<4>) -> (Tensor<4>, Vec<(&'static str, f64)>) {
+        let mut times = Vec::new();
+        let y = self.run(x, Some(&mut times));
+        let mut sums: Vec<(&'static str, f64)> = Vec::new();
+        for (op, t) in times {
+            match sums.iter_mut().find(|(o, _)| *o == op) {
+                Some((_, s)) => *s += t,
+                None => sums.push((op, t)),
+            }
+        }
+        sums.sort_by(|a, b| b.1.total_cmp(&a.1));
+        (y, sums)
+    }
+
+    fn run(&self, x: Tensor<4>, mut times: Option<&mut Vec<(&'static str, f64)>>) -> Tensor<4> {
         let mut values: Vec<Option<Tensor<4>>> = vec![None; self.uses.len()];
         let mut left = self.uses.clone();
         values[0] = Some(x);
@@ -214,6 +250,7 @@ impl MdxNet {
             }
         };
         for s in &self.steps {
+            let started = std::time::Instant::now();
             let y = match &s.op {
                 Op::Conv { x, w, b, opts } => {
                     conv2d(take(&mut values, *x), w.clone(), b.clone(), opts.clone())
@@ -244,6 +281,10 @@ impl MdxNet {
                 }
                 Op::Transpose { x, perm } => take(&mut values, *x).permute(*perm),
             };
+            if let Some(times) = times.as_deref_mut() {
+                let _ = self.device.sync();
+                times.push((s.op.name(), started.elapsed().as_secs_f64()));
+            }
             values[s.out] = Some(y);
         }
         values[self.output].take().expect("the output is computed")

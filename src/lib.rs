@@ -26,6 +26,8 @@
 //! - [`separation`]: the `Separator` trait and the built-in DSP separator.
 //! - [`mdx`]: UVR MDX-Net models on Burn (GPU through wgpu, CPU fallback): ONNX reader,
 //!   graph compiler, streamed demix, device selection.
+//! - [`engine`]: builds separators by model name (built-in or MDX-Net), loading each model
+//!   once onto the selected device.
 //! - [`pipeline`]: what processors and uploaders do with a task: download, separate and
 //!   stage stems; store them, sign links, call the signed webhook.
 //! - [`net`]: the address policy for user-supplied URLs (SSRF defence).
@@ -39,6 +41,7 @@ pub mod actors;
 pub mod api;
 pub mod audio;
 pub mod config;
+pub mod engine;
 pub mod mdx;
 pub mod metrics;
 pub mod models;

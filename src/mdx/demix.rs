@@ -88,15 +88,6 @@ impl Spectral {
         4 * self.dim_f * self.dim_t
     }
 
-    /// STFT of one stereo chunk into `out` (`4 · dim_f · dim_t`, layout [4][dim_f][dim_t]),
-    /// with the first 3 bins zeroed.
-    pub fn forward(&self, chunk: &[Frame], out: &mut [f32]) {
-        let plane = 2 * self.dim_f * self.dim_t;
-        for (c, out) in out.chunks_mut(plane).enumerate() {
-            self.forward_channel(chunk, c, out);
-        }
-    }
-
     /// STFT of channel `c` of `chunk` into its two planes (`2 · dim_f · dim_t`: re, im).
     fn forward_channel(&self, chunk: &[Frame], c: usize, out: &mut [f32]) {
         let (n, hop, f_n, t_n) = (self.n_fft, self.hop, self.dim_f, self.dim_t);
@@ -138,15 +129,6 @@ impl Spectral {
                 im_plane[f * t_n + t] = im;
             }
         }
-    }
-
-    /// Inverse STFT of one `[4][dim_f][dim_t]` spectrogram into `chunk()` stereo samples.
-    pub fn inverse(&self, spec_in: &[f32], out: &mut Vec<[f64; 2]>) {
-        let plane = 2 * self.dim_f * self.dim_t;
-        let left = self.inverse_channel(&spec_in[..plane]);
-        let right = self.inverse_channel(&spec_in[plane..2 * plane]);
-        out.clear();
-        out.extend(left.into_iter().zip(right).map(|(l, r)| [l, r]));
     }
 
     /// Inverse STFT of one channel's two planes (re, im) into `chunk()` samples.

@@ -133,10 +133,12 @@ fn conv_options(g: &ConvGeometry) -> ConvOptions<2> {
 }
 
 impl MdxNet {
-    /// Compiles `graph` for `device`: [`super::plan::plan`] checks it, then the weights are
+    /// Compiles `graph` for `device`: [`super::plan::plan`] checks it, batch norms are folded
+    /// into the convolutions before them, then the weights are
     /// put on the device.
     pub fn compile(graph: &Graph, device: &Device) -> Result<Self, GraphError> {
-        let plan = super::plan::plan(graph)?;
+        let mut plan = super::plan::plan(graph)?;
+        super::fold::fold_affines(&mut plan);
         let steps = plan
             .steps
             .into_iter()

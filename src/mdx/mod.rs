@@ -19,6 +19,7 @@
 #[cfg(feature = "mdx")]
 pub mod demix;
 pub mod device;
+mod fold;
 #[cfg(feature = "mdx")]
 pub mod graph;
 pub mod onnx;

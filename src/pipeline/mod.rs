@@ -61,7 +61,7 @@ pub struct ProcessorConfig {
     /// The queue lease (`LEASE_SECONDS`); heartbeats go out every third of it.
     pub lease: Duration,
     /// The separation engine (models, device).
-    pub engine: std::sync::Arc<crate::separation::Engine>,
+    pub engine: std::sync::Arc<crate::engine::Engine>,
 }
 
 impl ProcessorConfig {
@@ -89,7 +89,7 @@ impl ProcessorConfig {
 pub fn engine(
     env: &Env,
     catalog: std::sync::Arc<crate::models::Catalog>,
-) -> Result<crate::separation::Engine, ConfigError> {
+) -> Result<crate::engine::Engine, ConfigError> {
     let choice = env.parse("SEPARATOR_DEVICE", crate::mdx::device::DeviceChoice::Auto)?;
     let overlap: f32 = env.parse("MDX_OVERLAP", 0.25)?;
     if !(0.0..0.99).contains(&overlap) {
@@ -118,7 +118,7 @@ pub fn engine(
             })
             .transpose()?,
     };
-    Ok(crate::separation::Engine::new(catalog, choice, opts).with_tuning(tuning))
+    Ok(crate::engine::Engine::new(catalog, choice, opts).with_tuning(tuning))
 }
 
 /// The HTTP client limits shared by downloads and webhooks.
@@ -178,7 +178,7 @@ mod tests {
         )
     }
 
-    fn engine_with(pairs: &[(&str, &str)]) -> Result<crate::separation::Engine, ConfigError> {
+    fn engine_with(pairs: &[(&str, &str)]) -> Result<crate::engine::Engine, ConfigError> {
         engine(&Env::from_pairs(pairs.iter().copied()), catalog())
     }
 

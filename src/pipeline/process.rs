@@ -16,7 +16,7 @@ use super::{JobError, ProcessorConfig};
 use crate::audio::encode::{SampleFormat, StemWriter};
 use crate::audio::fetch::{self, FetchError};
 use crate::audio::{AudioReader, Frame, SAMPLE_RATE};
-use crate::separation::{self, Control, Listener, SeparateError, StemSink};
+use crate::separation::{Control, Listener, SeparateError, StemSink};
 use crate::task::{TaskId, TaskRecord};
 
 /// Progress and stop flag shared between the separation thread and the actor.
@@ -139,7 +139,7 @@ pub struct SeparateJob<'a> {
     /// Duration cap in seconds (0: none).
     pub max_seconds: u64,
     /// Where separators come from.
-    pub engine: &'a separation::Engine,
+    pub engine: &'a crate::engine::Engine,
 }
 
 /// Decodes, separates and writes stems (blocking). Returns a JSON summary: model, stems

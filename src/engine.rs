@@ -1,0 +1,264 @@
+//! The separation engine: builds [`Separator`]s by model name — the built-in DSP separator,
+//! or MDX-Net models from the catalogue, loaded once onto the device chosen by
+//! `SEPARATOR_DEVICE` (with the GPU runtime's tuning settings applied first) and kept.
+
+#[cfg(feature = "mdx")]
+use std::collections::HashMap;
+use std::sync::Arc;
+#[cfg(feature = "mdx")]
+use std::sync::Mutex;
+
+use crate::separation::{SeparateError, Separator, dsp};
+
+/// Builds separators by model name: the built-in DSP separator, or MDX-Net models from the
+/// catalogue, loaded once onto the selected device and kept. Without the `mdx` feature, MDX
+/// models are refused with [`SeparateError::Unavailable`].
+pub struct Engine {
+    catalog: Arc<crate::models::Catalog>,
+    #[cfg(feature = "mdx")]
+    device: std::sync::OnceLock<Result<crate::mdx::device::SelectedDevice, String>>,
+    choice: crate::mdx::device::DeviceChoice,
+    tuning: crate::mdx::device::Tuning,
+    opts: crate::mdx::DemixOptions,
+    #[cfg(feature = "mdx")]
+    loaded: Mutex<HashMap<String, Arc<crate::mdx::MdxModel>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("choice", &self.choice)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over `catalog`, running models on `choice` with `opts`.
+    pub fn new(
+        catalog: Arc<crate::models::Catalog>,
+        choice: crate::mdx::device::DeviceChoice,
+        opts: crate::mdx::DemixOptions,
+    ) -> Self {
+        Self {
+            catalog,
+            #[cfg(feature = "mdx")]
+            device: std::sync::OnceLock::new(),
+            choice,
+            tuning: Default::default(),
+            opts,
+            #[cfg(feature = "mdx")]
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same engine with `tuning` applied to the GPU runtime when the device is selected.
+    pub fn with_tuning(mut self, tuning: crate::mdx::device::Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// An engine that only knows the built-in separator (tests, `uvr separate` without models).
+    pub fn builtin() -> Self {
+        Self::new(
+            Arc::new(
+                crate::models::Catalog::scan(std::path::Path::new("/nonexistent"), None)
+                    .expect("builtin catalogue"),
+            ),
+            crate::mdx::device::DeviceChoice::Cpu,
+            Default::default(),
+        )
+    }
+
+    /// The device models run on (selected on first use).
+    #[cfg(feature = "mdx")]
+    pub fn device(&self) -> Result<&crate::mdx::device::SelectedDevice, SeparateError> {
+        self.device
+            .get_or_init(|| {
+                if self.choice != crate::mdx::device::DeviceChoice::Cpu {
+                    log_cache_state(crate::mdx::device::configure(&self.tuning)?);
+                }
+                let d = crate::mdx::device::select(self.choice);
+                match &d {
+                    Ok(d) => tracing::info!(device = %d.name, kind = d.kind, "separation device"),
+                    Err(e) => tracing::error!(error = %e, "no separation device"),
+                }
+                d
+            })
+            .as_ref()
+            .map_err(|e| SeparateError::Model(e.clone()))
+    }
+
+    /// The device, if one has been selected already (no selection is triggered).
+    #[cfg(feature = "mdx")]
+    pub fn selected_device(&self) -> Option<&crate::mdx::device::SelectedDevice> {
+        self.device.get().and_then(|r| r.as_ref().ok())
+    }
+
+    /// The kind ("gpu", "software-gpu", "cpu") and name of the selected device, if one has
+    /// been selected already (no selection is triggered; always `None` without `mdx`).
+    pub fn device_label(&self) -> Option<(&'static str, &str)> {
+        #[cfg(feature = "mdx")]
+        {
+            self.selected_device().map(|d| (d.kind, d.name.as_str()))
+        }
+        #[cfg(not(feature = "mdx"))]
+        {
+            None
+        }
+    }
+
+    /// The weights file of a catalogue model (`None` for the built-in separator).
+    fn model_file(&self, name: &str) -> Result<Option<&std::path::Path>, SeparateError> {
+        let info = self
+            .catalog
+            .get(name)
+            .ok_or_else(|| SeparateError::Model(format!("model {name:?} is not installed")))?;
+        Ok(info.file.as_deref())
+    }
+
+    /// Loads and warms up `name` ahead of the first job (a no-op for the built-in separator);
+    /// fails as [`build`](Self::build) would.
+    pub fn prepare(&self, name: &str) -> Result<(), SeparateError> {
+        #[cfg(feature = "mdx")]
+        {
+            self.load(name).map(drop)
+        }
+        #[cfg(not(feature = "mdx"))]
+        {
+            match self.model_file(name)? {
+                None => Ok(()),
+                Some(_) => Err(SeparateError::Unavailable(name.to_string())),
+            }
+        }
+    }
+
+    /// Loads (once) and warms up a model of the catalogue.
+    #[cfg(feature = "mdx")]
+    pub fn load(&self, name: &str) -> Result<Option<Arc<crate::mdx::MdxModel>>, SeparateError> {
+        let Some(file) = self.model_file(name)? else {
+            return Ok(None);
+        };
+        if let Some(m) = lock(&self.loaded).get(name) {
+            return Ok(Some(m.clone()));
+        }
+        let device = self.device()?;
+        let started = std::time::Instant::now();
+        let model = crate::mdx::MdxModel::load(file, &device.device)
+            .map_err(|e| SeparateError::Model(e.to_string()))?;
+        let loaded = started.elapsed();
+        let started = std::time::Instant::now();
+        model.warm_up(&self.opts);
+        let warm = started.elapsed();
+        tracing::info!(
+            model = name,
+            dim_f = model.net.dim_f,
+            dim_t = model.net.dim_t,
+            n_fft = model.params.n_fft,
+            batch = self.opts.batch,
+            load_seconds = loaded.as_secs_f64(),
+            // Kernel compilation and autotuning at the jobs' exact shapes (on a GPU); with a
+            // filled SEPARATOR_CACHE_DIR, tuning is skipped.
+            warm_up_seconds = warm.as_secs_f64(),
+            "model loaded"
+        );
+        let model = Arc::new(model);
+        lock(&self.loaded).insert(name.to_string(), model.clone());
+        Ok(Some(model))
+    }
+
+    /// A separator for `model`.
+    pub fn build(&self, model: &str) -> Result<Box<dyn Separator>, SeparateError> {
+        #[cfg(feature = "mdx")]
+        if let Some(m) = self.load(model)? {
+            return Ok(Box::new(crate::mdx::MdxSeparator::new(
+                m,
+                self.opts.clone(),
+            )));
+        }
+        #[cfg(not(feature = "mdx"))]
+        self.prepare(model)?;
+        Ok(Box::new(dsp::CentreExtractor::new(Default::default())))
+    }
+}
+
+/// Says what the GPU runtime found in `SEPARATOR_CACHE_DIR`.
+#[cfg(feature = "mdx")]
+fn log_cache_state(state: crate::mdx::device::CacheState) {
+    use crate::mdx::device::CacheState;
+    match state {
+        CacheState::Existing(dir, bytes) => tracing::info!(
+            dir = %dir.display(),
+            bytes,
+            "kernel tuning cache found: tuned shapes are not tuned again"
+        ),
+        CacheState::Empty(dir) => tracing::info!(
+            dir = %dir.display(),
+            "kernel tuning cache is empty: the first model load tunes and fills it"
+        ),
+        CacheState::Disabled => tracing::info!(
+            "kernel tuning cache off (SEPARATOR_CACHE_DIR=off): every process tunes anew"
+        ),
+        CacheState::AlreadyConfigured => {
+            tracing::debug!("GPU runtime already configured in this process")
+        }
+    }
+}
+
+#[cfg(feature = "mdx")]
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{BUILTIN_DSP, Catalog, ModelInfo, STEMS};
+
+    fn engine() -> Engine {
+        let catalog = Catalog {
+            default: BUILTIN_DSP.into(),
+            models: vec![
+                ModelInfo {
+                    name: BUILTIN_DSP.into(),
+                    kind: "dsp",
+                    stems: STEMS.to_vec(),
+                    file: None,
+                },
+                ModelInfo {
+                    name: "neural".into(),
+                    kind: "mdx-net",
+                    stems: STEMS.to_vec(),
+                    file: Some("/nonexistent/neural.onnx".into()),
+                },
+            ],
+        };
+        Engine::new(
+            Arc::new(catalog),
+            crate::mdx::device::DeviceChoice::Cpu,
+            Default::default(),
+        )
+    }
+
+    #[test]
+    fn the_builtin_separator_builds_and_unknown_models_are_refused() {
+        let e = engine();
+        assert_eq!(e.build(BUILTIN_DSP).unwrap().name(), BUILTIN_DSP);
+        assert!(e.prepare(BUILTIN_DSP).is_ok());
+        assert_eq!(e.build("nope").err().unwrap().code(), "separation_failed");
+        assert!(e.device_label().is_none());
+    }
+
+    #[cfg(not(feature = "mdx"))]
+    #[test]
+    fn mdx_models_are_unavailable_without_the_feature() {
+        let e = engine();
+        let err = e.build("neural").err().unwrap();
+        assert_eq!(err.code(), "model_unavailable");
+        assert!(err.to_string().contains("MDX-Net"), "{err}");
+        assert!(matches!(
+            e.prepare("neural"),
+            Err(SeparateError::Unavailable(_))
+        ));
+    }
+}

@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= /var/tmp/uvr-target
 CARGO ?= cargo
 
-.PHONY: test deps lint fmt check bench bench-api bench-separation bench-mdx gpu-bench-prepare gpu-bench-rehearsal build release run clean faults load fuzz
+.PHONY: test deps lint fmt check bench bench-api bench-separation bench-mdx bench-roformer gpu-bench-prepare gpu-bench-rehearsal build release run clean faults load fuzz
 
 ## test: install missing system packages (redis-server), then run every test
 test: deps
@@ -44,6 +44,11 @@ bench-separation:
 ## (pip install -r models/reference/requirements.txt), and wgpu
 bench-mdx:
 	$(CARGO) bench --locked --bench mdx
+
+## bench-roformer: BS-Roformer at viperx 1297's geometry, Burn CPU beside PyTorch CPU with the
+## same threads (pip install -r models/reference/requirements-roformer.txt), and wgpu
+bench-roformer:
+	$(CARGO) bench --locked --bench roformer
 
 ## gpu-bench-prepare: stripped release build, PyTorch anchor and Vulkan loaders for
 ## scripts/gpu_bench.sh on a GPU machine; gpu-bench-rehearsal: the same run on lavapipe

@@ -1,6 +1,7 @@
 //! The separation engine: builds [`Separator`]s by model name — the built-in DSP separator,
-//! or MDX-Net models from the catalogue, loaded once onto the device chosen by
-//! `SEPARATOR_DEVICE` (with the GPU runtime's tuning settings applied first) and kept.
+//! or a catalogue model of any family ([`crate::families`]), loaded once onto the device
+//! chosen by `SEPARATOR_DEVICE` (with the GPU runtime's tuning settings applied first) and
+//! kept.
 
 #[cfg(feature = "mdx")]
 use std::collections::HashMap;
@@ -8,20 +9,23 @@ use std::sync::Arc;
 #[cfg(feature = "mdx")]
 use std::sync::Mutex;
 
+#[cfg(feature = "mdx")]
+use crate::families::LoadedModel;
+use crate::families::RunOptions;
 use crate::separation::{SeparateError, Separator, dsp};
 
-/// Builds separators by model name: the built-in DSP separator, or MDX-Net models from the
-/// catalogue, loaded once onto the selected device and kept. Without the `mdx` feature, MDX
-/// models are refused with [`SeparateError::Unavailable`].
+/// Builds separators by model name: the built-in DSP separator, or catalogue models, loaded
+/// once onto the selected device and kept. Without the `mdx` feature, neural models are
+/// refused with [`SeparateError::Unavailable`].
 pub struct Engine {
     catalog: Arc<crate::models::Catalog>,
     #[cfg(feature = "mdx")]
     device: std::sync::OnceLock<Result<crate::mdx::device::SelectedDevice, String>>,
     choice: crate::mdx::device::DeviceChoice,
     tuning: crate::mdx::device::Tuning,
-    opts: crate::mdx::DemixOptions,
+    opts: RunOptions,
     #[cfg(feature = "mdx")]
-    loaded: Mutex<HashMap<String, Arc<crate::mdx::MdxModel>>>,
+    loaded: Mutex<HashMap<String, Arc<dyn LoadedModel>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -34,7 +38,7 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine over `catalog`, running models on `choice` with `opts`.
+    /// An engine over `catalog`, running MDX-Net models on `choice` with `opts`.
     pub fn new(
         catalog: Arc<crate::models::Catalog>,
         choice: crate::mdx::device::DeviceChoice,
@@ -46,7 +50,10 @@ impl Engine {
             device: std::sync::OnceLock::new(),
             choice,
             tuning: Default::default(),
-            opts,
+            opts: RunOptions {
+                mdx: opts,
+                roformer: Default::default(),
+            },
             #[cfg(feature = "mdx")]
             loaded: Mutex::new(HashMap::new()),
         }
@@ -55,6 +62,12 @@ impl Engine {
     /// The same engine with `tuning` applied to the GPU runtime when the device is selected.
     pub fn with_tuning(mut self, tuning: crate::mdx::device::Tuning) -> Self {
         self.tuning = tuning;
+        self
+    }
+
+    /// The same engine with Roformer demix overrides.
+    pub fn with_roformer(mut self, opts: crate::roformer::RoformerOptions) -> Self {
+        self.opts.roformer = opts;
         self
     }
 
@@ -68,6 +81,11 @@ impl Engine {
             crate::mdx::device::DeviceChoice::Cpu,
             Default::default(),
         )
+    }
+
+    /// The catalogue the engine serves.
+    pub fn catalog(&self) -> &crate::models::Catalog {
+        &self.catalog
     }
 
     /// The device models run on (selected on first use).
@@ -108,13 +126,13 @@ impl Engine {
         }
     }
 
-    /// The weights file of a catalogue model (`None` for the built-in separator).
-    fn model_file(&self, name: &str) -> Result<Option<&std::path::Path>, SeparateError> {
+    /// A catalogue model (`None` for the built-in separator).
+    fn model(&self, name: &str) -> Result<Option<&crate::models::ModelInfo>, SeparateError> {
         let info = self
             .catalog
             .get(name)
             .ok_or_else(|| SeparateError::Model(format!("model {name:?} is not installed")))?;
-        Ok(info.file.as_deref())
+        Ok((!info.files.is_empty()).then_some(info))
     }
 
     /// Loads and warms up `name` ahead of the first job (a no-op for the built-in separator);
@@ -126,7 +144,7 @@ impl Engine {
         }
         #[cfg(not(feature = "mdx"))]
         {
-            match self.model_file(name)? {
+            match self.model(name)? {
                 None => Ok(()),
                 Some(_) => Err(SeparateError::Unavailable(name.to_string())),
             }
@@ -135,34 +153,33 @@ impl Engine {
 
     /// Loads (once) and warms up a model of the catalogue.
     #[cfg(feature = "mdx")]
-    pub fn load(&self, name: &str) -> Result<Option<Arc<crate::mdx::MdxModel>>, SeparateError> {
-        let Some(file) = self.model_file(name)? else {
+    pub fn load(&self, name: &str) -> Result<Option<Arc<dyn LoadedModel>>, SeparateError> {
+        let Some(info) = self.model(name)? else {
             return Ok(None);
         };
         if let Some(m) = lock(&self.loaded).get(name) {
             return Ok(Some(m.clone()));
         }
+        let family = crate::families::family(info.family).ok_or_else(|| {
+            SeparateError::Model(format!("no engine for the {} family", info.family))
+        })?;
         let device = self.device()?;
         let started = std::time::Instant::now();
-        let model = crate::mdx::MdxModel::load(file, &device.device)
-            .map_err(|e| SeparateError::Model(e.to_string()))?;
+        let model = family.load(info, &device.device, &self.opts)?;
         let loaded = started.elapsed();
         let started = std::time::Instant::now();
         model.warm_up(&self.opts);
         let warm = started.elapsed();
         tracing::info!(
             model = name,
-            dim_f = model.net.dim_f,
-            dim_t = model.net.dim_t,
-            n_fft = model.params.n_fft,
-            batch = self.opts.batch,
+            family = info.family,
+            geometry = %model.describe(),
             load_seconds = loaded.as_secs_f64(),
             // Kernel compilation and autotuning at the jobs' exact shapes (on a GPU); with a
             // filled SEPARATOR_CACHE_DIR, tuning is skipped.
             warm_up_seconds = warm.as_secs_f64(),
             "model loaded"
         );
-        let model = Arc::new(model);
         lock(&self.loaded).insert(name.to_string(), model.clone());
         Ok(Some(model))
     }
@@ -171,10 +188,7 @@ impl Engine {
     pub fn build(&self, model: &str) -> Result<Box<dyn Separator>, SeparateError> {
         #[cfg(feature = "mdx")]
         if let Some(m) = self.load(model)? {
-            return Ok(Box::new(crate::mdx::MdxSeparator::new(
-                m,
-                self.opts.clone(),
-            )));
+            return Ok(m.separator(&self.opts));
         }
         #[cfg(not(feature = "mdx"))]
         self.prepare(model)?;
@@ -213,23 +227,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{BUILTIN_DSP, Catalog, ModelInfo, STEMS};
+    use crate::models::{BUILTIN_DSP, Catalog, ModelInfo};
 
     fn engine() -> Engine {
         let catalog = Catalog {
             default: BUILTIN_DSP.into(),
             models: vec![
-                ModelInfo {
-                    name: BUILTIN_DSP.into(),
-                    kind: "dsp",
-                    stems: STEMS.to_vec(),
-                    file: None,
-                },
+                ModelInfo::builtin(),
                 ModelInfo {
                     name: "neural".into(),
-                    kind: "mdx-net",
-                    stems: STEMS.to_vec(),
-                    file: Some("/nonexistent/neural.onnx".into()),
+                    family: "mdx-net",
+                    files: vec!["/nonexistent/neural.onnx".into()],
+                    ..ModelInfo::builtin()
                 },
             ],
         };

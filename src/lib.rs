@@ -26,8 +26,12 @@
 //! - [`separation`]: the `Separator` trait and the built-in DSP separator.
 //! - [`mdx`]: UVR MDX-Net models on Burn (GPU through wgpu, CPU fallback): ONNX reader,
 //!   graph compiler, streamed demix, device selection.
-//! - [`engine`]: builds separators by model name (built-in or MDX-Net), loading each model
-//!   once onto the selected device.
+//! - [`roformer`]: BS-Roformer and Mel-Band Roformer checkpoints on Burn: YAML config,
+//!   checkpoint reader, band layout, network, MSST's streamed demix.
+//! - [`families`]: the registry of model families (MDX-Net, Roformer): how each finds its
+//!   models in `MODELS_DIR` and loads them.
+//! - [`engine`]: builds separators by model name (built-in or any family's), loading each
+//!   model once onto the selected device.
 //! - [`pipeline`]: what processors and uploaders do with a task: download, separate and
 //!   stage stems; store them, sign links, call the signed webhook.
 //! - [`net`]: the address policy for user-supplied URLs (SSRF defence).
@@ -42,12 +46,14 @@ pub mod api;
 pub mod audio;
 pub mod config;
 pub mod engine;
+pub mod families;
 pub mod mdx;
 pub mod metrics;
 pub mod models;
 pub mod net;
 pub mod pipeline;
 pub mod queue;
+pub mod roformer;
 pub mod separation;
 pub mod service;
 pub mod supervise;

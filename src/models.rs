@@ -1,5 +1,6 @@
 //! The catalogue of separation models a deployment offers: the built-in DSP separator
-//! (no weights) and every UVR MDX-Net `.onnx` file found in `MODELS_DIR`.
+//! (no weights) and every model a family ([`crate::families`]) finds in `MODELS_DIR`:
+//! UVR MDX-Net `.onnx` files, Roformer checkpoints with their YAML configs.
 //!
 //! The API validates the `model`, `stems` and `output_format` request fields against it.
 
@@ -10,24 +11,47 @@ use serde::Serialize;
 /// The built-in separator's name.
 pub const BUILTIN_DSP: &str = "dsp-centre";
 
-/// Stems every model produces.
+/// Stems of the built-in separator and of MDX-Net models.
 pub const STEMS: &[&str] = &["vocals", "instrumental"];
 
 /// Output formats the stem writer supports.
 pub const OUTPUT_FORMATS: &[&str] = &["wav", "wav16", "wav24", "wav32f"];
 
 /// One model.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ModelInfo {
     /// The name clients pass as `model`.
     pub name: String,
-    /// "dsp" or "mdx-net".
-    pub kind: &'static str,
+    /// "dsp", "mdx-net", "bs-roformer" or "mel-band-roformer".
+    pub family: &'static str,
     /// The stems it produces.
-    pub stems: Vec<&'static str>,
-    /// The weights file, for models that have one (not shown by the API).
+    pub stems: Vec<String>,
+    /// The model's parameters (geometry, demix settings), as far as they are known without
+    /// loading it.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub params: serde_json::Value,
+    /// The model's files (weights first; none for the built-in separator; not shown by the
+    /// API).
     #[serde(skip)]
-    pub file: Option<PathBuf>,
+    pub files: Vec<PathBuf>,
+}
+
+impl ModelInfo {
+    /// The built-in separator.
+    pub fn builtin() -> Self {
+        Self {
+            name: BUILTIN_DSP.into(),
+            family: "dsp",
+            stems: STEMS.iter().map(|s| s.to_string()).collect(),
+            params: serde_json::Value::Null,
+            files: Vec::new(),
+        }
+    }
+
+    /// Whether the model has a stem called `stem`.
+    pub fn has_stem(&self, stem: &str) -> bool {
+        self.stems.iter().any(|s| s == stem)
+    }
 }
 
 /// The models on offer and the default.
@@ -48,36 +72,34 @@ pub enum CatalogError {
 }
 
 impl Catalog {
-    /// Scans `dir` for `.onnx` files (a missing directory offers only the built-in model) and
-    /// picks `default` (the built-in separator when unset).
+    /// Scans `dir` with every family (a missing directory offers only the built-in model)
+    /// and picks `default` (the built-in separator when unset).
     pub fn scan(dir: &Path, default: Option<&str>) -> Result<Self, CatalogError> {
-        let mut neural: Vec<ModelInfo> = std::fs::read_dir(dir)
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
-            })
-            .filter_map(|p| {
-                let name = p.file_stem()?.to_str()?.to_string();
-                Some(ModelInfo {
-                    name,
-                    kind: "mdx-net",
-                    stems: STEMS.to_vec(),
-                    file: Some(p),
-                })
-            })
+            .filter(|p| p.is_file())
             .collect();
-        neural.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut models = vec![ModelInfo {
-            name: BUILTIN_DSP.into(),
-            kind: "dsp",
-            stems: STEMS.to_vec(),
-            file: None,
-        }];
-        models.extend(neural);
+        files.sort();
+        let mut models = vec![ModelInfo::builtin()];
+        for family in crate::families::FAMILIES {
+            let mut found = family.discover(&files);
+            found.sort_by(|a, b| a.name.cmp(&b.name));
+            for m in found {
+                if let Some(other) = models.iter().find(|o| o.name == m.name) {
+                    tracing::warn!(
+                        model = %m.name,
+                        family = m.family,
+                        kept = other.family,
+                        "two models share a name; the first found is kept"
+                    );
+                    continue;
+                }
+                models.push(m);
+            }
+        }
         let default = match default {
             Some(d) => {
                 if !models.iter().any(|m| m.name == d) {
@@ -129,5 +151,24 @@ mod tests {
         assert_eq!(c.default, "Kim_Vocal_2");
         assert_eq!(c.names(), vec!["Kim_Vocal_2", BUILTIN_DSP]);
         assert!(Catalog::scan(dir.path(), Some("nope")).is_err());
+    }
+
+    #[test]
+    fn roformer_checkpoints_with_a_config_are_listed_with_their_stems() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = include_str!("../tests/fixtures/roformer/viperx_1297.yaml");
+        std::fs::write(dir.path().join("viperx.ckpt"), b"x").unwrap();
+        std::fs::write(dir.path().join("viperx.yaml"), yaml).unwrap();
+        // A checkpoint without its config, and one with a broken config, are not offered.
+        std::fs::write(dir.path().join("lonely.ckpt"), b"x").unwrap();
+        std::fs::write(dir.path().join("broken.safetensors"), b"x").unwrap();
+        std::fs::write(dir.path().join("broken.yaml"), "model: [").unwrap();
+        let c = Catalog::scan(dir.path(), Some("viperx")).unwrap();
+        assert_eq!(c.names(), vec!["viperx", BUILTIN_DSP]);
+        let m = c.get("viperx").unwrap();
+        assert_eq!(m.family, "bs-roformer");
+        assert_eq!(m.stems, vec!["vocals", "instrumental"]);
+        assert_eq!(m.params["chunk_size"], 352_800);
+        assert_eq!(m.files[0], dir.path().join("viperx.ckpt"));
     }
 }

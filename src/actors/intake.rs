@@ -366,7 +366,7 @@ pub fn validate(
                         "stems must be strings",
                     ));
                 };
-                if !model_info.stems.contains(&s.as_str()) {
+                if !model_info.has_stem(s) {
                     return Err(IntakeError::invalid(
                         "stems",
                         "unknown_stem",
@@ -448,7 +448,7 @@ pub fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{BUILTIN_DSP, ModelInfo, STEMS};
+    use crate::models::{BUILTIN_DSP, ModelInfo};
     use serde_json::json;
 
     fn cfg(allow_private: bool) -> IntakeConfig {
@@ -460,12 +460,7 @@ mod tests {
             max_queue_depth: 0,
             catalog: Arc::new(Catalog {
                 default: BUILTIN_DSP.into(),
-                models: vec![ModelInfo {
-                    name: BUILTIN_DSP.into(),
-                    kind: "dsp",
-                    stems: STEMS.to_vec(),
-                    file: None,
-                }],
+                models: vec![ModelInfo::builtin()],
             }),
         }
     }

@@ -257,6 +257,7 @@ impl Env {
             "status": if failed { "failed" } else { "succeeded" },
             "priority": rec.request.priority,
             "model": result.get("model").cloned().unwrap_or_else(|| json!(rec.request.model)),
+            "family": result.get("family").cloned().unwrap_or(Value::Null),
             "stems": if failed { json!({}) } else { result["stems"].clone() },
             "duration_seconds": result.get("duration_seconds").cloned().unwrap_or(Value::Null),
             "timings": {

@@ -244,6 +244,10 @@ impl Separator for MdxSeparator {
         &self.model.name
     }
 
+    fn family(&self) -> &'static str {
+        "mdx-net"
+    }
+
     fn separate(
         &mut self,
         input: &mut dyn FrameSource,
@@ -266,6 +270,74 @@ impl Separator for MdxSeparator {
             secondary,
             listener,
             &mut self.phases,
+        )
+    }
+}
+
+/// The MDX-Net family: UVR's `.onnx` models, with their parameters from a sidecar or UVR's
+/// `model_data.json`.
+#[derive(Debug)]
+pub struct MdxFamily;
+
+impl crate::families::Family for MdxFamily {
+    fn names(&self) -> &'static [&'static str] {
+        &["mdx-net"]
+    }
+
+    fn discover(&self, files: &[PathBuf]) -> Vec<crate::models::ModelInfo> {
+        files
+            .iter()
+            .filter(|p| crate::families::has_extension(p, &["onnx"]))
+            .filter_map(|p| {
+                Some(crate::models::ModelInfo {
+                    name: crate::families::stem_of(p)?,
+                    family: "mdx-net",
+                    stems: crate::models::STEMS.iter().map(|s| s.to_string()).collect(),
+                    // Known without loading only when a sidecar or UVR's table has them.
+                    params: parameters(p)
+                        .ok()
+                        .map(|m| {
+                            serde_json::json!({
+                                "n_fft": m.n_fft,
+                                "hop": m.hop,
+                                "compensate": m.compensate,
+                                "primary_stem": m.primary_stem,
+                            })
+                        })
+                        .unwrap_or_default(),
+                    files: vec![p.clone()],
+                })
+            })
+            .collect()
+    }
+
+    #[cfg(feature = "mdx")]
+    fn load(
+        &self,
+        model: &crate::models::ModelInfo,
+        device: &Device,
+        _opts: &crate::families::RunOptions,
+    ) -> Result<Arc<dyn crate::families::LoadedModel>, SeparateError> {
+        let m = MdxModel::load(&model.files[0], device)
+            .map_err(|e| SeparateError::Model(e.to_string()))?;
+        Ok(Arc::new(m))
+    }
+}
+
+#[cfg(feature = "mdx")]
+impl crate::families::LoadedModel for MdxModel {
+    fn warm_up(&self, opts: &crate::families::RunOptions) {
+        MdxModel::warm_up(self, &opts.mdx);
+    }
+
+    fn separator(self: Arc<Self>, opts: &crate::families::RunOptions) -> Box<dyn Separator> {
+        Box::new(MdxSeparator::new(self, opts.mdx.clone()))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "dim_f {} dim_t {} n_fft {}",
+            self.net.dim_f, self.net.dim_t, self.params.n_fft
         )
     }
 }

@@ -85,7 +85,7 @@ impl ProcessorConfig {
 }
 
 /// The separation engine from `SEPARATOR_DEVICE`, `SEPARATOR_CACHE_DIR`,
-/// `SEPARATOR_AUTOTUNE` and the `MDX_*` demix options.
+/// `SEPARATOR_AUTOTUNE`, the `MDX_*` demix options and the `ROFORMER_*` overrides.
 pub fn engine(
     env: &Env,
     catalog: std::sync::Arc<crate::models::Catalog>,
@@ -118,7 +118,19 @@ pub fn engine(
             })
             .transpose()?,
     };
-    Ok(crate::engine::Engine::new(catalog, choice, opts).with_tuning(tuning))
+    let roformer = crate::roformer::RoformerOptions {
+        num_overlap: env
+            .get("ROFORMER_NUM_OVERLAP")
+            .map(|_| env.ranged("ROFORMER_NUM_OVERLAP", 2usize, 1..=64))
+            .transpose()?,
+        batch_size: env
+            .get("ROFORMER_BATCH_SIZE")
+            .map(|_| env.ranged("ROFORMER_BATCH_SIZE", 1usize, 1..=64))
+            .transpose()?,
+    };
+    Ok(crate::engine::Engine::new(catalog, choice, opts)
+        .with_tuning(tuning)
+        .with_roformer(roformer))
 }
 
 /// The HTTP client limits shared by downloads and webhooks.

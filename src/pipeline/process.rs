@@ -142,7 +142,7 @@ pub struct SeparateJob<'a> {
     pub engine: &'a crate::engine::Engine,
 }
 
-/// Decodes, separates and writes stems (blocking). Returns a JSON summary: model, stems
+/// Decodes, separates and writes stems (blocking). Returns a JSON summary: model, family, stems
 /// (file, bytes, sha256), duration, timings (`model_seconds`: loading and warming up the
 /// model, non-zero only for a process's first job with it; `separation_seconds`: decoding,
 /// separating and writing) and the real-time factor of the separation.
@@ -159,10 +159,7 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
             false,
         )
     })?;
-    let wanted: Vec<String> = job
-        .stems
-        .clone()
-        .unwrap_or_else(|| separator.stems().iter().map(|s| s.to_string()).collect());
+    let wanted: Vec<String> = job.stems.clone().unwrap_or_else(|| separator.stems());
     let mut reader = AudioReader::open(job.source, job.max_seconds)
         .map_err(|e| JobError::from(SeparateError::from(e)))?;
     let source_rate = reader.source_rate();
@@ -171,12 +168,12 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
     let mut writers = Vec::new();
     let mut files = Vec::new();
     for stem in separator.stems() {
-        if wanted.iter().any(|w| w == stem) {
+        if wanted.contains(&stem) {
             let path = job.out_dir.join(format!("{stem}.{}", format.extension()));
             let w = StemWriter::create(&path, format)
                 .map_err(|e| JobError::internal(format!("creating {}: {e}", path.display())))?;
             writers.push(Some(w));
-            files.push((stem.to_string(), path));
+            files.push((stem, path));
         } else {
             writers.push(None);
         }
@@ -208,6 +205,7 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
     let duration = frames as f64 / f64::from(SAMPLE_RATE);
     Ok(json!({
         "model": separator.name(),
+        "family": separator.family(),
         "stems": stems,
         "format": job.output_format.clone().unwrap_or_else(|| "wav".into()),
         "duration_seconds": round3(duration),

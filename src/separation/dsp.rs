@@ -217,6 +217,10 @@ impl Separator for CentreExtractor {
         crate::models::BUILTIN_DSP
     }
 
+    fn family(&self) -> &'static str {
+        "dsp"
+    }
+
     fn separate(
         &mut self,
         input: &mut dyn FrameSource,

@@ -122,7 +122,9 @@ pub enum SeparateError {
     #[error("separation failed: {0}")]
     Model(String),
     /// The model is installed but this build cannot run it (built without the `mdx` feature).
-    #[error("model {0:?} is unavailable: this build has no MDX-Net support (the `mdx` feature)")]
+    #[error(
+        "model {0:?} is unavailable: this build has no neural engine for MDX-Net or Roformer models (the `mdx` feature)"
+    )]
     Unavailable(String),
 }
 
@@ -143,9 +145,11 @@ impl SeparateError {
 pub trait Separator: Send {
     /// The model name.
     fn name(&self) -> &str;
-    /// The stems it produces, in sink index order: the catalogue's two by default.
-    fn stems(&self) -> &'static [&'static str] {
-        crate::models::STEMS
+    /// The model family ("dsp", "mdx-net", "bs-roformer", ...).
+    fn family(&self) -> &'static str;
+    /// The stems it produces, in sink index order: `vocals`, `instrumental` by default.
+    fn stems(&self) -> Vec<String> {
+        crate::models::STEMS.iter().map(|s| s.to_string()).collect()
     }
     /// Separates the whole input; returns the number of frames written per stem (equal to
     /// the input length).

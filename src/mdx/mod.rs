@@ -19,6 +19,7 @@
 #[cfg(feature = "mdx")]
 pub mod demix;
 pub mod device;
+#[cfg_attr(not(feature = "mdx"), allow(dead_code))]
 mod fold;
 #[cfg(feature = "mdx")]
 pub mod graph;

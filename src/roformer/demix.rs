@@ -322,7 +322,13 @@ impl Stream {
         Ok(stems.first().map_or(0, |f| f.len() as u64))
     }
 
+    /// Forgets input before padded position `p`, keeping, until the input ends, the last
+    /// `border + 1` samples the right padding reflects.
     fn drop_before(&mut self, p: usize) {
+        let p = match self.total {
+            Some(_) => p,
+            None => p.min((self.base + self.input.len()).saturating_sub(self.plan.border() + 1)),
+        };
         while self.base < p && !self.input.is_empty() {
             self.input.pop_front();
             self.base += 1;
@@ -370,6 +376,12 @@ mod tests {
             assert_eq!(sink.stems[0].len(), len);
             assert_eq!(sink.stems[1].len(), len);
             for (i, (a, b)) in mix.iter().zip(&sink.stems[0]).enumerate() {
+                // The reference's quirk: an unpadded mix whose first batch holds more than the
+                // first chunk fades that chunk in, so sample 0 has no weight and is 0.
+                if i == 0 && len <= 2 * 300 && starts_batched(len, batch) {
+                    assert_eq!(*b, [0.0, 0.0]);
+                    continue;
+                }
                 assert!(
                     (a[0] - b[0]).abs() < 1e-5 && (a[1] - b[1]).abs() < 1e-5,
                     "len {len} batch {batch} sample {i}: {a:?} vs {b:?}"
@@ -377,6 +389,11 @@ mod tests {
             }
             assert!(sink.stems[1].iter().all(|f| f[0].abs() < 1e-5));
         }
+    }
+
+    /// Whether the first batch of an unpadded mix of `len` holds a second chunk.
+    fn starts_batched(len: usize, batch: usize) -> bool {
+        batch > 1 && len > 100
     }
 
     #[test]

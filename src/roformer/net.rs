@@ -130,21 +130,25 @@ fn rotary_freqs(d: usize) -> Vec<f32> {
 
 enum Mixer {
     /// Softmax attention over the sequence, rotary positions, per-head sigmoid gates.
-    Attention {
-        norm: Tensor<1>,
-        qkv: Tensor<2>,
-        gates: Tensor<2>,
-        gates_bias: Tensor<1>,
-        out: Tensor<2>,
-    },
+    Attention(Box<Attention>),
     /// Attention across features ("linear attention"): l2-normalised queries and keys,
     /// learned per-head temperature, scale 8.
-    Linear {
-        norm: Tensor<1>,
-        qkv: Tensor<2>,
-        temperature: Tensor<4>,
-        out: Tensor<2>,
-    },
+    Linear(Box<LinearAttention>),
+}
+
+struct Attention {
+    norm: Tensor<1>,
+    qkv: Tensor<2>,
+    gates: Tensor<2>,
+    gates_bias: Tensor<1>,
+    out: Tensor<2>,
+}
+
+struct LinearAttention {
+    norm: Tensor<1>,
+    qkv: Tensor<2>,
+    temperature: Tensor<4>,
+    out: Tensor<2>,
 }
 
 struct FeedForward {
@@ -190,13 +194,14 @@ impl Transformer {
         let [b, n, _] = x.dims();
         let (h, d) = (self.heads, self.dim_head);
         match mixer {
-            Mixer::Attention {
-                norm,
-                qkv,
-                gates,
-                gates_bias,
-                out,
-            } => {
+            Mixer::Attention(a) => {
+                let Attention {
+                    norm,
+                    qkv,
+                    gates,
+                    gates_bias,
+                    out,
+                } = a.as_ref();
                 let x = rms_norm(x, norm);
                 let qkv = linear(x.clone(), qkv.clone(), None)
                     .reshape([b, n, 3, h, d])
@@ -214,12 +219,13 @@ impl Transformer {
                 let o = o.mul(g).swap_dims(1, 2).reshape([b, n, h * d]);
                 linear(o, out.clone(), None)
             }
-            Mixer::Linear {
-                norm,
-                qkv,
-                temperature,
-                out,
-            } => {
+            Mixer::Linear(a) => {
+                let LinearAttention {
+                    norm,
+                    qkv,
+                    temperature,
+                    out,
+                } = a.as_ref();
                 let x = rms_norm(x, norm);
                 let qkv = linear(x, qkv.clone(), None)
                     .reshape([b, n, 3, h, d])
@@ -401,16 +407,16 @@ impl RoformerNet {
                                 _ => freqs = Some(f),
                             }
                         }
-                        Mixer::Attention {
+                        Mixer::Attention(Box::new(Attention {
                             norm: l.gain(&format!("{a}.norm.gamma"), dim)?,
                             qkv: l.linear(&format!("{a}.to_qkv.weight"), dim, 3 * h * dh)?,
                             gates: l.linear(&format!("{a}.to_gates.weight"), dim, h)?,
                             gates_bias: l.vector(&format!("{a}.to_gates.bias"), h)?,
                             out: l.linear(&format!("{a}.to_out.0.weight"), h * dh, dim)?,
-                        }
+                        }))
                     } else {
                         let t = l.array(&format!("{a}.temperature"), &[h, 1, 1])?;
-                        Mixer::Linear {
+                        Mixer::Linear(Box::new(LinearAttention {
                             norm: l.gain(&format!("{a}.norm.gamma"), dim)?,
                             qkv: l.linear(&format!("{a}.to_qkv.0.weight"), dim, 3 * h * dh)?,
                             temperature: Tensor::from_data(
@@ -418,7 +424,7 @@ impl RoformerNet {
                                 device,
                             ),
                             out: l.linear(&format!("{a}.to_out.1.weight"), h * dh, dim)?,
-                        }
+                        }))
                     };
                     let f = format!("{p}.layers.{j}.1.net");
                     let inner = 4 * dim;

@@ -95,10 +95,9 @@ fn unnest(mut t: HashMap<String, Array>) -> HashMap<String, Array> {
     if !t.contains_key(PROBE) {
         for nest in NESTS {
             let prefix = format!("{nest}.");
-            if t.keys().any(|k| {
-                k.strip_prefix(&prefix)
-                    .is_some_and(|rest| ends_at_probe(rest))
-            }) {
+            if t.keys()
+                .any(|k| k.strip_prefix(&prefix).is_some_and(ends_at_probe))
+            {
                 t = t
                     .into_iter()
                     .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v)))

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# MDX-Net on a GPU, beside PyTorch, in one run: start-up (first start with an empty tuning
-# cache, then a new process on the filled cache), steady-state speed at batch 1 and 4, and
-# fidelity (SNR of the stems against an exact fp32 CPU reference), at the Kim_Vocal_2 geometry
-# with random weights. Everything it measures goes to OUT (logs and summary.txt).
+# MDX-Net and BS-Roformer on a GPU, beside PyTorch, in one run: start-up (first start with an
+# empty tuning cache, then a new process on the filled cache), steady-state speed at batch 1
+# and 4, and fidelity (SNR of the stems against an exact fp32 CPU reference), at the
+# Kim_Vocal_2 geometry with random weights; then BS-Roformer at viperx 1297's geometry
+# (random weights): PyTorch CUDA fp32 beside uvr, and the SNR of uvr's stems against PyTorch's.
+# Everything it measures goes to OUT (logs and summary.txt).
 #
 #   scripts/gpu_bench.sh prepare      # here: stripped release build, the PyTorch anchor and
 #                                     # the Vulkan loader packages, into .gpu-bench/ and .gl/
@@ -32,6 +34,10 @@ prepare() {
   strip "$bundle/uvr"
   xz -T0 -6 "$bundle/uvr"
   cp "$anchor"/*.py "$bundle/anchor/"
+  mkdir -p "$bundle/roformer"
+  cp models/reference/roformer_reference.py models/reference/bench_roformer_torch.py \
+    tests/fixtures/roformer/viperx_1297.yaml tests/fixtures/roformer/bs.ckpt \
+    tests/fixtures/roformer/bs.yaml "$bundle/roformer/"
   if [[ ! -d .gl ]] || ! compgen -G ".gl/libvulkan1_*.deb" >/dev/null; then
     mkdir -p .gl /tmp/amd64/partial
     local o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
@@ -185,8 +191,50 @@ for b in (1, 4):
     print(f"ratio uvr / PyTorch, batch {b}: {sep / exact:.2f}x (TF32 off), {sep / tf32:.2f}x (TF32 on)")
 EOF
   fi
+  roformer "$w" "$uvr" "$device" "$torch" "$seconds" "$out"
   rm -rf "$w"
   echo "summary: $summary"
+}
+
+# BS-Roformer: PyTorch (MSST's demix, SDPA attention, fp32, TF32 off) beside uvr on one
+# checkpoint and one clip; uvr's stems against PyTorch's.
+roformer() {
+  local w=$1 uvr=$2 device=$3 torch=$4 seconds=$5 out=$6
+  local src=$bundle/roformer
+  [[ -d $src ]] || src=$root/models/reference
+  local rw=$w/roformer
+  mkdir -p "$rw/models"
+  if ((torch)); then
+    python3 "$src/bench_roformer_torch.py" make-checkpoint "$src/viperx_1297.yaml" \
+      "$rw/models/viperx.ckpt" >"$out/roformer_make.log" 2>&1
+    say "BS-Roformer, viperx 1297 geometry (dim 512, depth 12, 62 bands, 8 s chunks), random weights:"
+    python3 "$src/bench_roformer_torch.py" time "$rw/models/viperx.ckpt" "$seconds" "$(nproc)" \
+      --device cuda --attention sdpa --save "$rw/torch.npy" "$w/mix.wav" \
+      >"$out/roformer_torch.json" 2>"$out/roformer_torch.log"
+    say "  PyTorch CUDA fp32 (TF32 off): $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seconds_per_minute'])" "$out/roformer_torch.json") s per minute of audio"
+  else
+    local f=${GPU_BENCH_ROFORMER_FIXTURES:-tests/fixtures/roformer}
+    [[ -f $src/bs.ckpt ]] && f=$src
+    cp "$f/bs.ckpt" "$rw/models/viperx.ckpt"
+    cp "$f/bs.yaml" "$rw/models/viperx.yaml"
+    say "Roformer (rehearsal: tiny test model):"
+  fi
+  local env=(env MODELS_DIR="$rw/models" SEPARATOR_DEVICE="$device" SEPARATOR_CACHE_DIR="$w/cache"
+    RUST_LOG="${RUST_LOG:-info}")
+  local t sep
+  t=$(timed "$out/roformer_uvr_first.log" "${env[@]}" "$uvr" separate "$w/short.wav" --model viperx \
+    --format wav32f -o "$rw/first")
+  say "  uvr, first start, short clip: ${t} s end to end; model load + warm-up" \
+    "$(summary_field "$out/roformer_uvr_first.log" timings.model_seconds) s"
+  "${env[@]}" "$uvr" separate "$w/mix.wav" --model viperx --format wav32f -o "$rw/steady" \
+    >"$out/roformer_uvr_steady.log" 2>&1
+  sep=$(summary_field "$out/roformer_uvr_steady.log" timings.separation_seconds)
+  say "  uvr on $device, fp32: $(python3 -c "print(f'{$sep * 60 / $seconds:.3f}')") s per minute of audio" \
+    "(separation ${sep} s for ${seconds} s)"
+  if ((torch)); then
+    say "  ratio uvr / PyTorch: $(python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['seconds_per_minute']; print(f'{$sep * 60 / $seconds / t:.2f}x')" "$out/roformer_torch.json")"
+    say "  SNR of uvr's vocals against PyTorch's: $(python3 "$bundle/anchor/compare.py" "$rw/torch.npy" "$rw/steady/vocals.wav" 2>/dev/null || echo unavailable)"
+  fi
 }
 
 case ${1:-} in

@@ -5,7 +5,7 @@ Uses the networks and MSST's generic-mode demix from roformer_reference.py.
 
     bench_roformer_torch.py make-checkpoint CONFIG.yaml OUT.ckpt [--seed N]
     bench_roformer_torch.py time CHECKPOINT.ckpt SECONDS THREADS [--batch B] [--overlap N]
-                                 [--device cpu|cuda] [--repeat R]
+                                 [--device cpu|cuda] [--repeat R] [--attention explicit|sdpa]
 
 make-checkpoint builds the network of an MSST config (Mel-Band Roformer when the model section
 has ``num_bands``, BS-Roformer otherwise) with torch's default initialisation under
@@ -16,7 +16,8 @@ copies the config, unchanged, to OUT.yaml.
 time loads CHECKPOINT.ckpt and CHECKPOINT.yaml, does one warm-up forward of [B, 2, chunk_size],
 then demixes a synthetic stereo clip of SECONDS seconds at 44.1 kHz R times in float32 under
 torch.inference_mode() and prints one JSON line with the best wall time to stdout. Progress goes
-to stderr. On cuda, TF32 is disabled for matmul and cuDNN.
+to stderr. On cuda, TF32 is disabled for matmul and cuDNN. ``--attention sdpa`` replaces the
+reference's explicit softmax attention by F.scaled_dot_product_attention (MSST's flash_attn path).
 """
 
 import argparse
@@ -152,6 +153,11 @@ class OnDevice(torch.nn.Module):
         return out.cpu()
 
 
+def sdpa_attention(q, k, v, scale):
+    """softmax(q k^T * scale) v through F.scaled_dot_product_attention (MSST's flash_attn: true path)."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -172,6 +178,8 @@ def time_demix(args):
     chunk = cfg["inference"].get("chunk_size", cfg["audio"]["chunk_size"])
 
     torch.set_num_threads(args.threads)
+    if args.attention == "sdpa":
+        ref.softmax_attention = sdpa_attention  # looked up at call time by Attention and LinearAttention
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: torch.cuda.is_available() is False")
@@ -227,6 +235,7 @@ def time_demix(args):
         "device": args.device,
         "torch": torch.__version__,
         "chunks": len(plan["chunks"]),
+        "attention": args.attention,
     }
     if args.device == "cuda":
         result["tf32"] = False
@@ -250,6 +259,9 @@ def main():
     tm.add_argument("--overlap", type=int)
     tm.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     tm.add_argument("--repeat", type=int, default=1)
+    tm.add_argument("--attention", choices=("explicit", "sdpa"), default="explicit",
+                    help="explicit: the reference's matmul-softmax-matmul (default); sdpa: "
+                         "F.scaled_dot_product_attention, as MSST with flash_attn: true")
     args = ap.parse_args()
     if args.cmd == "make-checkpoint":
         return make_checkpoint(args)

@@ -105,6 +105,25 @@ fn check_device(choice: DeviceChoice, models: &[&str]) {
                     "{name} {choice:?} denoise={}: {key} SNR {snr:.1} dB",
                     de["denoise"]
                 );
+                // Also every stretch of 1,000 samples (several chunks' seams each), so a
+                // local error cannot hide in a good whole-clip figure.
+                for c in 0..2 {
+                    for start in (0..n).step_by(1000) {
+                        let end = (start + 1000).min(n);
+                        let (w, g) = (
+                            &want[c * n + start..c * n + end],
+                            &got[c * n + start..c * n + end],
+                        );
+                        if w.iter().map(|v| v * v).sum::<f32>() < 1e-6 {
+                            continue;
+                        }
+                        let snr = snr_db(w, g);
+                        assert!(
+                            snr > 50.0,
+                            "{name} {choice:?} {key}: channel {c} samples {start}..{end}: {snr:.1} dB"
+                        );
+                    }
+                }
             }
         }
     }

@@ -535,6 +535,9 @@ mod tests {
             .zip(&want)
             .map(|(g, w)| (g - w).abs())
             .fold(0.0f32, f32::max);
-        assert!(max < 1e-5 * scale, "iSTFT: {max} against a scale of {scale}");
+        assert!(
+            max < 1e-5 * scale,
+            "iSTFT: {max} against a scale of {scale}"
+        );
     }
 }

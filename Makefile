@@ -8,6 +8,8 @@ CARGO ?= cargo
 ## test: install missing system packages (redis-server), then run every test
 test: deps
 	CUBECL_AUTOTUNE_LEVEL=minimal $(CARGO) test --locked --all-targets
+	# Without the neural engine (no Burn): the library's own tests.
+	$(CARGO) test --locked --no-default-features --lib
 
 deps:
 	@./scripts/deps.sh

@@ -2,19 +2,37 @@
 //!
 //! A family finds its models among the files of `MODELS_DIR` (the catalogue lists them with
 //! their stems and parameters) and loads one onto a device, giving a model that builds
-//! separators. Adding a family is a module implementing [`Family`] and a line in
+//! separators. Adding a family is its module (the network and its loader), a [`Family`] here and a line in
 //! [`FAMILIES`].
 
 use std::path::{Path, PathBuf};
 #[cfg(feature = "mdx")]
 use std::sync::Arc;
 
-use crate::models::ModelInfo;
 #[cfg(feature = "mdx")]
 use crate::separation::{SeparateError, Separator};
 
+/// One model.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct ModelInfo {
+    /// The name clients pass as `model`.
+    pub name: String,
+    /// "dsp", "mdx-net", "bs-roformer" or "mel-band-roformer".
+    pub family: &'static str,
+    /// The stems it produces.
+    pub stems: Vec<String>,
+    /// The model's parameters (geometry, demix settings), as far as they are known without
+    /// loading it.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub params: serde_json::Value,
+    /// The model's files (weights first; none for the built-in separator; not shown by the
+    /// API).
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
+}
+
 /// The families, in the order their models are listed.
-pub static FAMILIES: &[&dyn Family] = &[&crate::mdx::MdxFamily, &crate::roformer::RoformerFamily];
+pub static FAMILIES: &[&dyn Family] = &[&MdxFamily, &RoformerFamily];
 
 /// The family whose models are called `name` in the catalogue.
 pub fn family(name: &str) -> Option<&'static dyn Family> {
@@ -71,4 +89,161 @@ pub fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// The MDX-Net family: UVR's `.onnx` models, with their parameters from a sidecar or UVR's
+/// `model_data.json`.
+#[derive(Debug)]
+pub struct MdxFamily;
+
+impl Family for MdxFamily {
+    fn names(&self) -> &'static [&'static str] {
+        &["mdx-net"]
+    }
+
+    fn discover(&self, files: &[PathBuf]) -> Vec<ModelInfo> {
+        files
+            .iter()
+            .filter(|p| has_extension(p, &["onnx"]))
+            .filter_map(|p| {
+                Some(ModelInfo {
+                    name: stem_of(p)?,
+                    family: "mdx-net",
+                    stems: crate::separation::STEMS
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                    // Known without loading only when a sidecar or UVR's table has them.
+                    params: crate::mdx::parameters(p)
+                        .ok()
+                        .map(|m| {
+                            serde_json::json!({
+                                "n_fft": m.n_fft,
+                                "hop": m.hop,
+                                "compensate": m.compensate,
+                                "primary_stem": m.primary_stem,
+                            })
+                        })
+                        .unwrap_or_default(),
+                    files: vec![p.clone()],
+                })
+            })
+            .collect()
+    }
+
+    #[cfg(feature = "mdx")]
+    fn load(
+        &self,
+        model: &ModelInfo,
+        device: &burn::tensor::Device,
+        _opts: &RunOptions,
+    ) -> Result<Arc<dyn LoadedModel>, SeparateError> {
+        let m = crate::mdx::MdxModel::load(&model.files[0], device)
+            .map_err(|e| SeparateError::Model(e.to_string()))?;
+        Ok(Arc::new(m))
+    }
+}
+
+#[cfg(feature = "mdx")]
+impl LoadedModel for crate::mdx::MdxModel {
+    fn warm_up(&self, opts: &RunOptions) {
+        crate::mdx::MdxModel::warm_up(self, &opts.mdx);
+    }
+
+    fn separator(self: Arc<Self>, opts: &RunOptions) -> Box<dyn Separator> {
+        Box::new(crate::mdx::MdxSeparator::new(self, opts.mdx.clone()))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "dim_f {} dim_t {} n_fft {}",
+            self.net.dim_f, self.net.dim_t, self.params.n_fft
+        )
+    }
+}
+
+/// The Roformer family: a checkpoint with its YAML config beside it.
+#[derive(Debug)]
+pub struct RoformerFamily;
+
+impl Family for RoformerFamily {
+    fn names(&self) -> &'static [&'static str] {
+        &["bs-roformer", "mel-band-roformer"]
+    }
+
+    fn discover(&self, files: &[PathBuf]) -> Vec<ModelInfo> {
+        let mut out: Vec<ModelInfo> = Vec::new();
+        for ext in crate::roformer::CHECKPOINT_EXTENSIONS {
+            for p in files.iter().filter(|p| has_extension(p, &[ext])) {
+                let Some(name) = stem_of(p) else {
+                    continue;
+                };
+                let Some(yaml) = crate::roformer::config_path(p) else {
+                    continue;
+                };
+                if out.iter().any(|m| m.name == name) {
+                    continue;
+                }
+                match crate::roformer::RoformerConfig::read(&yaml) {
+                    Ok(c) => out.push(ModelInfo {
+                        name,
+                        family: c.variant.family(),
+                        stems: c.stems(),
+                        params: serde_json::json!({
+                            "dim": c.dim,
+                            "depth": c.depth,
+                            "n_fft": c.n_fft,
+                            "hop": c.hop,
+                            "chunk_size": c.chunk_size,
+                            "num_overlap": c.num_overlap,
+                            "batch_size": c.batch_size,
+                            "sample_rate": c.sample_rate,
+                        }),
+                        files: vec![p.clone(), yaml],
+                    }),
+                    Err(e) => tracing::warn!(
+                        checkpoint = %p.display(),
+                        error = %e,
+                        "Roformer checkpoint skipped: its config cannot be used"
+                    ),
+                }
+            }
+        }
+        out
+    }
+
+    #[cfg(feature = "mdx")]
+    fn load(
+        &self,
+        model: &ModelInfo,
+        device: &burn::tensor::Device,
+        _opts: &RunOptions,
+    ) -> Result<Arc<dyn LoadedModel>, SeparateError> {
+        let m = crate::roformer::RoformerModel::load(&model.files[0], device)
+            .map_err(|e| SeparateError::Model(e.to_string()))?;
+        Ok(Arc::new(m))
+    }
+}
+
+#[cfg(feature = "mdx")]
+impl LoadedModel for crate::roformer::RoformerModel {
+    fn warm_up(&self, opts: &RunOptions) {
+        crate::roformer::RoformerModel::warm_up(self, &opts.roformer);
+    }
+
+    fn separator(self: Arc<Self>, opts: &RunOptions) -> Box<dyn Separator> {
+        Box::new(crate::roformer::RoformerSeparator::new(self, opts.roformer))
+    }
+
+    fn describe(&self) -> String {
+        let c = self.config();
+        format!(
+            "{} dim {} depth {} bands {} chunk {}",
+            c.variant.family(),
+            c.dim,
+            c.depth,
+            self.net.layout.bands.len(),
+            c.chunk_size
+        )
+    }
 }

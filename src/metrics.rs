@@ -10,6 +10,8 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::queue::{Maintenance, Outcome, QueueStats, StageStats};
+/// The queue's own counters (named beside the code that counts them).
+pub use crate::queue::{REDIS_READONLY_REPLAYS, REDIS_REPLICATION_SHORTFALLS};
 use crate::task::Priority;
 
 /// HTTP requests handled, by route template, method and status.
@@ -42,10 +44,6 @@ pub const ACTOR_STARTS: &str = "uvr_actor_starts_total";
 pub const ACTOR_RESTARTS: &str = "uvr_actor_restarts_total";
 /// Whether Redis answered the last probe (1) or not (0).
 pub const REDIS_UP: &str = "uvr_redis_up";
-/// Commands replayed on the master after a demoted one answered `READONLY`.
-pub const REDIS_READONLY_REPLAYS: &str = "uvr_redis_readonly_replays_total";
-/// New tasks that fewer than `REDIS_WAIT_REPLICAS` replicas confirmed in time.
-pub const REDIS_REPLICATION_SHORTFALLS: &str = "uvr_redis_replication_shortfalls_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

@@ -8,33 +8,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-/// The built-in separator's name.
-pub const BUILTIN_DSP: &str = "dsp-centre";
-
 /// Stems of the built-in separator and of MDX-Net models.
-pub const STEMS: &[&str] = &["vocals", "instrumental"];
+pub use crate::separation::STEMS;
+/// The built-in separator's name.
+pub use crate::separation::dsp::NAME as BUILTIN_DSP;
 
 /// Output formats the stem writer supports.
 pub const OUTPUT_FORMATS: &[&str] = &["wav", "wav16", "wav24", "wav32f"];
 
-/// One model.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ModelInfo {
-    /// The name clients pass as `model`.
-    pub name: String,
-    /// "dsp", "mdx-net", "bs-roformer" or "mel-band-roformer".
-    pub family: &'static str,
-    /// The stems it produces.
-    pub stems: Vec<String>,
-    /// The model's parameters (geometry, demix settings), as far as they are known without
-    /// loading it.
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub params: serde_json::Value,
-    /// The model's files (weights first; none for the built-in separator; not shown by the
-    /// API).
-    #[serde(skip)]
-    pub files: Vec<PathBuf>,
-}
+pub use crate::families::ModelInfo;
 
 impl ModelInfo {
     /// The built-in separator.

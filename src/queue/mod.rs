@@ -34,6 +34,11 @@ pub use pool::Pool;
 use pool::{Conn, Manager};
 use target::Target;
 
+/// Commands replayed on the master after a demoted one answered `READONLY`.
+pub const REDIS_READONLY_REPLAYS: &str = "uvr_redis_readonly_replays_total";
+/// New tasks that fewer than `REDIS_WAIT_REPLICAS` replicas confirmed in time.
+pub const REDIS_REPLICATION_SHORTFALLS: &str = "uvr_redis_replication_shortfalls_total";
+
 /// Errors of the queue layer.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -1084,7 +1089,7 @@ async fn confirm_replicated(
         // Often the sign of a failover under way: this server may no longer be the master
         // the sentinels name, so the next operation should ask them again.
         conn.mark_broken();
-        metrics::counter!(crate::metrics::REDIS_REPLICATION_SHORTFALLS).increment(1);
+        metrics::counter!(REDIS_REPLICATION_SHORTFALLS).increment(1);
         return Err(QueueError::Unavailable(format!(
             "new task confirmed by {acked} of {replicas} replicas within {timeout:?}"
         )));

@@ -94,7 +94,7 @@ impl Replay {
                     replay = self.done,
                     "redis answered READONLY (failover); replaying on the master"
                 );
-                metrics::counter!(crate::metrics::REDIS_READONLY_REPLAYS).increment(1);
+                metrics::counter!(super::REDIS_READONLY_REPLAYS).increment(1);
                 true
             }
             _ => false,

@@ -36,6 +36,9 @@ use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use super::{Control, FrameSource, Listener, SeparateError, Separator, StemSink};
 use crate::audio::{Frame, SAMPLE_RATE};
 
+/// The built-in separator's model name.
+pub const NAME: &str = "dsp-centre";
+
 /// Tuning of the extractor.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -214,7 +217,7 @@ impl<'a> Stft<'a> {
 
 impl Separator for CentreExtractor {
     fn name(&self) -> &str {
-        crate::models::BUILTIN_DSP
+        NAME
     }
 
     fn family(&self) -> &'static str {

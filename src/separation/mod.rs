@@ -12,6 +12,9 @@ pub mod dsp;
 
 use crate::audio::{DecodeError, Frame};
 
+/// Stems of the built-in separator and of MDX-Net models.
+pub const STEMS: &[&str] = &["vocals", "instrumental"];
+
 /// What a listener wants after a progress report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -149,7 +152,7 @@ pub trait Separator: Send {
     fn family(&self) -> &'static str;
     /// The stems it produces, in sink index order: `vocals`, `instrumental` by default.
     fn stems(&self) -> Vec<String> {
-        crate::models::STEMS.iter().map(|s| s.to_string()).collect()
+        STEMS.iter().map(|s| s.to_string()).collect()
     }
     /// Separates the whole input; returns the number of frames written per stem (equal to
     /// the input length).

@@ -1,5 +1,11 @@
 //! The Redis priority queue: key names, atomic Lua moves and the operations the
-//! Scheduler actor performs. Nothing outside `actors::scheduler` calls into this module.
+//! Scheduler actor performs. The operations are called by the Scheduler alone; the API
+//! and the workers use the value types ([`types`]), the errors ([`QueueError`]) and the
+//! retry policy ([`backoff`]).
+//!
+//! - this file: the connection, and the moves (enqueue, claim, heartbeat, ack, fail,
+//!   cancel); [`reads`]: records, logs, statistics, maintenance, workers, Redis health;
+//!   `keys`, `scripts` (the Lua), `pool`, `target` (plain, Sentinel or Cluster), `wake`.
 //!
 //! Guarantees (at-least-once, never lost):
 //! - a task is always in exactly one of: a stage queue, that stage's in-flight set, its
@@ -9,10 +15,13 @@
 //!   worker whose lease expired cannot overwrite the work of the one that took over;
 //! - expired leases are returned to the queue with their original score by the reaper.
 
+mod error;
 mod keys;
 mod pool;
+pub mod reads;
 mod scripts;
 mod target;
+pub mod types;
 mod wake;
 
 use std::collections::HashMap;
@@ -21,13 +30,17 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use redis::AsyncCommands;
-use serde::Serialize;
 
 use crate::config::{Config, QueueConfig};
-use crate::task::{Priority, RecordError, Stage, Status, TaskId, TaskRecord, TaskRequest};
+use crate::task::{Priority, Stage, Status, TaskId, TaskRecord};
 
+pub use error::QueueError;
 pub use keys::Keys;
 use scripts::Scripts;
+pub use types::{
+    CancelOutcome, Claimed, Enqueued, Failure, LeaseState, Maintenance, NewTask, Outcome,
+    QueueStats, RedisInfo, StageStats, WorkerInfo,
+};
 use wake::Wakers;
 
 pub use pool::Pool;
@@ -38,259 +51,6 @@ use target::Target;
 pub const REDIS_READONLY_REPLAYS: &str = "uvr_redis_readonly_replays_total";
 /// New tasks that fewer than `REDIS_WAIT_REPLICAS` replicas confirmed in time.
 pub const REDIS_REPLICATION_SHORTFALLS: &str = "uvr_redis_replication_shortfalls_total";
-
-/// Errors of the queue layer.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// Redis cannot be reached (connection refused, pool exhausted, connection dropped).
-    #[error("redis unavailable: {0}")]
-    Unavailable(String),
-    /// A Redis operation took longer than `REDIS_TIMEOUT`.
-    #[error("redis operation timed out after {0:?}")]
-    Timeout(Duration),
-    /// Redis answered with an error (a script error, a wrong type...).
-    #[error("redis error: {0}")]
-    Redis(#[source] redis::RedisError),
-    /// The waiting queue holds `MAX_QUEUE_DEPTH` tasks already.
-    #[error("queue is full ({depth} tasks waiting)")]
-    Full {
-        /// Tasks waiting when the enqueue was refused.
-        depth: u64,
-    },
-    /// No record exists for the task (never existed, or expired after its retention).
-    #[error("task {0} not found")]
-    NotFound(TaskId),
-    /// The caller's fencing token is no longer current: its lease expired and the task was
-    /// handed to someone else, or it was finished already.
-    #[error("lease of task {0} is no longer held by this worker")]
-    StaleLease(TaskId),
-    /// The task has already ended and cannot change any more.
-    #[error("task {id} has already ended ({status})")]
-    AlreadyFinished {
-        /// The task.
-        id: TaskId,
-        /// Its final state.
-        status: Status,
-    },
-    /// A task record could not be decoded.
-    #[error("corrupt task record: {0}")]
-    Corrupt(#[from] RecordError),
-    /// A script answered something the code does not understand.
-    #[error("unexpected reply from {script}: {reply}")]
-    Protocol {
-        /// Which script.
-        script: &'static str,
-        /// What it answered.
-        reply: String,
-    },
-    /// The Scheduler actor is gone (its mailbox is closed or full).
-    #[error("scheduler unavailable: {0}")]
-    SchedulerUnavailable(String),
-}
-
-impl QueueError {
-    /// The stable error code of this error.
-    pub fn code(&self) -> &'static str {
-        match self {
-            QueueError::Unavailable(_) | QueueError::Timeout(_) => "queue_unavailable",
-            QueueError::Redis(_) | QueueError::Protocol { .. } => "queue_error",
-            QueueError::Full { .. } => "queue_full",
-            QueueError::NotFound(_) => "task_not_found",
-            QueueError::StaleLease(_) => "stale_lease",
-            QueueError::AlreadyFinished { .. } => "task_finished",
-            QueueError::Corrupt(_) => "queue_error",
-            QueueError::SchedulerUnavailable(_) => "queue_unavailable",
-        }
-    }
-
-    /// Whether the error means Redis (or the path to it) is down, not that the request was bad.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            QueueError::Unavailable(_)
-                | QueueError::Timeout(_)
-                | QueueError::SchedulerUnavailable(_)
-        )
-    }
-}
-
-impl From<redis::RedisError> for QueueError {
-    fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
-            || e.is_unrecoverable_error()
-            || pool::is_read_only(&e)
-        {
-            QueueError::Unavailable(e.to_string())
-        } else {
-            QueueError::Redis(e)
-        }
-    }
-}
-
-impl From<bb8::RunError<redis::RedisError>> for QueueError {
-    fn from(e: bb8::RunError<redis::RedisError>) -> Self {
-        match e {
-            bb8::RunError::User(e) => QueueError::Unavailable(e.to_string()),
-            bb8::RunError::TimedOut => {
-                QueueError::Unavailable("no redis connection available in time".into())
-            }
-        }
-    }
-}
-
-/// A new task to enqueue.
-#[derive(Debug, Clone)]
-pub struct NewTask {
-    /// The request.
-    pub request: TaskRequest,
-    /// An idempotency key, already scoped to the submitter; the same key returns the same task.
-    pub idempotency_key: Option<String>,
-    /// Refuse the task when this many tasks wait already (0: no limit).
-    pub max_depth: u64,
-}
-
-/// The result of an enqueue.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Enqueued {
-    /// The task id (an existing one when the idempotency key was seen before).
-    pub id: TaskId,
-    /// False when the idempotency key mapped to an existing task.
-    pub created: bool,
-    /// The score the task got (0 for an existing task).
-    pub score: f64,
-}
-
-/// A claimed task: the lease holder's view.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    /// The stage it was claimed from.
-    pub stage: Stage,
-    /// The fencing token to present on heartbeat, ack and fail.
-    pub token: u64,
-    /// The record at claim time.
-    pub record: TaskRecord,
-}
-
-impl Claimed {
-    /// The task id.
-    pub fn id(&self) -> &TaskId {
-        &self.record.id
-    }
-}
-
-/// What a heartbeat learned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseState {
-    /// The lease is renewed; carry on.
-    Held,
-    /// The lease is renewed, but the client asked to cancel: stop and report.
-    CancelRequested,
-}
-
-/// How an ack or fail ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Moved on to the next stage.
-    Advanced,
-    /// Finished (succeeded or failed for good).
-    Finished,
-    /// Scheduled for another attempt after a backoff.
-    Retrying,
-    /// Out of attempts or not retryable: in the dead-letter set.
-    DeadLettered,
-    /// A cancel had been requested: the task is now cancelled.
-    Cancelled,
-}
-
-/// A failure to report for a claimed task.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// Stable error code.
-    pub code: String,
-    /// Message for humans.
-    pub message: String,
-    /// Whether another attempt may succeed.
-    pub retryable: bool,
-    /// The delay before the next attempt; `None`: the queue's backoff for the attempt.
-    pub delay: Option<Duration>,
-}
-
-/// How a cancel request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CancelOutcome {
-    /// The task was waiting and is now cancelled.
-    Cancelled,
-    /// The task is being worked on; the worker will stop at its next heartbeat.
-    Requested,
-}
-
-/// Queue statistics of one stage.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StageStats {
-    /// The ZSet name.
-    pub queue: String,
-    /// Tasks waiting.
-    pub waiting: u64,
-    /// Tasks waiting, per priority ("5" ... "1").
-    pub waiting_by_priority: std::collections::BTreeMap<String, u64>,
-    /// Tasks claimed by a worker.
-    pub in_flight: u64,
-    /// Tasks waiting for a retry.
-    pub delayed: u64,
-    /// Dead letters kept.
-    pub dead: u64,
-    /// How long the oldest waiting task has waited, in seconds.
-    pub oldest_wait_seconds: f64,
-}
-
-/// Statistics of both stages.
-#[derive(Debug, Clone, Serialize)]
-pub struct QueueStats {
-    /// The separation stage.
-    pub separate: StageStats,
-    /// The upload/webhook stage.
-    pub deliver: StageStats,
-}
-
-/// Facts about the Redis server, for `/health`.
-#[derive(Debug, Clone, Serialize)]
-pub struct RedisInfo {
-    /// Round-trip time of a PING, in milliseconds.
-    pub latency_ms: f64,
-    /// `redis_version`.
-    pub version: String,
-    /// "aof", "rdb", "aof+rdb" or "none".
-    pub persistence: String,
-    /// `used_memory` in bytes.
-    pub used_memory_bytes: u64,
-}
-
-/// A live worker.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkerInfo {
-    /// Its id (`host-pid-role-slot`).
-    pub id: String,
-    /// Seconds since its last claim or heartbeat.
-    pub last_seen_seconds: f64,
-    /// What it reported about itself.
-    pub info: Option<serde_json::Value>,
-}
-
-/// What one maintenance pass did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Maintenance {
-    /// Expired leases returned to their queue.
-    pub requeued: u64,
-    /// Expired leases dead-lettered (out of attempts).
-    pub dead_lettered: u64,
-    /// Delayed tasks promoted back to their queue.
-    pub promoted: u64,
-}
 
 /// The queue operations. Cheap to clone.
 #[derive(Clone)]
@@ -754,324 +514,8 @@ impl Queue {
             _ => Err(protocol("cancel", &reply)),
         }
     }
-
-    /// Reads a task record and, while it waits, its 0-based position in its stage queue.
-    pub async fn get(&self, id: &TaskId) -> Result<(TaskRecord, Option<u64>), QueueError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let fields: HashMap<String, String> = conn.hgetall(self.keys.record(id)).await?;
-            if fields.is_empty() {
-                return Err(QueueError::NotFound(id.clone()));
-            }
-            let record = TaskRecord::from_fields(fields)?;
-            let position = if matches!(record.status, Status::Queued | Status::Separated) {
-                let rank: Option<u64> = conn
-                    .zrank(self.keys.queue(record.stage), id.as_str())
-                    .await?;
-                rank
-            } else {
-                None
-            };
-            Ok((record, position))
-        })
-        .await
-    }
-
-    /// Appends an entry to a JSON-list field of a task record (for example the webhook
-    /// delivery log), keeping the last `keep` entries.
-    pub async fn append_log(
-        &self,
-        id: &TaskId,
-        field: &str,
-        entry: serde_json::Value,
-        keep: usize,
-    ) -> Result<(), QueueError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let key = self.keys.record(id);
-            let current: Option<String> = conn.hget(&key, field).await?;
-            let mut list: Vec<serde_json::Value> = current
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or_default();
-            list.push(entry);
-            if list.len() > keep {
-                let drop = list.len() - keep;
-                list.drain(..drop);
-            }
-            let exists: bool = conn.exists(&key).await?;
-            if exists {
-                let _: () = conn
-                    .hset(&key, field, serde_json::Value::Array(list).to_string())
-                    .await?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Queue statistics of both stages.
-    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let now_s = redis_time(&mut conn).await?;
-            let mut out = Vec::new();
-            for stage in Stage::ALL {
-                out.push(self.stage_stats(&mut conn, stage, now_s).await?);
-            }
-            let deliver = out.pop().expect("two stages");
-            let separate = out.pop().expect("two stages");
-            Ok(QueueStats { separate, deliver })
-        })
-        .await
-    }
-
-    async fn stage_stats(
-        &self,
-        conn: &mut Conn,
-        stage: Stage,
-        now_s: f64,
-    ) -> Result<StageStats, QueueError> {
-        let queue = self.keys.queue(stage);
-        let mut pipe = redis::pipe();
-        pipe.zcard(&queue)
-            .zcard(self.keys.inflight(stage))
-            .zcard(self.keys.delayed(stage))
-            .zcard(self.keys.dead(stage));
-        for p in Priority::all() {
-            let (lo, hi) = priority_band(p, now_s);
-            pipe.zcount(&queue, format!("{lo}"), format!("({hi}"));
-            pipe.cmd("ZRANGE")
-                .arg(&queue)
-                .arg(format!("{lo}"))
-                .arg(format!("({hi}"))
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(1)
-                .arg("WITHSCORES");
-        }
-        let (waiting, in_flight, delayed, dead): (u64, u64, u64, u64);
-        let rest: Vec<redis::Value>;
-        {
-            let mut all: Vec<redis::Value> = pipe.query_async(&mut *conn).await?;
-            let tail = all.split_off(4);
-            let nums: Vec<u64> = all
-                .into_iter()
-                .map(|v| redis::from_redis_value(v).unwrap_or(0))
-                .collect();
-            (waiting, in_flight, delayed, dead) = (nums[0], nums[1], nums[2], nums[3]);
-            rest = tail;
-        }
-        let mut by_priority = std::collections::BTreeMap::new();
-        let mut oldest: f64 = 0.0;
-        for (p, chunk) in Priority::all().zip(rest.chunks(2)) {
-            let count: u64 = redis::from_redis_value(chunk[0].clone()).unwrap_or(0);
-            by_priority.insert(p.to_string(), count);
-            let first: Vec<(String, f64)> =
-                redis::from_redis_value(chunk[1].clone()).unwrap_or_default();
-            if let Some((_, score)) = first.first() {
-                let enqueued_at = score / f64::from(p.multiplier());
-                oldest = oldest.max(now_s - enqueued_at);
-            }
-        }
-        Ok(StageStats {
-            queue,
-            waiting,
-            waiting_by_priority: by_priority,
-            in_flight,
-            delayed,
-            dead,
-            oldest_wait_seconds: (oldest.max(0.0) * 1000.0).round() / 1000.0,
-        })
-    }
-
-    /// One maintenance pass over both stages: returns expired leases to their queue,
-    /// promotes due retries, trims dead letters and forgotten workers past the retention.
-    pub async fn maintain(&self) -> Result<Maintenance, QueueError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let now_ms = (redis_time(&mut conn).await? * 1000.0) as u64;
-            let mut m = Maintenance::default();
-            for stage in Stage::ALL {
-                let expired: Vec<String> = conn
-                    .zrangebyscore_limit(self.keys.inflight(stage), "-inf", now_ms, 0, 100)
-                    .await?;
-                for id in expired {
-                    let Ok(tid) = id.parse::<TaskId>() else {
-                        let _: () = conn.zrem(self.keys.inflight(stage), &id).await?;
-                        continue;
-                    };
-                    let reply: String = self
-                        .scripts
-                        .reap
-                        .key(self.keys.inflight(stage))
-                        .key(self.keys.queue(stage))
-                        .key(self.keys.dead(stage))
-                        .key(self.keys.record(&tid))
-                        .arg(&id)
-                        .arg(stage.waiting_status().as_str())
-                        .arg(self.cfg.retention.as_millis() as u64)
-                        .arg(self.keys.wake(stage))
-                        .invoke_async(&mut conn)
-                        .await?;
-                    match reply.as_str() {
-                        "requeued" => m.requeued += 1,
-                        "dead" => m.dead_lettered += 1,
-                        _ => {}
-                    }
-                }
-                let due: Vec<String> = conn
-                    .zrangebyscore_limit(self.keys.delayed(stage), "-inf", now_ms, 0, 100)
-                    .await?;
-                for id in due {
-                    let Ok(tid) = id.parse::<TaskId>() else {
-                        let _: () = conn.zrem(self.keys.delayed(stage), &id).await?;
-                        continue;
-                    };
-                    let moved: i64 = self
-                        .scripts
-                        .promote
-                        .key(self.keys.delayed(stage))
-                        .key(self.keys.queue(stage))
-                        .key(self.keys.record(&tid))
-                        .arg(&id)
-                        .arg(self.keys.wake(stage))
-                        .invoke_async(&mut conn)
-                        .await?;
-                    m.promoted += moved as u64;
-                }
-                let horizon = now_ms.saturating_sub(self.cfg.retention.as_millis() as u64);
-                let _: () = conn
-                    .zrembyscore(self.keys.dead(stage), "-inf", horizon)
-                    .await?;
-            }
-            let _: () = conn
-                .zrembyscore(
-                    self.keys.workers(),
-                    "-inf",
-                    now_ms.saturating_sub(3_600_000),
-                )
-                .await?;
-            Ok(m)
-        })
-        .await
-    }
-
-    /// Records what a worker is (role, device, models) and marks it seen now.
-    pub async fn register_worker(
-        &self,
-        worker: &str,
-        info: &serde_json::Value,
-    ) -> Result<(), QueueError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let now_ms = (redis_time(&mut conn).await? * 1000.0) as u64;
-            let mut pipe = redis::pipe();
-            pipe.hset(self.keys.workers_info(), worker, info.to_string())
-                .ignore()
-                .zadd(self.keys.workers(), worker, now_ms)
-                .ignore();
-            let _: () = pipe.query_async(&mut conn).await?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Workers seen within `window`: id, seconds since last seen, and what they reported.
-    pub async fn live_workers(&self, window: Duration) -> Result<Vec<WorkerInfo>, QueueError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let now_ms = redis_time(&mut conn).await? * 1000.0;
-            let since = now_ms - window.as_millis() as f64;
-            let seen: Vec<(String, f64)> = conn
-                .zrangebyscore_withscores(self.keys.workers(), since, "+inf")
-                .await?;
-            if seen.is_empty() {
-                return Ok(Vec::new());
-            }
-            // One round trip for every worker's self-description.
-            let ids: Vec<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
-            let infos: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(self.keys.workers_info())
-                .arg(&ids)
-                .query_async(&mut conn)
-                .await?;
-            let out = seen
-                .into_iter()
-                .zip(infos)
-                .map(|((id, t), info)| WorkerInfo {
-                    info: info.and_then(|s| serde_json::from_str(&s).ok()),
-                    last_seen_seconds: (((now_ms - t) / 1000.0).max(0.0) * 10.0).round() / 10.0,
-                    id,
-                })
-                .collect();
-            Ok(out)
-        })
-        .await
-    }
-
-    /// Pings Redis and reads its version, persistence mode and memory.
-    pub async fn info(&self) -> Result<RedisInfo, QueueError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let start = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-            let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .arg("persistence")
-                .arg("memory")
-                .query_async(&mut conn)
-                .await?;
-            let field = |name: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
-                    .map(|v| v.trim().to_string())
-            };
-            let aof = field("aof_enabled").as_deref() == Some("1");
-            let rdb = field("rdb_last_save_time").is_some()
-                && field("rdb_changes_since_last_save").is_some()
-                && {
-                    let saves: String = redis::cmd("CONFIG")
-                        .arg("GET")
-                        .arg("save")
-                        .query_async::<Vec<String>>(&mut conn)
-                        .await
-                        .map(|v| v.get(1).cloned().unwrap_or_default())
-                        .unwrap_or_default();
-                    !saves.trim().is_empty()
-                };
-            let persistence = match (aof, rdb) {
-                (true, true) => "aof+rdb",
-                (true, false) => "aof",
-                (false, true) => "rdb",
-                (false, false) => "none",
-            };
-            Ok(RedisInfo {
-                latency_ms: (latency_ms * 1000.0).round() / 1000.0,
-                version: field("redis_version").unwrap_or_default(),
-                persistence: persistence.into(),
-                used_memory_bytes: field("used_memory")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            })
-        })
-        .await
-    }
-
-    /// A cheap liveness probe: PING with the operation timeout.
-    pub async fn ping(&self) -> Result<Duration, QueueError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let start = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-            Ok(start.elapsed())
-        })
-        .await
-    }
 }
 
-/// Redis server time in seconds.
 /// `WAIT`s until `replicas` replicas hold this connection's writes. A shortfall is an
 /// error: the task exists on the master, but a failover now could lose it, so the caller
 /// must not be told it is safe (a retry with the same idempotency key finds it).
@@ -1097,6 +541,7 @@ async fn confirm_replicated(
     Ok(())
 }
 
+/// Redis server time in seconds.
 async fn redis_time(conn: &mut Conn) -> Result<f64, QueueError> {
     let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut *conn).await?;
     Ok(s as f64 + us as f64 / 1e6)

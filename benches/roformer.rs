@@ -3,7 +3,7 @@
 //! weights from `models/reference/bench_roformer_torch.py make-checkpoint`), for:
 //! (a) Burn on the CPU (flex), (b) PyTorch on the CPU with the same thread count, the same
 //! checkpoint, batch and overlap, in the same run (`bench_roformer_torch.py time`, MSST's
-//! demix), and (c) Burn on wgpu (a hardware GPU if there is one). Each side is warmed up with
+//! demix, `scaled_dot_product_attention` as MSST's `flash_attn: true` runs it), and (c) Burn on wgpu (a hardware GPU if there is one). Each side is warmed up with
 //! one forward pass at exactly the batch it then times.
 //!
 //! `cargo bench --bench roformer` (`BENCH_SECONDS` of audio, default 10; `BENCH_DEVICES`,
@@ -106,7 +106,9 @@ fn run_torch(
         .arg("time")
         .arg(checkpoint)
         .arg(seconds.to_string())
-        .arg(threads.to_string());
+        .arg(threads.to_string())
+        // MSST's configs set `flash_attn: true`: PyTorch's fused attention.
+        .args(["--attention", "sdpa"]);
     if let Some(b) = opts.batch_size {
         cmd.args(["--batch", &b.to_string()]);
     }

@@ -103,7 +103,7 @@ fn measure(input: &Path, out: &Path) -> Option<(f64, f64)> {
         .arg(env!("CARGO_BIN_EXE_uvr"))
         .arg("separate")
         .arg(input)
-        .arg("-o")
+        .args(["--overwrite", "-o"])
         .arg(out)
         .output()
         .ok()?;

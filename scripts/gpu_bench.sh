@@ -154,25 +154,25 @@ EOF
   # 1. The first start ever: an empty tuning cache.
   local t
   t=$(timed "$out/uvr_first_start.log" "${env[@]}" MDX_BATCH=4 "$uvr" separate "$w/short.wav" \
-    --model bench --format wav32f -o "$w/first")
+    --model bench --format wav32f --json -o "$w/first")
   say "uvr, first start (empty cache), ${short} s clip, batch 4: ${t} s end to end;" \
     "model load + warm-up (tuning) $(summary_field "$out/uvr_first_start.log" timings.model_seconds) s"
   # 2. A new process on the filled cache.
   t=$(timed "$out/uvr_warm_start.log" "${env[@]}" MDX_BATCH=4 "$uvr" separate "$w/short.wav" \
-    --model bench --format wav32f -o "$w/warm")
+    --model bench --format wav32f --json -o "$w/warm")
   say "uvr, new process with a warm cache, ${short} s clip, batch 4: ${t} s end to end" \
     "(goal < 5 s); model load + warm-up $(summary_field "$out/uvr_warm_start.log" timings.model_seconds) s"
   grep -h "autotune cached entries\|tuning cache" "$out/uvr_warm_start.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/  /' | tee -a "$summary" || true
   # 3. Steady state: separation time of the long clip, model loaded and warmed at its shapes.
   local b sep
   for b in 1 4; do
-    "${env[@]}" MDX_BATCH=$b "$uvr" separate "$w/mix.wav" --model bench --format wav32f \
+    "${env[@]}" MDX_BATCH=$b "$uvr" separate "$w/mix.wav" --model bench --format wav32f --json \
       -o "$w/steady$b" >"$out/uvr_steady_b$b.log" 2>&1
     sep=$(summary_field "$out/uvr_steady_b$b.log" timings.separation_seconds)
     say "uvr on $device, fp32, batch $b: $(python3 -c "print(f'{$sep * 60 / $seconds:.3f}')") s per minute of audio" \
       "(separation ${sep} s for ${seconds} s)"
     if ((torch)); then
-      say "  SNR against the CPU reference: $(python3 "$anchor/compare.py" "$w/ref_cpu.npy" "$w/steady$b/vocals.wav")"
+      say "  SNR against the CPU reference: $(python3 "$anchor/compare.py" "$w/ref_cpu.npy" "$w/steady$b/mix_(Vocals)_bench.wav")"
     fi
   done
   if ((torch)); then
@@ -209,7 +209,7 @@ roformer() {
       "$rw/models/viperx.ckpt" >"$out/roformer_make.log" 2>&1
     say "BS-Roformer, viperx 1297 geometry (dim 512, depth 12, 62 bands, 8 s chunks), random weights:"
     python3 "$src/bench_roformer_torch.py" time "$rw/models/viperx.ckpt" "$seconds" "$(nproc)" \
-      --device cuda --attention sdpa --save "$rw/torch.npy" "$w/mix.wav" \
+      --device cuda --attention sdpa --input "$w/mix.wav" --save "$rw/torch.npy" \
       >"$out/roformer_torch.json" 2>"$out/roformer_torch.log"
     say "  PyTorch CUDA fp32 (TF32 off): $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seconds_per_minute'])" "$out/roformer_torch.json") s per minute of audio"
   else
@@ -223,17 +223,17 @@ roformer() {
     RUST_LOG="${RUST_LOG:-info}")
   local t sep
   t=$(timed "$out/roformer_uvr_first.log" "${env[@]}" "$uvr" separate "$w/short.wav" --model viperx \
-    --format wav32f -o "$rw/first")
+    --format wav32f --json -o "$rw/first")
   say "  uvr, first start, short clip: ${t} s end to end; model load + warm-up" \
     "$(summary_field "$out/roformer_uvr_first.log" timings.model_seconds) s"
-  "${env[@]}" "$uvr" separate "$w/mix.wav" --model viperx --format wav32f -o "$rw/steady" \
+  "${env[@]}" "$uvr" separate "$w/mix.wav" --model viperx --format wav32f --json -o "$rw/steady" \
     >"$out/roformer_uvr_steady.log" 2>&1
   sep=$(summary_field "$out/roformer_uvr_steady.log" timings.separation_seconds)
   say "  uvr on $device, fp32: $(python3 -c "print(f'{$sep * 60 / $seconds:.3f}')") s per minute of audio" \
     "(separation ${sep} s for ${seconds} s)"
   if ((torch)); then
     say "  ratio uvr / PyTorch: $(python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['seconds_per_minute']; print(f'{$sep * 60 / $seconds / t:.2f}x')" "$out/roformer_torch.json")"
-    say "  SNR of uvr's vocals against PyTorch's: $(python3 "$bundle/anchor/compare.py" "$rw/torch.npy" "$rw/steady/vocals.wav" 2>/dev/null || echo unavailable)"
+    say "  SNR of uvr's vocals against PyTorch's: $(python3 "$bundle/anchor/compare.py" "$rw/torch.npy" "$rw/steady/mix_(Vocals)_viperx.wav" 2>/dev/null || echo unavailable)"
   fi
 }
 

@@ -38,6 +38,8 @@
 //! - [`models`]: the catalogue of installed separation models.
 //! - [`supervise`]: the restart policies of the actors, in one place.
 //! - [`service`]: process assembly: roles, start-up and the shutdown story.
+//! - [`local`]: one-off local separation (`uvr separate`): inputs expanded and checked before
+//!   any model loads, one model for all inputs, outputs named per input.
 //! - [`metrics`]: every Prometheus metric, `uvr_` prefixed.
 //! - [`telemetry`]: logging set-up for the binaries.
 
@@ -47,6 +49,7 @@ pub mod audio;
 pub mod config;
 pub mod engine;
 pub mod families;
+pub mod local;
 pub mod mdx;
 pub mod metrics;
 pub mod models;

@@ -222,63 +222,33 @@ async fn wait_for_signal() {
     }
 }
 
-/// `uvr separate <file-or-url> [-o DIR] [--model NAME] [--format wav|wav24|wav32f]`: one-off
-/// local separation without Redis. Prints the JSON summary.
-pub async fn separate_command(args: &[String]) -> anyhow::Result<()> {
-    let mut input = None;
-    let mut out_dir = std::path::PathBuf::from(".");
-    let mut model = crate::models::BUILTIN_DSP.to_string();
-    let mut format = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-o" | "--output" => out_dir = it.next().context("-o needs a directory")?.into(),
-            "--model" => model = it.next().context("--model needs a name")?.clone(),
-            "--format" => format = Some(it.next().context("--format needs a value")?.clone()),
-            "-h" | "--help" => {
-                println!(
-                    "usage: uvr separate <file-or-url> [-o DIR] [--model NAME] [--format wav|wav24|wav32f]"
-                );
-                return Ok(());
-            }
-            other if input.is_none() => input = Some(other.to_string()),
-            other => anyhow::bail!("unexpected argument {other:?}"),
+/// A binary's whole life for `roles` (`None`: from `UVR_ROLES`): logging, the actix system,
+/// [`run`], and the exit code — 2 with one line naming the variable for a bad setting, 1 for
+/// any other failure.
+pub fn main(roles: Option<Vec<Role>>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    crate::telemetry::init();
+    let env = Env::from_process();
+    let roles = match roles.map_or_else(|| Role::parse_list(&env), Ok) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("uvr: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let system = actix_web::rt::System::new();
+    match system.block_on(run(env, roles)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                2
+            } else {
+                1
+            };
+            eprintln!("uvr: {e:#}");
+            // Actors already started would be torn down outside their runtime and complain
+            // about it; nothing is in flight yet, so leave without tearing down.
+            std::process::exit(code)
         }
     }
-    let input = input.context("usage: uvr separate <file-or-url> [-o DIR]")?;
-    let tmp = tempfile::tempdir()?;
-    let source = if input.starts_with("http://") || input.starts_with("https://") {
-        let env = Env::from_process();
-        let mut fetch = crate::pipeline::fetch_config(&env)?;
-        // A local, one-off command: the user's own network is fine.
-        fetch.policy.allow_private = true;
-        let client = crate::audio::fetch::client(&fetch, None);
-        let dest = tmp.path().join("source.audio");
-        crate::audio::fetch::download(&client, &fetch, &input, &dest)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
-        dest
-    } else {
-        std::path::PathBuf::from(&input)
-    };
-    let env = Env::from_process();
-    let catalog = Arc::new(Catalog::scan(
-        std::path::Path::new(&env.string("MODELS_DIR", "models")),
-        None,
-    )?);
-    let engine = crate::pipeline::engine(&env, catalog)?;
-    let job = crate::pipeline::process::SeparateJob {
-        source: &source,
-        out_dir: &out_dir,
-        relative_to: std::path::Path::new(""),
-        model,
-        output_format: format,
-        stems: None,
-        max_seconds: 0,
-        engine: &engine,
-    };
-    let summary = crate::pipeline::process::separate_file(&job, Default::default())
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    Ok(())
 }

@@ -16,3 +16,19 @@ pub fn init() {
         builder.try_init()
     };
 }
+
+/// Logging to stderr at `default` (when `RUST_LOG` is unset), for commands whose stdout is
+/// their result (`uvr separate`, `uvr models`).
+pub fn init_stderr(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

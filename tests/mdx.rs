@@ -191,7 +191,7 @@ fn separate_with_cache(models: &Path, cache: &Path, input: &Path, out: &Path) ->
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_uvr"))
         .arg("separate")
         .arg(input)
-        .args(["--model", "tiny", "--format", "wav32f", "-o"])
+        .args(["--model", "tiny", "--format", "wav32f", "--json", "-o"])
         .arg(out)
         .env("MODELS_DIR", models)
         .env("SEPARATOR_DEVICE", "software")
@@ -268,7 +268,8 @@ fn a_new_process_loads_the_tuning_results_of_the_last() {
     assert!(loaded > 0, "no cached tuning results loaded:\n{second}");
 
     let read = |run: &str| {
-        let mut r = hound::WavReader::open(tmp.path().join(run).join("vocals.wav")).unwrap();
+        let mut r =
+            hound::WavReader::open(tmp.path().join(run).join("mix_(Vocals)_tiny.wav")).unwrap();
         r.samples::<f32>().map(Result::unwrap).collect::<Vec<f32>>()
     };
     let (a, b) = (read("first"), read("second"));

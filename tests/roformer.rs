@@ -396,7 +396,14 @@ fn uvr_separate_runs_a_roformer_from_the_models_directory() {
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_uvr"))
         .arg("separate")
         .arg(&input)
-        .args(["--model", "roformer-vocals", "--format", "wav32f", "-o"])
+        .args([
+            "--model",
+            "roformer-vocals",
+            "--format",
+            "wav32f",
+            "--json",
+            "-o",
+        ])
         .arg(&out)
         .env("MODELS_DIR", &models)
         .env("SEPARATOR_DEVICE", "cpu")
@@ -409,13 +416,16 @@ fn uvr_separate_runs_a_roformer_from_the_models_directory() {
         "uvr separate failed:\n{stdout}{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let summary: Value = serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+    // `--json`: one summary object per input, nothing else on stdout.
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["input"], input.display().to_string());
     assert_eq!(summary["model"], "roformer-vocals");
     assert_eq!(summary["family"], "bs-roformer");
     let (vocals, _) = load(&reference, "bs.demix.vocals.f32");
     let instrumental: Vec<f32> = clip.iter().zip(&vocals).map(|(m, v)| m - v).collect();
-    for (stem, want) in [("vocals", vocals), ("instrumental", instrumental)] {
-        let mut r = hound::WavReader::open(out.join(format!("{stem}.wav"))).unwrap();
+    for (stem, want) in [("Vocals", vocals), ("Instrumental", instrumental)] {
+        let file = out.join(format!("mix_({stem})_roformer-vocals.wav"));
+        let mut r = hound::WavReader::open(&file).unwrap();
         let got: Vec<f32> = r.samples::<f32>().map(Result::unwrap).collect();
         assert_eq!(got.len(), 2 * n, "{stem}");
         // Interleaved on disk, channels first in the reference.

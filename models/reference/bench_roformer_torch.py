@@ -124,6 +124,35 @@ def synthetic_clip(seconds, seed=1297):
     return mix.astype(np.float32)
 
 
+def read_wav(path):
+    """[2, n] float32 from a stereo WAV (float32 or 16-bit PCM), as the benchmark scripts write."""
+    import struct
+    data = open(path, "rb").read()
+    pos, fmt, pcm = 12, None, None
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        body = data[pos + 8:pos + 8 + size]
+        if cid == b"fmt ":
+            tag, ch, _, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+            if tag == 0xFFFE:
+                tag = struct.unpack("<H", body[24:26])[0]
+            fmt = (tag, ch, bits)
+        elif cid == b"data":
+            pcm = body
+        pos += 8 + size + (size & 1)
+    tag, ch, bits = fmt
+    if tag == 3 and bits == 32:
+        x = np.frombuffer(pcm[: len(pcm) // 4 * 4], "<f4")
+    elif tag == 1 and bits == 16:
+        x = np.frombuffer(pcm[: len(pcm) // 2 * 2], "<i2") / 32768.0
+    else:
+        raise SystemExit("unsupported WAV %s" % (fmt,))
+    x = x.reshape(-1, ch).T
+    if ch == 1:
+        x = np.repeat(x, 2, axis=0)
+    return np.ascontiguousarray(x[:2], dtype=np.float32)
+
+
 def load_state_dict(path):
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -194,7 +223,7 @@ def time_demix(args):
     log("loaded %s (%s) in %.1f s; chunk %d, batch %d, num_overlap %d, threads %d, device %s"
         % (ckpt, type(model).__name__, time.time() - t0, chunk, batch, overlap, args.threads, args.device))
 
-    mix = synthetic_clip(args.seconds)
+    mix = read_wav(args.input) if args.input else synthetic_clip(args.seconds)
     log("load average before timing: %.2f (other processes on the CPU distort the result)" % os.getloadavg()[0])
     plan = {}
     with torch.inference_mode():
@@ -220,6 +249,8 @@ def time_demix(args):
             for name, wave in stems.items():
                 if wave.shape != mix.shape or not np.isfinite(wave).all():
                     raise SystemExit("demix output %r is not finite or has shape %s" % (name, wave.shape))
+            if args.save:
+                np.save(args.save, next(iter(stems.values())).astype(np.float32))
             del stems
             best = dt if best is None else min(best, dt)
             log("demix %d/%d: %.2f s wall, %.2f s CPU (%d chunks in %d batches), peak RSS %.0f MB, load %.2f"
@@ -259,6 +290,8 @@ def main():
     tm.add_argument("--overlap", type=int)
     tm.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     tm.add_argument("--repeat", type=int, default=1)
+    tm.add_argument("--input", help="a stereo WAV to demix instead of the synthetic clip")
+    tm.add_argument("--save", help="write the first stem as a [2, n] float32 .npy")
     tm.add_argument("--attention", choices=("explicit", "sdpa"), default="explicit",
                     help="explicit: the reference's matmul-softmax-matmul (default); sdpa: "
                          "F.scaled_dot_product_attention, as MSST with flash_attn: true")

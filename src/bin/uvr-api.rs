@@ -1,10 +1,16 @@
 //! `uvr-api`: the HTTP API alone (the seed's API service).
 
-use uvr::config::Env;
+use clap::Parser;
 use uvr::service::{self, Role};
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
-    uvr::telemetry::init();
-    service::run(Env::from_process(), vec![Role::Api]).await
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "The HTTP API alone (the seed's API service), configured by the environment."
+)]
+struct Cli {}
+
+fn main() -> std::process::ExitCode {
+    Cli::parse();
+    service::main(Some(vec![Role::Api]))
 }

@@ -1,10 +1,16 @@
 //! `uvr-processor`: the processor role alone (the seed's processor service; run any number of them).
 
-use uvr::config::Env;
+use clap::Parser;
 use uvr::service::{self, Role};
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
-    uvr::telemetry::init();
-    service::run(Env::from_process(), vec![Role::Processor]).await
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "The processor role alone (run any number of them), configured by the environment."
+)]
+struct Cli {}
+
+fn main() -> std::process::ExitCode {
+    Cli::parse();
+    service::main(Some(vec![Role::Processor]))
 }

@@ -1,17 +1,324 @@
-//! `uvr`: the whole service in one process (the local default; `UVR_ROLES` picks a subset),
-//! or `uvr separate <file-or-url> -o <dir>` for a one-off local separation without Redis.
+//! `uvr`: the whole service in one process (`uvr` or `uvr serve`; `UVR_ROLES` picks a
+//! subset), `uvr separate` for one-off local separation without Redis, `uvr models` to list
+//! the installed models, `uvr healthcheck` for container health checks.
+//!
+//! Exit codes: 0 ok, 2 usage (a bad argument or setting), 3 input, 4 model, 5 device,
+//! 1 anything else.
 
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
 use uvr::config::Env;
-use uvr::service::{self, Role};
+use uvr::local::{LocalError, LocalJob, Outcome};
+use uvr::service;
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
-    uvr::telemetry::init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("separate") {
-        return service::separate_command(&args[1..]).await;
+#[derive(Debug, Parser)]
+#[command(
+    name = "uvr",
+    version,
+    about = "Self-hosted vocal/stem separation service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: the roles in UVR_ROLES (api, processor, uploader; all by default),
+    /// configured by the environment (see the README). The default command.
+    Serve,
+    /// Separate local files, directories or URLs into stems, without Redis.
+    Separate(SeparateArgs),
+    /// List the installed models (MODELS_DIR) with their family, stems and parameters.
+    Models {
+        /// One JSON object (the API's GET /models).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when the API of this host answers /readyz, 1 otherwise (container health
+    /// checks).
+    Healthcheck {
+        /// The API port.
+        #[arg(long, env = "API_PORT", default_value_t = 8000)]
+        port: u16,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SeparateArgs {
+    /// Audio files, directories (searched recursively for audio files) or http(s) URLs.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<String>,
+    /// Where the stems go, as `<input>_(<Stem>)_<model>.<ext>`.
+    #[arg(short, long = "output", default_value = ".", value_name = "DIR")]
+    output: PathBuf,
+    /// The model (GET /models, `uvr models`).
+    #[arg(short, long, env = "DEFAULT_MODEL")]
+    model: Option<String>,
+    /// Only these stems (comma list), e.g. `vocals`.
+    #[arg(long, value_delimiter = ',', value_name = "STEM,...")]
+    stems: Option<Vec<String>>,
+    /// Output format: wav (16-bit), wav16, wav24, wav32f.
+    #[arg(long, default_value = "wav")]
+    format: String,
+    /// MDX-Net chunk overlap, 0 <= overlap < 0.99.
+    #[arg(long, env = "MDX_OVERLAP")]
+    overlap: Option<f32>,
+    /// Roformer chunks over each sample (the model's config by default).
+    #[arg(long, env = "ROFORMER_NUM_OVERLAP")]
+    num_overlap: Option<usize>,
+    /// Chunks per forward pass (MDX-Net and Roformer).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// MDX-Net denoise: average f(x) and -f(-x) (twice the work).
+    #[arg(long, env = "MDX_DENOISE")]
+    denoise: bool,
+    /// auto, gpu, gpu:N, software, cpu.
+    #[arg(long, env = "SEPARATOR_DEVICE")]
+    device: Option<String>,
+    /// Replace existing output files.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print one JSON summary per input on stdout (nothing else goes there).
+    #[arg(long)]
+    json: bool,
+    /// Only errors on stderr.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More logging on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(),
+        Command::Separate(args) => separate(args),
+        Command::Models { json } => models(json),
+        Command::Healthcheck { port, timeout } => healthcheck(port, timeout),
     }
+}
+
+fn serve() -> ExitCode {
+    service::main(None)
+}
+
+fn catalog(env: &Env) -> Result<uvr::models::Catalog, LocalError> {
+    uvr::models::Catalog::scan(
+        std::path::Path::new(&env.string("MODELS_DIR", "models")),
+        env.get("DEFAULT_MODEL"),
+    )
+    .map_err(|e| LocalError::Model(e.to_string()))
+}
+
+fn models(json: bool) -> ExitCode {
     let env = Env::from_process();
-    let roles = Role::parse_list(&env)?;
-    service::run(env, roles).await
+    let c = match catalog(&env) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    for m in &c.models {
+        let default = if m.name == c.default {
+            " (default)"
+        } else {
+            ""
+        };
+        println!("{}{default}", m.name);
+        println!("  family: {}", m.family);
+        println!("  stems:  {}", m.stems.join(", "));
+        if let Some(p) = m.params.as_object() {
+            let p: Vec<String> = p.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("  params: {}", p.join(", "));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn healthcheck(port: u16, timeout: u64) -> ExitCode {
+    use std::io::Read;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let t = Duration::from_secs(timeout.max(1));
+    let ok = std::net::TcpStream::connect_timeout(&addr, t).and_then(|mut s| {
+        s.set_read_timeout(Some(t))?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    });
+    match ok {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("uvr healthcheck: {addr}/readyz is not ready");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("uvr healthcheck: {addr}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn fail(e: &LocalError) -> ExitCode {
+    eprintln!("uvr separate: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+fn separate(args: SeparateArgs) -> ExitCode {
+    // Logs go to stderr, so stdout carries only the result.
+    let level = match (args.quiet, args.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    uvr::telemetry::init_stderr(level);
+    // Flags are settings: they override the environment and go through its checks.
+    let mut overrides: Vec<(String, String)> = std::env::vars().collect();
+    let mut set = |k: &str, v: String| overrides.push((k.to_string(), v));
+    if let Some(o) = args.overlap {
+        set("MDX_OVERLAP", o.to_string());
+    }
+    if let Some(n) = args.num_overlap {
+        set("ROFORMER_NUM_OVERLAP", n.to_string());
+    }
+    if let Some(b) = args.batch {
+        set("MDX_BATCH", b.to_string());
+        set("ROFORMER_BATCH_SIZE", b.to_string());
+    }
+    if args.denoise {
+        set("MDX_DENOISE", "true".into());
+    }
+    if let Some(d) = &args.device {
+        set("SEPARATOR_DEVICE", d.clone());
+    }
+    let env = Env::from_pairs(overrides);
+    let job = LocalJob {
+        inputs: args.inputs,
+        out_dir: args.output,
+        model: args.model,
+        stems: args.stems,
+        format: args.format.to_lowercase(),
+        overwrite: args.overwrite,
+    };
+    let catalog = match catalog(&env) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(&e),
+    };
+    let plan = match uvr::local::plan(&job, &catalog) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let total = plan.len();
+    let show = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    let (json, started) = (args.json, Instant::now());
+    let progress = move |i: usize, label: &str, p: &Arc<uvr::pipeline::process::Progress>| {
+        if show {
+            spawn_progress(i, total, label.to_string(), p.clone());
+        }
+    };
+    let mut failed = 0usize;
+    let mut report = |o: &Outcome| match &o.result {
+        Ok(summary) if json => {
+            let mut s = summary.clone();
+            s["input"] = serde_json::Value::String(o.input.clone());
+            println!("{s}");
+        }
+        Ok(summary) => {
+            let files: Vec<String> = summary["stems"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v["file"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "{} -> {} ({} s of audio, {}x real time)",
+                o.input,
+                files.join(", "),
+                summary["duration_seconds"],
+                summary["realtime_factor"]
+            );
+        }
+        Err(e) => {
+            failed += 1;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"input": o.input, "error": {"code": e.code, "message": e.message}})
+                );
+            } else {
+                eprintln!("uvr separate: {}: {}: {}", o.input, e.code, e.message);
+            }
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(&LocalError::Other(e.to_string())),
+    };
+    let result = runtime.block_on(uvr::local::run(
+        &env,
+        catalog,
+        &job,
+        plan,
+        &progress,
+        &mut report,
+    ));
+    if show {
+        eprintln!(
+            "done: {total} input(s) in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    match result {
+        Err(e) => fail(&e),
+        Ok(_) if failed > 0 => {
+            eprintln!("uvr separate: {failed} of {total} input(s) failed");
+            ExitCode::from(3)
+        }
+        Ok(_) => ExitCode::SUCCESS,
+    }
+}
+
+/// A progress line on the terminal: file i of n, percent, elapsed and remaining time.
+fn spawn_progress(i: usize, n: usize, label: String, p: Arc<uvr::pipeline::process::Progress>) {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        loop {
+            let pct = p.percent.load(Ordering::Relaxed).min(100);
+            let elapsed = started.elapsed().as_secs_f64();
+            let eta = if pct > 5 {
+                format!(
+                    "{:.0} s left",
+                    elapsed * f64::from(100 - pct) / f64::from(pct)
+                )
+            } else {
+                "…".into()
+            };
+            eprint!(
+                "\r\x1b[2K[{}/{n}] {label}: {pct:>3}% {elapsed:.0} s, {eta}",
+                i + 1
+            );
+            let _ = std::io::stderr().flush();
+            if pct >= 100 || Arc::strong_count(&p) == 1 {
+                eprintln!();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
 }

@@ -231,3 +231,38 @@ fn a_configuration_error_is_one_line_and_exit_2() {
         "{err}"
     );
 }
+
+/// `uvr healthcheck` asks this host's `/readyz`: 0 for a 200, 1 for anything else or no
+/// answer.
+#[test]
+fn healthcheck_follows_readyz() {
+    use std::io::{Read, Write};
+    for (status, code) in [("200 OK", 0), ("503 Service Unavailable", 1)] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /readyz "));
+            write!(s, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").unwrap();
+        });
+        let o = uvr(
+            &["healthcheck", "--port", &port.to_string()],
+            Path::new("/nonexistent"),
+        );
+        assert_eq!(o.status.code(), Some(code), "{status}: {}", text(&o));
+        server.join().unwrap();
+    }
+    // Nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = uvr(
+        &["healthcheck", "--port", &port.to_string()],
+        Path::new("/nonexistent"),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}

@@ -13,6 +13,10 @@ use uvr::mdx::device::{DeviceChoice, select};
 use uvr::mdx::{DemixOptions, MdxModel, MdxSeparator};
 use uvr::separation::{NoListener, Separator, SliceSource, VecSink};
 
+#[path = "common/audio_compare.rs"]
+mod audio_compare;
+use audio_compare::{assert_stereo_matches, read_f32, snr_db};
+
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mdx")
 }
@@ -22,11 +26,7 @@ fn reference() -> Value {
 }
 
 fn load(entry: &Value) -> (Vec<f32>, Vec<usize>) {
-    let bytes = std::fs::read(dir().join(entry["file"].as_str().unwrap())).unwrap();
-    let data = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let data = read_f32(&dir().join(entry["file"].as_str().unwrap()));
     let shape = entry["shape"]
         .as_array()
         .unwrap()
@@ -38,15 +38,6 @@ fn load(entry: &Value) -> (Vec<f32>, Vec<usize>) {
 
 fn planar_to_frames(data: &[f32], n: usize) -> Vec<[f32; 2]> {
     (0..n).map(|i| [data[i], data[n + i]]).collect()
-}
-
-fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
-    let (mut s, mut e) = (0.0f64, 0.0f64);
-    for (r, g) in reference.iter().zip(got) {
-        s += f64::from(*r) * f64::from(*r);
-        e += (f64::from(*r) - f64::from(*g)).powi(2);
-    }
-    10.0 * (s / e.max(1e-30)).log10()
 }
 
 fn check_device(choice: DeviceChoice, models: &[&str]) {
@@ -99,31 +90,13 @@ fn check_device(choice: DeviceChoice, models: &[&str]) {
                 let got: Vec<f32> = (0..2)
                     .flat_map(|c| sink.stems[stem].iter().map(move |f| f[c]))
                     .collect();
-                let snr = snr_db(&want, &got);
-                assert!(
-                    snr > 60.0,
-                    "{name} {choice:?} denoise={}: {key} SNR {snr:.1} dB",
-                    de["denoise"]
+                assert_stereo_matches(
+                    &format!("{name} {choice:?} denoise={}: {key}", de["denoise"]),
+                    &want,
+                    &got,
+                    n,
+                    (60.0, 50.0, 1000),
                 );
-                // Also every stretch of 1,000 samples (several chunks' seams each), so a
-                // local error cannot hide in a good whole-clip figure.
-                for c in 0..2 {
-                    for start in (0..n).step_by(1000) {
-                        let end = (start + 1000).min(n);
-                        let (w, g) = (
-                            &want[c * n + start..c * n + end],
-                            &got[c * n + start..c * n + end],
-                        );
-                        if w.iter().map(|v| v * v).sum::<f32>() < 1e-6 {
-                            continue;
-                        }
-                        let snr = snr_db(w, g);
-                        assert!(
-                            snr > 50.0,
-                            "{name} {choice:?} {key}: channel {c} samples {start}..{end}: {snr:.1} dB"
-                        );
-                    }
-                }
             }
         }
     }

@@ -15,6 +15,10 @@ use uvr::roformer::weights::{Array, Weights};
 use uvr::roformer::{RoformerConfig, RoformerModel, RoformerOptions, RoformerSeparator, spectral};
 use uvr::separation::{NoListener, Separator, SliceSource, VecSink};
 
+#[path = "common/audio_compare.rs"]
+mod audio_compare;
+use audio_compare::{assert_stereo_matches, read_f32, snr_db};
+
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/roformer")
 }
@@ -25,11 +29,7 @@ fn reference() -> Value {
 
 /// A fixture's values and shape.
 fn load(reference: &Value, file: &str) -> (Vec<f32>, Vec<usize>) {
-    let bytes = std::fs::read(dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let data = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let data = read_f32(&dir().join(file));
     let shape = reference["files"][file]["shape"]
         .as_array()
         .unwrap_or_else(|| panic!("{file} is not in reference.json"))
@@ -49,15 +49,6 @@ fn relative_error(want: &[f32], got: &[f32]) -> f32 {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     worst / scale
-}
-
-fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
-    let (mut s, mut e) = (0.0f64, 0.0f64);
-    for (r, g) in reference.iter().zip(got) {
-        s += f64::from(*r) * f64::from(*r);
-        e += (f64::from(*r) - f64::from(*g)).powi(2);
-    }
-    10.0 * (s / e.max(1e-30)).log10()
 }
 
 fn values(t: Tensor<4>) -> Vec<f32> {
@@ -230,28 +221,9 @@ fn check_demix(choice: DeviceChoice, name: &str) {
     }
 }
 
-/// SNR over the whole clip > 60 dB, and > 50 dB in every 2,000-sample stretch, so a local
-/// error (at a chunk seam, say) cannot hide in a good average.
+/// SNR over the whole clip > 60 dB, and > 50 dB in every 2,000-sample stretch.
 fn assert_demix_matches(what: &str, want: &[f32], got: &[f32], n: usize) {
-    let snr = snr_db(want, got);
-    assert!(snr > 60.0, "{what}: SNR {snr:.1} dB");
-    for c in 0..2 {
-        for start in (0..n).step_by(2000) {
-            let end = (start + 2000).min(n);
-            let (w, g) = (
-                &want[c * n + start..c * n + end],
-                &got[c * n + start..c * n + end],
-            );
-            if w.iter().map(|v| v * v).sum::<f32>() < 1e-6 {
-                continue;
-            }
-            let snr = snr_db(w, g);
-            assert!(
-                snr > 50.0,
-                "{what}: channel {c} samples {start}..{end}: {snr:.1} dB"
-            );
-        }
-    }
+    assert_stereo_matches(what, want, got, n, (60.0, 50.0, 2000));
 }
 
 const CASES: &[(&str, &str, &str)] = &[

@@ -106,16 +106,21 @@ impl Family for MdxFamily {
             .iter()
             .filter(|p| has_extension(p, &["onnx"]))
             .filter_map(|p| {
+                // Known without loading only when a sidecar or UVR's table has them.
+                let params = crate::mdx::parameters(p).ok();
                 Some(ModelInfo {
                     name: stem_of(p)?,
                     family: "mdx-net",
-                    stems: crate::separation::STEMS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                    // Known without loading only when a sidecar or UVR's table has them.
-                    params: crate::mdx::parameters(p)
-                        .ok()
+                    stems: params.as_ref().map_or_else(
+                        || {
+                            crate::separation::STEMS
+                                .iter()
+                                .map(|s| s.to_string())
+                                .collect()
+                        },
+                        crate::mdx::stems_of,
+                    ),
+                    params: params
                         .map(|m| {
                             serde_json::json!({
                                 "n_fft": m.n_fft,

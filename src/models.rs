@@ -135,6 +135,33 @@ mod tests {
         assert!(Catalog::scan(dir.path(), Some("nope")).is_err());
     }
 
+    /// An MDX-Net model's stems are its primary stem and the rest of the mix, named as UVR
+    /// names them; without parameters it is taken for a vocal model.
+    #[test]
+    fn mdx_stems_follow_the_primary_stem() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, primary) in [("dereverb", "Reverb"), ("inst", "Instrumental")] {
+            std::fs::write(dir.path().join(format!("{name}.onnx")), b"x").unwrap();
+            std::fs::write(
+                dir.path().join(format!("{name}.json")),
+                format!(r#"{{"n_fft": 6144, "primary_stem": "{primary}"}}"#),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join("unknown.onnx"), b"x").unwrap();
+        let c = Catalog::scan(dir.path(), None).unwrap();
+        assert_eq!(
+            c.get("dereverb").unwrap().stems,
+            vec!["reverb", "no_reverb"]
+        );
+        assert_eq!(c.get("inst").unwrap().stems, vec!["instrumental", "vocals"]);
+        assert_eq!(c.get("inst").unwrap().params["n_fft"], 6144);
+        assert_eq!(
+            c.get("unknown").unwrap().stems,
+            vec!["vocals", "instrumental"]
+        );
+    }
+
     #[test]
     fn roformer_checkpoints_with_a_config_are_listed_with_their_stems() {
         let dir = tempfile::tempdir().unwrap();

@@ -97,6 +97,13 @@ pub fn uvr_hash(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// The stems of a model with `params`: its primary stem, then the rest of the mix.
+pub fn stems_of(params: &MdxParams) -> Vec<String> {
+    let primary = crate::separation::stem_name(&params.primary_stem);
+    let secondary = crate::separation::complement(&primary);
+    vec![primary, secondary]
+}
+
 /// Finds a model's parameters: `<model>.json` beside it, else UVR's `model_data.json`.
 pub fn parameters(path: &Path) -> Result<MdxParams, ModelError> {
     let name = path
@@ -249,26 +256,27 @@ impl Separator for MdxSeparator {
         "mdx-net"
     }
 
+    /// The model's primary stem (`primary_stem` of its parameters, e.g. `vocals`,
+    /// `instrumental`, `reverb`), then the rest of the mix (`instrumental`, `vocals`,
+    /// `no_reverb`).
+    fn stems(&self) -> Vec<String> {
+        stems_of(&self.model.params)
+    }
+
     fn separate(
         &mut self,
         input: &mut dyn FrameSource,
         output: &mut dyn StemSink,
         listener: &mut dyn Listener,
     ) -> Result<u64, SeparateError> {
-        let vocals_primary = !self
-            .model
-            .params
-            .primary_stem
-            .eq_ignore_ascii_case("instrumental");
-        let (primary, secondary) = if vocals_primary { (0, 1) } else { (1, 0) };
         demix::demix(
             &self.model.net,
             &self.model.params,
             &self.opts,
             input,
             output,
-            primary,
-            secondary,
+            0,
+            1,
             listener,
             &mut self.phases,
         )

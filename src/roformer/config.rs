@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_norway::Value;
 
 use super::RoformerError;
+use crate::separation::{complement, stem_name};
 
 /// Band-split layout of the two variants.
 #[derive(Debug, Clone, PartialEq)]
@@ -423,20 +424,6 @@ impl RoformerConfig {
     }
 }
 
-/// A stem name as the API spells it: lower case, spaces as underscores.
-pub fn stem_name(s: &str) -> String {
-    s.trim().to_lowercase().replace([' ', '-'], "_")
-}
-
-/// The name of "the mix minus `target`".
-fn complement(target: &str) -> String {
-    match target {
-        "vocals" | "vocal" => "instrumental".into(),
-        "instrumental" | "instrument" | "other" => "vocals".into(),
-        t => format!("no_{t}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,9 +472,16 @@ mod tests {
 
     #[test]
     fn single_target_models_name_the_rest_of_the_mix() {
-        assert_eq!(complement("vocals"), "instrumental");
-        assert_eq!(complement("instrumental"), "vocals");
-        assert_eq!(complement("reverb"), "no_reverb");
-        assert_eq!(stem_name("Lead Vocals"), "lead_vocals");
+        for (target, stems) in [
+            ("vocals", ["vocals", "instrumental"]),
+            ("Instrumental", ["instrumental", "vocals"]),
+            ("Lead Vocals", ["lead_vocals", "no_lead_vocals"]),
+        ] {
+            let yaml = VIPERX_1297.replace(
+                "target_instrument: vocals",
+                &format!("target_instrument: {target}"),
+            );
+            assert_eq!(RoformerConfig::parse(&yaml).unwrap().stems(), stems);
+        }
     }
 }

@@ -15,6 +15,22 @@ use crate::audio::{DecodeError, Frame};
 /// Stems of the built-in separator and of MDX-Net models.
 pub const STEMS: &[&str] = &["vocals", "instrumental"];
 
+/// A stem name as the API spells it: lower case, spaces and dashes as underscores
+/// (`Lead Vocals` -> `lead_vocals`).
+pub fn stem_name(s: &str) -> String {
+    s.trim().to_lowercase().replace([' ', '-'], "_")
+}
+
+/// The name of "the mix minus `stem`": `instrumental` for vocals, `vocals` for an
+/// instrumental, `no_<stem>` otherwise (UVR's "No Reverb", "No Echo", ...).
+pub fn complement(stem: &str) -> String {
+    match stem {
+        "vocals" | "vocal" => "instrumental".into(),
+        "instrumental" | "instrument" | "other" => "vocals".into(),
+        s => format!("no_{s}"),
+    }
+}
+
 /// What a listener wants after a progress report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {

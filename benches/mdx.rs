@@ -22,6 +22,11 @@ use uvr::mdx::device::{DeviceChoice, select};
 use uvr::mdx::{DemixOptions, MdxModel, MdxSeparator};
 use uvr::separation::{NoListener, Separator, SliceSource, VecSink};
 
+/// Separation allocates and frees large tensor buffers all the time: mimalloc reuses their
+/// pages instead of faulting them in anew for every operation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn clip(seconds: f64) -> Vec<[f32; 2]> {
     let n = (seconds * 44_100.0) as usize;
     let mut s: u32 = 7;

@@ -20,6 +20,9 @@ use uvr::mdx::device::{DeviceChoice, select};
 use uvr::roformer::{RoformerModel, RoformerOptions, RoformerSeparator};
 use uvr::separation::{NoListener, Separator, SliceSource, VecSink};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -3,6 +3,11 @@
 use clap::Parser;
 use uvr::service::{self, Role};
 
+/// Separation allocates and frees large tensor buffers all the time: mimalloc reuses their
+/// pages instead of faulting them in anew for every operation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     version,

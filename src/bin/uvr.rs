@@ -17,6 +17,11 @@ use uvr::config::Env;
 use uvr::local::{LocalError, LocalJob, Outcome};
 use uvr::service;
 
+/// Separation allocates and frees large tensor buffers all the time: mimalloc reuses their
+/// pages instead of faulting them in anew for every operation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "uvr",

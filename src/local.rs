@@ -289,6 +289,7 @@ pub async fn run(
             .map_err(|e| LocalError::Device(e.to_string()))?;
     }
     let engine = Arc::new(engine);
+    let started = std::time::Instant::now();
     {
         let (engine, model) = (engine.clone(), plan.model.clone());
         tokio::task::spawn_blocking(move || engine.prepare(&model))
@@ -296,6 +297,8 @@ pub async fn run(
             .map_err(|e| LocalError::Other(e.to_string()))?
             .map_err(|e| LocalError::Model(format!("{}: {e}", e.code())))?;
     }
+    // Loading and warming up the model, reported with the first input it served.
+    let mut model_seconds = Some((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
     let _ = has_weights;
     std::fs::create_dir_all(&job.out_dir)
         .map_err(|e| LocalError::Input(format!("{}: {e}", job.out_dir.display())))?;
@@ -350,6 +353,12 @@ pub async fn run(
                 .await
                 .map_err(|e| LocalError::Other(e.to_string()))?
                 .and_then(|summary| place(summary, tmp.path(), &outputs))
+                .map(|mut summary| {
+                    if let Some(s) = model_seconds.take() {
+                        summary["timings"]["model_seconds"] = s.into();
+                    }
+                    summary
+                })
             }
         };
         let outcome = Outcome {

@@ -393,6 +393,10 @@ fn uvr_separate_runs_a_roformer_from_the_models_directory() {
     assert_eq!(summary["input"], input.display().to_string());
     assert_eq!(summary["model"], "roformer-vocals");
     assert_eq!(summary["family"], "bs-roformer");
+    assert!(
+        summary["timings"]["model_seconds"].as_f64().unwrap() > 0.0,
+        "loading the model is reported: {summary}"
+    );
     let (vocals, _) = load(&reference, "bs.demix.vocals.f32");
     let instrumental: Vec<f32> = clip.iter().zip(&vocals).map(|(m, v)| m - v).collect();
     for (stem, want) in [("Vocals", vocals), ("Instrumental", instrumental)] {

@@ -165,7 +165,7 @@ impl Engine {
         })?;
         let device = self.device()?;
         let started = std::time::Instant::now();
-        let model = family.load(info, &device.device, &self.opts)?;
+        let model = family.load(info, &device.device)?;
         let loaded = started.elapsed();
         let started = std::time::Instant::now();
         model.warm_up(&self.opts);

@@ -63,8 +63,18 @@ pub trait Family: Sync {
         &self,
         model: &ModelInfo,
         device: &burn::tensor::Device,
-        opts: &RunOptions,
     ) -> Result<Arc<dyn LoadedModel>, SeparateError>;
+}
+
+/// A family's load result as the engine keeps it.
+#[cfg(feature = "mdx")]
+fn loaded<M: LoadedModel + 'static>(
+    model: Result<M, impl std::fmt::Display>,
+) -> Result<Arc<dyn LoadedModel>, SeparateError> {
+    match model {
+        Ok(m) => Ok(Arc::new(m)),
+        Err(e) => Err(SeparateError::Model(e.to_string())),
+    }
 }
 
 /// A model on its device.
@@ -106,8 +116,11 @@ impl Family for MdxFamily {
             .iter()
             .filter(|p| has_extension(p, &["onnx"]))
             .filter_map(|p| {
-                // Known without loading only when a sidecar or UVR's table has them.
-                let params = crate::mdx::parameters(p).ok();
+                // Known without loading only when a sidecar or UVR's table has them; with
+                // neither there is nothing to look up (and no file to hash).
+                let known = p.with_extension("json").is_file()
+                    || p.with_file_name("model_data.json").is_file();
+                let params = known.then(|| crate::mdx::parameters(p).ok()).flatten();
                 Some(ModelInfo {
                     name: stem_of(p)?,
                     family: "mdx-net",
@@ -141,11 +154,8 @@ impl Family for MdxFamily {
         &self,
         model: &ModelInfo,
         device: &burn::tensor::Device,
-        _opts: &RunOptions,
     ) -> Result<Arc<dyn LoadedModel>, SeparateError> {
-        let m = crate::mdx::MdxModel::load(&model.files[0], device)
-            .map_err(|e| SeparateError::Model(e.to_string()))?;
-        Ok(Arc::new(m))
+        loaded(crate::mdx::MdxModel::load(&model.files[0], device))
     }
 }
 
@@ -222,11 +232,11 @@ impl Family for RoformerFamily {
         &self,
         model: &ModelInfo,
         device: &burn::tensor::Device,
-        _opts: &RunOptions,
     ) -> Result<Arc<dyn LoadedModel>, SeparateError> {
-        let m = crate::roformer::RoformerModel::load(&model.files[0], device)
-            .map_err(|e| SeparateError::Model(e.to_string()))?;
-        Ok(Arc::new(m))
+        loaded(crate::roformer::RoformerModel::load(
+            &model.files[0],
+            device,
+        ))
     }
 }
 

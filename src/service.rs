@@ -72,13 +72,26 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         std::path::Path::new(&models_dir),
         env.get("DEFAULT_MODEL"),
     )?);
+    // Every role's settings are read before anything starts, so a bad one stops the process
+    // with nothing to tear down.
+    let api_cfg = roles
+        .contains(&Role::Api)
+        .then(|| ApiConfig::from_env(&env, cfg.queue.default_priority, catalog.clone()))
+        .transpose()?;
+    let pcfg = roles
+        .contains(&Role::Processor)
+        .then(|| ProcessorConfig::from_env(&env, catalog.clone(), cfg.queue.lease))
+        .transpose()?;
+    let ucfg = roles
+        .contains(&Role::Uploader)
+        .then(|| UploaderConfig::from_env(&env, &cfg.queue))
+        .transpose()?;
     let metrics = crate::metrics::install();
     let queue = Queue::connect(&cfg).context("redis configuration")?;
     let scheduler = SchedulerHandle::start(queue);
 
     let mut api = None;
-    if roles.contains(&Role::Api) {
-        let api_cfg = ApiConfig::from_env(&env, cfg.queue.default_priority, catalog.clone())?;
+    if let Some(api_cfg) = api_cfg {
         let server = ApiServer::bind(&api_cfg, scheduler.clone())
             .with_context(|| format!("cannot listen on {}:{}", api_cfg.host, api_cfg.port))?;
         tracing::info!(addr = %server.addr, user = %api_cfg.credentials_user(), "API listening");
@@ -87,8 +100,7 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
 
     let worker_id = worker_id();
     let mut separator = None;
-    if roles.contains(&Role::Processor) {
-        let pcfg = ProcessorConfig::from_env(&env, catalog.clone(), cfg.queue.lease)?;
+    if let Some(pcfg) = pcfg {
         // Load and warm up the default model before the first job (a no-op for dsp-centre).
         let engine = pcfg.engine.clone();
         let default_model = pcfg.default_model.clone();
@@ -106,8 +118,7 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         );
     }
     let mut uploader = None;
-    if roles.contains(&Role::Uploader) {
-        let ucfg = UploaderConfig::from_env(&env, &cfg.queue)?;
+    if let Some(ucfg) = ucfg {
         let storage = Storage::open(&ucfg.storage)?;
         tracing::info!(storage = ?ucfg.storage, "uploader started");
         uploader = Some(
@@ -246,8 +257,9 @@ pub fn main(roles: Option<Vec<Role>>) -> std::process::ExitCode {
                 1
             };
             eprintln!("uvr: {e:#}");
-            // Actors already started would be torn down outside their runtime and complain
-            // about it; nothing is in flight yet, so leave without tearing down.
+            // A failure after the actors started (a port taken, a model that does not load):
+            // they would be torn down outside their runtime and complain about it, and
+            // nothing is in flight yet, so leave without tearing down.
             std::process::exit(code)
         }
     }

@@ -15,7 +15,7 @@ use uvr::separation::{NoListener, Separator, SliceSource, VecSink};
 
 #[path = "common/audio_compare.rs"]
 mod audio_compare;
-use audio_compare::{assert_stereo_matches, read_f32, snr_db};
+use audio_compare::{assert_stereo_matches, read_f32, snr_db, write_wav_f32};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mdx")
@@ -213,18 +213,7 @@ fn a_new_process_loads_the_tuning_results_of_the_last() {
     }
     let (clip, shape) = load(&reference()["clip"]);
     let input = tmp.path().join("mix.wav");
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 44_100,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let mut w = hound::WavWriter::create(&input, spec).unwrap();
-    for f in planar_to_frames(&clip, shape[1]) {
-        w.write_sample(f[0]).unwrap();
-        w.write_sample(f[1]).unwrap();
-    }
-    w.finalize().unwrap();
+    write_wav_f32(&input, &clip, shape[1]);
     let cache = tmp.path().join("cache");
 
     let first = separate_with_cache(&models, &cache, &input, &tmp.path().join("first"));

@@ -17,7 +17,7 @@ use uvr::separation::{NoListener, Separator, SliceSource, VecSink};
 
 #[path = "common/audio_compare.rs"]
 mod audio_compare;
-use audio_compare::{assert_stereo_matches, read_f32, snr_db};
+use audio_compare::{assert_stereo_matches, read_f32, snr_db, write_wav_f32};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/roformer")
@@ -352,18 +352,7 @@ fn uvr_separate_runs_a_roformer_from_the_models_directory() {
     let (clip, shape) = load(&reference, "clip.f32");
     let n = shape[1];
     let input = tmp.path().join("mix.wav");
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 44_100,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let mut w = hound::WavWriter::create(&input, spec).unwrap();
-    for i in 0..n {
-        w.write_sample(clip[i]).unwrap();
-        w.write_sample(clip[n + i]).unwrap();
-    }
-    w.finalize().unwrap();
+    write_wav_f32(&input, &clip, n);
     let out = tmp.path().join("out");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_uvr"))
         .arg("separate")

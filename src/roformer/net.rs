@@ -86,6 +86,7 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Rotary position embedding for one sequence length: `x·cos + rotate_half(x)·sin`, with
 /// adjacent pairs rotated together.
+#[derive(Clone)]
 struct Rope {
     cos: Tensor<4>,
     sin: Tensor<4>,
@@ -377,6 +378,9 @@ impl RoformerNet {
         // time transformers share one embedding, as do those of the frequency transformers).
         let bands = layout.bands.len();
         let mut blocks = Vec::new();
+        // One table per (frequencies, length): every block's time transformers share one,
+        // as do its frequency transformers.
+        let mut ropes: Vec<(Vec<f32>, usize, Rope)> = Vec::new();
         for i in 0..config.depth {
             let mut block = Vec::new();
             let linear_first = config.linear_transformer_depth > 0;
@@ -443,11 +447,13 @@ impl RoformerNet {
                     None
                 };
                 let rope = seq.map(|n| {
-                    Rope::new(
-                        &freqs.clone().unwrap_or_else(|| rotary_freqs(dh)),
-                        n,
-                        device,
-                    )
+                    let f = freqs.clone().unwrap_or_else(|| rotary_freqs(dh));
+                    if let Some((_, _, r)) = ropes.iter().find(|(g, m, _)| *g == f && *m == n) {
+                        return r.clone();
+                    }
+                    let r = Rope::new(&f, n, device);
+                    ropes.push((f, n, r.clone()));
+                    r
                 });
                 block.push(Transformer {
                     layers,

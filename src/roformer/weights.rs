@@ -77,11 +77,6 @@ impl Weights {
         Ok(a)
     }
 
-    /// Removes `name` if present, without checking it.
-    pub fn discard(&mut self, name: &str) {
-        self.tensors.remove(name);
-    }
-
     /// Names left over after the network took what it needs.
     pub fn remaining(&self) -> Vec<String> {
         let mut v: Vec<String> = self.tensors.keys().cloned().collect();

@@ -10,6 +10,22 @@ pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
         .collect()
 }
 
+/// Writes channels-first stereo (`[2, n]`) as a 44.1 kHz float WAV (the real binary's input).
+pub fn write_wav_f32(path: &std::path::Path, planar: &[f32], n: usize) {
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 44_100,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..n {
+        w.write_sample(planar[i]).unwrap();
+        w.write_sample(planar[n + i]).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
 /// Signal-to-noise ratio of `got` against `reference`, in dB.
 pub fn snr_db(reference: &[f32], got: &[f32]) -> f64 {
     let (mut s, mut e) = (0.0f64, 0.0f64);

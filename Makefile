@@ -10,6 +10,8 @@ test: deps
 	CUBECL_AUTOTUNE_LEVEL=minimal $(CARGO) test --locked --all-targets
 	# Without the neural engine (no Burn): the library's own tests.
 	$(CARGO) test --locked --no-default-features --lib
+	# The Docker deployment against the Compose Specification and its rules (no engine needed).
+	python3 scripts/check_compose.py --self-test
 
 deps:
 	@./scripts/deps.sh

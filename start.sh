@@ -6,11 +6,15 @@
 #   ./start.sh                 build the image, start everything, wait for /health
 #   ./start.sh --monitoring    also Prometheus, redis_exporter and Grafana (profile monitoring)
 #   ./start.sh --no-build      start without rebuilding the image
+#   ./start.sh --gpu nvidia    GPU processors on NVIDIA (docker/docker-compose.nvidia.yml)
+#   ./start.sh --gpu dri       GPU processors on AMD or Intel (docker/docker-compose.dri.yml)
 #
 # Settings come from .env at the top of the repository (and from the environment, which wins).
 # When .env is missing it is created with generated secrets (API_PASSWORD, WEBHOOK_SECRET,
-# LINK_SIGNING_KEY, GRAFANA_ADMIN_PASSWORD), mode 600; when it exists, only the missing
-# secrets are added. Stop with: docker compose --env-file .env -f docker/docker-compose.yml down
+# LINK_SIGNING_KEY, REDIS_PASSWORD, METRICS_TOKEN, GRAFANA_ADMIN_PASSWORD), mode 600; when it
+# exists, only the missing secrets are added. PUBLIC_BASE_URL (where download links point)
+# is set to http://localhost:API_PORT when missing, with a note: set it to the address your
+# clients use. Stop with: docker compose --env-file .env -f docker/docker-compose.yml down
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,16 +23,18 @@ COMPOSE_FILE_PATH=docker/docker-compose.yml
 ENV_FILE=.env
 monitoring=0
 build=1
+gpu=
 wait_seconds=${START_WAIT_SECONDS:-180}
 
 usage() {
   cat <<EOF
-Usage: $PROG [--monitoring] [--no-build] [-h|--help]
+Usage: $PROG [--monitoring] [--no-build] [--gpu nvidia|dri] [-h|--help]
 
 Start uvr with Docker Compose ($COMPOSE_FILE_PATH) and wait until the API answers.
 
   --monitoring   also start Prometheus, redis_exporter and Grafana (compose profile "monitoring")
   --no-build     do not rebuild the uvr image
+  --gpu KIND     GPU processors: nvidia (NVIDIA Container Toolkit) or dri (AMD/Intel, /dev/dri)
   -h, --help     show this help
 
 Environment: START_WAIT_SECONDS (default 180) bounds the wait for /health.
@@ -39,6 +45,11 @@ while (($# > 0)); do
   case $1 in
     --monitoring) monitoring=1 ;;
     --no-build) build=0 ;;
+    --gpu)
+      shift
+      [[ "${1:-}" == nvidia || "${1:-}" == dri ]] || { echo "$PROG: --gpu takes nvidia or dri" >&2; exit 1; }
+      gpu=$1
+      ;;
     -h | --help) usage; exit 0 ;;
     *) echo "$PROG: unknown argument '$1' (try --help)" >&2; exit 1 ;;
   esac
@@ -58,7 +69,7 @@ elif command -v docker-compose >/dev/null 2>&1; then
 else
   die "Docker Compose v2 is missing (the 'docker compose' plugin: apt-get install docker-compose-plugin)"
 fi
-# env_file with "required: false" needs Compose 2.24 or later.
+# Secrets from the environment (secrets: environment:) need Compose 2.24 or later.
 compose_version=$("${compose_cmd[@]}" version --short 2>/dev/null || true)
 compose_version=${compose_version#v}
 if [[ ! "$compose_version" =~ ^([0-9]+)\.([0-9]+) ]]; then
@@ -112,6 +123,8 @@ add_secret() { # KEY VALUE: appended to .env when .env has no value for KEY
 add_secret API_PASSWORD "$(rand_alnum 24)"
 add_secret WEBHOOK_SECRET "whsec_$(rand_b64 32)"
 add_secret LINK_SIGNING_KEY "$(rand_hex 32)"
+add_secret REDIS_PASSWORD "$(rand_alnum 32)"
+add_secret METRICS_TOKEN "$(rand_alnum 32)"
 add_secret GRAFANA_ADMIN_PASSWORD "$(rand_alnum 18)"
 if ((${#added[@]} > 0 && created == 0)); then
   say "added to $ENV_FILE: ${added[*]}"
@@ -123,11 +136,27 @@ fi
 # The environment wins over .env, as in compose's own interpolation.
 api_port=${API_PORT:-$(env_get API_PORT)}
 api_port=${api_port:-8000}
+if [[ -z "${PUBLIC_BASE_URL:-}" && -z "$(env_get PUBLIC_BASE_URL)" ]]; then
+  printf 'PUBLIC_BASE_URL=http://localhost:%s\n' "$api_port" >>"$ENV_FILE"
+  echo "note: download links will point at http://localhost:$api_port; set PUBLIC_BASE_URL in $ENV_FILE" \
+    "to the address your clients reach the API at" >&2
+fi
 api_user=${API_USERNAME:-$(env_get API_USERNAME)}
 api_user=${api_user:-admin}
 
 # --- 3. Start -------------------------------------------------------------------------------
 compose=("${compose_cmd[@]}" --env-file "$ENV_FILE" -f "$COMPOSE_FILE_PATH")
+case $gpu in
+  nvidia) compose+=(-f docker/docker-compose.nvidia.yml) ;;
+  dri)
+    compose+=(-f docker/docker-compose.dri.yml)
+    if [[ -z "${RENDER_GID:-}" ]]; then
+      RENDER_GID=$(getent group render | cut -d: -f3)
+      [[ -n "$RENDER_GID" ]] || die "no 'render' group on this host: is /dev/dri there?"
+      export RENDER_GID
+    fi
+    ;;
+esac
 if ((monitoring)); then
   compose+=(--profile monitoring)
 fi
@@ -146,7 +175,7 @@ health() {
   if command -v curl >/dev/null 2>&1; then
     curl -fsS -o /dev/null --max-time 3 "$url/health"
   else
-    "${compose[@]}" exec -T api curl -fsS -o /dev/null --max-time 3 http://127.0.0.1:8000/health
+    "${compose[@]}" exec -T api uvr healthcheck --port 8000 --path /health
   fi
 }
 say "waiting for $url/health (up to ${wait_seconds}s)"

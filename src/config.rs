@@ -150,6 +150,39 @@ impl Env {
     }
 }
 
+/// Refuses a guessable secret: shorter than `min_bytes`, or made of fewer than 8 distinct
+/// bytes (`aaaa...`, `abababab...`), unless `ALLOW_WEAK_SECRETS=true` (local development).
+/// The message names the variable, never the value.
+pub fn require_strong(
+    env: &Env,
+    var: &'static str,
+    secret: &[u8],
+    min_bytes: usize,
+) -> Result<(), ConfigError> {
+    let distinct = {
+        let mut seen = [false; 256];
+        secret.iter().for_each(|b| seen[*b as usize] = true);
+        seen.iter().filter(|s| **s).count()
+    };
+    let weakness = if secret.len() < min_bytes {
+        format!("is weak: shorter than {min_bytes} bytes")
+    } else if distinct < 8 {
+        "is weak: fewer than 8 distinct characters".to_string()
+    } else {
+        return Ok(());
+    };
+    if env.boolean("ALLOW_WEAK_SECRETS", false)? {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        var,
+        value: "<hidden>".into(),
+        reason: format!(
+            "{weakness}; use a long random value (or ALLOW_WEAK_SECRETS=true for local development)"
+        ),
+    })
+}
+
 /// Where Redis is and how to talk to it.
 #[derive(Clone)]
 pub struct RedisConfig {
@@ -521,6 +554,32 @@ mod tests {
             "{shown}"
         );
         assert!(Config::from(&env(&[])).unwrap().redis.sentinel.is_none());
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_unless_allowed() {
+        let e = env(&[]);
+        for (secret, min) in [
+            (&b"sh0rt!"[..], 12),
+            (b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 32),
+            (b"abababababababababababababababab", 32),
+            (b"0123456789abcdef0123456789abcde", 32),
+        ] {
+            let err = require_strong(&e, "LINK_SIGNING_KEY", secret, min).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("LINK_SIGNING_KEY") && text.contains("weak"),
+                "{text}"
+            );
+            assert!(
+                !text.contains(std::str::from_utf8(secret).unwrap()),
+                "{text}"
+            );
+            let lax = env(&[("ALLOW_WEAK_SECRETS", "true")]);
+            assert!(require_strong(&lax, "LINK_SIGNING_KEY", secret, min).is_ok());
+        }
+        assert!(require_strong(&e, "API_PASSWORD", b"correct-horse-battery", 12).is_ok());
+        assert!(require_strong(&e, "X", b"0123456789abcdef0123456789abcdef", 32).is_ok());
     }
 
     #[test]

@@ -346,6 +346,7 @@ pub async fn run(
                         output_format: Some(format),
                         stems: Some(stems),
                         max_seconds: 0,
+                        max_output_bytes: 0,
                         engine: &engine,
                     };
                     separate_file(&job, shown)

@@ -44,6 +44,10 @@ pub const ACTOR_STARTS: &str = "uvr_actor_starts_total";
 pub const ACTOR_RESTARTS: &str = "uvr_actor_restarts_total";
 /// Whether Redis answered the last probe (1) or not (0).
 pub const REDIS_UP: &str = "uvr_redis_up";
+/// Webhook delivery attempts, by outcome (delivered, retry, failed, gone).
+pub const WEBHOOK_DELIVERIES: &str = "uvr_webhook_deliveries_total";
+/// Client addresses throttled for failed logins (`AUTH_FAILURES_PER_MINUTE` reached).
+pub const AUTH_THROTTLED: &str = "uvr_auth_throttled_addresses_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -126,6 +130,16 @@ fn describe() {
     describe_counter!(MAINTENANCE, Unit::Count, "Reaper and retry moves, by kind.");
     describe_counter!(ACTOR_STARTS, Unit::Count, "Actor starts, by actor.");
     describe_counter!(
+        WEBHOOK_DELIVERIES,
+        Unit::Count,
+        "Webhook delivery attempts, by outcome."
+    );
+    describe_counter!(
+        AUTH_THROTTLED,
+        Unit::Count,
+        "Client addresses throttled after too many failed logins."
+    );
+    describe_counter!(
         ACTOR_RESTARTS,
         Unit::Count,
         "Actor restarts by their supervisor, by actor."
@@ -145,6 +159,16 @@ fn describe() {
         Unit::Count,
         "Submissions refused because fewer than REDIS_WAIT_REPLICAS replicas confirmed them."
     );
+}
+
+/// Counts one webhook delivery attempt (`outcome` as recorded on the task).
+pub fn webhook_delivery(outcome: &'static str) {
+    counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+}
+
+/// Counts a client address that reached the failed-login limit.
+pub fn auth_throttled() {
+    counter!(AUTH_THROTTLED).increment(1);
 }
 
 /// Records one HTTP request.

@@ -2,8 +2,9 @@
 //!
 //! Only `http` and `https` are allowed, and a host must not be or resolve to a loopback,
 //! private, link-local, CGNAT, multicast, documentation/benchmark, reserved or cloud-metadata
-//! address — IPv4-mapped, IPv4-compatible, NAT64 and 6to4 IPv6 forms included, since each
-//! of them reaches an IPv4 address. `ALLOW_PRIVATE_NETWORKS=true` lifts the address rule
+//! address — IPv4-mapped, IPv4-translated, IPv4-compatible, NAT64 and 6to4 IPv6 forms
+//! included, since each of them reaches an IPv4 address (the local-use NAT64 block
+//! `64:ff9b:1::/48` is refused whole). Port 0 is refused. `ALLOW_PRIVATE_NETWORKS=true` lifts the address rule
 //! (local development, tests, private deployments); the scheme rule always holds.
 //!
 //! The Intake checks at submission time; whoever connects later (the audio fetcher, the
@@ -77,6 +78,9 @@ impl UrlPolicy {
             return Err(UrlError::Scheme(url.scheme().to_string()));
         }
         let host = url.host().ok_or(UrlError::NoHost)?;
+        if url.port() == Some(0) {
+            return Err(UrlError::Malformed("port 0 cannot be connected to".into()));
+        }
         if !self.allow_private {
             match host {
                 Host::Ipv4(ip) => self.check_ip(&url, IpAddr::V4(ip))?,
@@ -155,6 +159,36 @@ impl UrlPolicy {
     }
 }
 
+/// A URL as it may be shown (logs, errors, task records, webhooks): scheme, host, port and
+/// path kept; user info dropped; every query value replaced by `REDACTED` (the names stay,
+/// so `?token=REDACTED&v=REDACTED` still tells what was sent); the fragment dropped.
+pub fn redact(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_fragment(None);
+    if url.query().is_some() {
+        let names: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        if names.is_empty() {
+            shown.set_query(None);
+        } else {
+            shown
+                .query_pairs_mut()
+                .clear()
+                .extend_pairs(names.iter().map(|k| (k.as_str(), "REDACTED")));
+        }
+    }
+    shown.to_string()
+}
+
+/// [`redact`] for a URL kept as text; text that does not parse as a URL is not shown.
+pub fn redact_str(raw: &str) -> String {
+    match Url::parse(raw.trim()) {
+        Ok(u) => redact(&u),
+        Err(_) => "<not a URL>".into(),
+    }
+}
+
 /// Whether `ip` is a public unicast address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
@@ -192,8 +226,16 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if s[0..6] == [0, 0, 0, 0, 0, 0] && !(s[6] == 0 && s[7] <= 1) {
         return is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32)); // ::a.b.c.d
     }
+    if s[0..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32)); // ::ffff:0:a.b.c.d (IPv4-translated)
+    }
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
         return is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32)); // NAT64
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        // Local-use NAT64 (64:ff9b:1::/48): the embedded IPv4 address may sit at any of the
+        // RFC 6052 positions and the translator is the operator's own; refuse the block.
+        return false;
     }
     if s[0] == 0x2002 {
         return is_public_v4(Ipv4Addr::from(((s[1] as u32) << 16) | s[2] as u32)); // 6to4
@@ -247,6 +289,10 @@ mod tests {
             "2002:7f00:0001::",
             "ff02::1",
             "2001:db8::1",
+            "::ffff:0:7f00:1",    // IPv4-translated 127.0.0.1
+            "::ffff:0:a9fe:a9fe", // IPv4-translated 169.254.169.254
+            "64:ff9b:1::7f00:1",  // local-use NAT64
+            "64:ff9b:1:2:3::",
         ] {
             assert!(!public(a), "{a} must be refused");
         }
@@ -257,6 +303,8 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "::ffff:0:808:808", // IPv4-translated 8.8.8.8
+            "64:ff9b::808:808", // well-known NAT64 prefix, public target
         ] {
             assert!(public(a), "{a} is public");
         }
@@ -292,18 +340,51 @@ mod tests {
             "http://0177.0.0.1/", // octal
             "http://169.254.169.254/latest/meta-data/",
             "https://10.0.0.5:8443/hook",
+            "http://[::ffff:0:7f00:1]/",
+            "http://[64:ff9b:1::7f00:1]/",
         ] {
             assert_eq!(p.parse(u).unwrap_err().code(), "private_address", "{u}");
         }
         assert!(p.parse("https://example.com/song.wav").is_ok());
+        for u in ["http://example.com:0/a.wav", "https://[2606:4700::1111]:0/"] {
+            assert_eq!(p.parse(u).unwrap_err().code(), "invalid_url", "{u}");
+        }
         let open = UrlPolicy {
             allow_private: true,
         };
         assert!(open.parse("http://127.0.0.1:9000/a.wav").is_ok());
         assert_eq!(
+            open.parse("http://127.0.0.1:0/a.wav").unwrap_err().code(),
+            "invalid_url",
+            "port 0 is refused whatever the address rule"
+        );
+        assert_eq!(
             open.parse("file:///x").unwrap_err().code(),
             "unsupported_scheme"
         );
+    }
+
+    #[test]
+    fn shown_urls_keep_the_place_and_drop_the_secrets() {
+        for (raw, shown) in [
+            (
+                "https://user:pa55@cdn.example.com:8443/a/song.wav?token=s3cret&x=1#frag",
+                "https://cdn.example.com:8443/a/song.wav?token=REDACTED&x=REDACTED",
+            ),
+            (
+                "http://example.com/hook?sig=abc",
+                "http://example.com/hook?sig=REDACTED",
+            ),
+            (
+                "http://example.com/plain.wav",
+                "http://example.com/plain.wav",
+            ),
+            ("http://example.com/a?", "http://example.com/a"),
+            ("http://token@example.com/", "http://example.com/"),
+        ] {
+            assert_eq!(redact_str(raw), shown, "{raw}");
+        }
+        assert_eq!(redact_str("no url here"), "<not a URL>");
     }
 
     #[tokio::test]

@@ -86,6 +86,16 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         .contains(&Role::Uploader)
         .then(|| UploaderConfig::from_env(&env, &cfg.queue))
         .transpose()?;
+    // Processes without the API still expose their metrics when METRICS_PORT is set.
+    let metrics_listen = (api_cfg.is_none() && env.get("METRICS_PORT").is_some())
+        .then(|| -> Result<_, crate::config::ConfigError> {
+            Ok((
+                env.string("METRICS_HOST", "127.0.0.1"),
+                env.ranged::<u16>("METRICS_PORT", 0, 0..=65535)?,
+                crate::api::metrics_token(&env)?,
+            ))
+        })
+        .transpose()?;
     let metrics = crate::metrics::install();
     let queue = Queue::connect(&cfg).context("redis configuration")?;
     let scheduler = SchedulerHandle::start(queue);
@@ -121,6 +131,11 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
     if let Some(ucfg) = ucfg {
         let storage = Storage::open(&ucfg.storage)?;
         tracing::info!(storage = ?ucfg.storage, "uploader started");
+        crate::pipeline::retention::spawn(
+            storage.clone(),
+            ucfg.staging_dir.clone(),
+            ucfg.sweep_every,
+        );
         uploader = Some(
             UploaderActor::new(
                 scheduler.clone(),
@@ -132,23 +147,36 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         );
     }
 
-    // Processes without the API still expose their metrics when METRICS_PORT is set.
     let mut metrics_server = None;
-    if api.is_none() && env.get("METRICS_PORT").is_some() {
-        let port: u16 = env.ranged("METRICS_PORT", 0, 0..=65535)?;
-        let host = env.string("METRICS_HOST", "127.0.0.1");
+    if let Some((host, port, token)) = metrics_listen {
         let handle = metrics.clone();
         let server = actix_web::HttpServer::new(move || {
-            let handle = handle.clone();
+            let (handle, token) = (handle.clone(), token.clone());
             actix_web::App::new()
+                .wrap(crate::api::security_headers())
                 .route(
                     "/metrics",
-                    actix_web::web::get().to(move || {
-                        let body = handle.render();
+                    actix_web::web::get().to(move |req: actix_web::HttpRequest| {
+                        let allowed = token.as_ref().is_none_or(|t| {
+                            t.verify(
+                                req.headers()
+                                    .get(actix_web::http::header::AUTHORIZATION)
+                                    .and_then(|v| v.to_str().ok()),
+                            )
+                        });
+                        let body = allowed.then(|| handle.render());
                         async move {
-                            actix_web::HttpResponse::Ok()
-                                .content_type("text/plain; version=0.0.4; charset=utf-8")
-                                .body(body)
+                            match body {
+                                Some(body) => actix_web::HttpResponse::Ok()
+                                    .content_type("text/plain; version=0.0.4; charset=utf-8")
+                                    .body(body),
+                                None => actix_web::HttpResponse::Unauthorized()
+                                    .insert_header((
+                                        actix_web::http::header::WWW_AUTHENTICATE,
+                                        "Bearer realm=\"metrics\"",
+                                    ))
+                                    .finish(),
+                            }
                         }
                     }),
                 )

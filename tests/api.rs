@@ -434,6 +434,8 @@ async fn queue_statistics_per_stage_and_priority() {
 #[actix_rt::test]
 async fn health_reports_redis_and_turns_503_when_redis_is_down() {
     let mut app = spawn_app(&[]);
+    // Without credentials: the overall status and Redis reachability, nothing else (no
+    // versions, memory, host names or pids).
     let resp = app
         .client
         .get(format!("{}/health", app.base))
@@ -441,7 +443,21 @@ async fn health_reports_redis_and_turns_503_when_redis_is_down() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let h: Value = resp.json().await.unwrap();
+    let public: Value = resp.json().await.unwrap();
+    assert_eq!(
+        public,
+        serde_json::json!({"status": "ok", "redis": {"reachable": true}})
+    );
+    // Wrong credentials are refused, not answered with the public view.
+    let wrong = app
+        .client
+        .get(format!("{}/health", app.base))
+        .basic_auth(USER, Some("not-the-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let h: Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["redis"]["reachable"], true);
     // The version is the one this Redis reports about itself.
@@ -460,16 +476,24 @@ async fn health_reports_redis_and_turns_503_when_redis_is_down() {
     assert_eq!(h["models"]["default"], "dsp-centre");
 
     app.redis.kill();
-    let resp = app
-        .client
-        .get(format!("{}/health", app.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get("/health").await;
     assert_eq!(resp.status(), 503);
     let h: Value = resp.json().await.unwrap();
     assert_eq!(h["redis"]["reachable"], false);
     assert!(h["redis"]["error"].is_string());
+    let public: Value = app
+        .client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        public,
+        serde_json::json!({"status": "unavailable", "redis": {"reachable": false}})
+    );
     let resp = app.generate(&seed_body(3)).await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
@@ -677,7 +701,7 @@ async fn local_download_paths_outside_the_storage_root_are_refused() {
     std::fs::write(root.join("secret.wav"), BAIT).unwrap();
     let storage_url = format!("file://{}", root.display());
     let app = spawn_app(&[("STORAGE_URL", storage_url.as_str())]);
-    let secret = b"test-link-signing-key"; // spawn_app's LINK_SIGNING_KEY
+    let secret = b"test-link-signing-key-0123456789abcdef"; // spawn_app's LINK_SIGNING_KEY
     let expires = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -834,4 +858,260 @@ async fn local_download_paths_outside_the_storage_root_are_refused() {
             "{target}: {err}"
         );
     }
+}
+
+/// Two `Authorization` headers are refused with 400 whichever comes first; nothing is queued.
+#[actix_rt::test]
+async fn two_authorization_headers_are_refused() {
+    use base64::Engine;
+    let app = spawn_app(&[]);
+    let good = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    for pair in [
+        [good.as_str(), "Basic Zm9vOmJhcg=="],
+        ["Basic Zm9vOmJhcg==", &good],
+        [&good, &good],
+    ] {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for v in pair {
+            headers.append("authorization", v.parse().unwrap());
+        }
+        let resp = app
+            .client
+            .post(format!("{}/generate", app.base))
+            .headers(headers)
+            .json(&seed_body(3))
+            .send()
+            .await
+            .unwrap();
+        let (s, code, _) = error_of(resp).await;
+        assert_eq!((s, code.as_str()), (400, "ambiguous_authorization"));
+    }
+    assert_eq!(app.stored_tasks(), (0, 0));
+}
+
+/// After `AUTH_FAILURES_PER_MINUTE` wrong passwords an address gets 429 with `Retry-After`,
+/// the right password included; requests without credentials do not count; the throttled
+/// address is counted in the metrics.
+#[actix_rt::test]
+async fn failed_logins_throttle_the_address() {
+    let app = spawn_app(&[("AUTH_FAILURES_PER_MINUTE", "5")]);
+    let post = |password: Option<&str>| {
+        let req = app.client.post(format!("{}/generate", app.base));
+        let req = match password {
+            Some(p) => req.basic_auth(USER, Some(p)),
+            None => req,
+        };
+        req.json(&seed_body(3)).send()
+    };
+    for _ in 0..10 {
+        assert_eq!(post(None).await.unwrap().status(), 401, "no credentials");
+    }
+    for i in 0..5 {
+        let (s, code, _) = error_of(post(Some("wrong-password")).await.unwrap()).await;
+        assert_eq!((s, code.as_str()), (401, "unauthorized"), "guess {i}");
+    }
+    let resp = post(Some(PASSWORD)).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(error_of(resp).await.1, "too_many_auth_failures");
+    // Every route that takes credentials is closed to the address.
+    assert_eq!(app.get("/queue").await.status(), 429);
+    assert_eq!(app.stored_tasks(), (0, 0));
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The recorder is shared by the apps of this test binary: at least this address.
+    let throttled = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("uvr_auth_throttled_addresses_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(throttled.is_some_and(|n| n >= 1.0), "{metrics}");
+    // Control: a server with throttling off takes the right password after the same guesses.
+    let open = spawn_app(&[("AUTH_FAILURES_PER_MINUTE", "0")]);
+    for _ in 0..8 {
+        let r = open
+            .client
+            .post(format!("{}/generate", open.base))
+            .basic_auth(USER, Some("wrong-password"))
+            .json(&seed_body(3))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(open.generate(&seed_body(3)).await.status(), 202);
+}
+
+/// API answers carry `X-Content-Type-Options: nosniff` and `Cache-Control: no-store`; the
+/// docs page a Content-Security-Policy that names its one inline script and style by hash.
+#[actix_rt::test]
+async fn responses_carry_security_headers() {
+    use base64::Engine;
+    use sha2::Digest;
+    let app = spawn_app(&[]);
+    for path in ["/health", "/queue", "/openapi.json", "/nope", "/tasks/x"] {
+        let resp = app.get(path).await;
+        assert_eq!(
+            resp.headers()["x-content-type-options"],
+            "nosniff",
+            "{path}"
+        );
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+    }
+    let docs = app
+        .client
+        .get(format!("{}/docs", app.base))
+        .send()
+        .await
+        .unwrap();
+    let csp = docs.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let html = docs.text().await.unwrap();
+    let between = |open: &str, close: &str| {
+        let start = html.find(open).unwrap() + open.len();
+        let end = start + html[start..].find(close).unwrap();
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha256::digest(&html.as_bytes()[start..end]))
+        )
+    };
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    assert!(
+        csp.contains(&format!("script-src {}", between("<script>", "</script>"))),
+        "{csp}"
+    );
+    assert!(
+        csp.contains(&format!("style-src {}", between("<style>", "</style>"))),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe"), "{csp}");
+}
+
+/// `METRICS_TOKEN` closes `/metrics` to anyone without `Authorization: Bearer <token>`.
+#[actix_rt::test]
+async fn metrics_token_guards_metrics() {
+    let token = "scrape-token-0123456789abcdef";
+    let app = spawn_app(&[("METRICS_TOKEN", token)]);
+    let url = format!("{}/metrics", app.base);
+    let none = app.client.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert!(
+        none.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let wrong = app
+        .client
+        .get(&url)
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let basic = app.get("/metrics").await;
+    assert_eq!(
+        basic.status(),
+        401,
+        "the API password is not the metrics token"
+    );
+    let ok = app
+        .client
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await.unwrap().contains("uvr_http_requests_total"));
+}
+
+/// An `Idempotency-Key` names one request: sent again with the same request it replays the
+/// task, with another request it is refused with 409 and nothing is queued.
+#[actix_rt::test]
+async fn an_idempotency_key_reused_with_another_body_is_refused() {
+    let app = spawn_app(&[]);
+    let send = |body: Value| {
+        app.client
+            .post(format!("{}/generate", app.base))
+            .basic_auth(USER, Some(PASSWORD))
+            .header("Idempotency-Key", "order-7")
+            .json(&body)
+            .send()
+    };
+    let first: Value = send(seed_body(4)).await.unwrap().json().await.unwrap();
+    // The same request, spelled differently (key order, defaults): the same task.
+    let same = json!({"priority": 4, "hook_url": "https://93.184.215.14/webhook",
+                      "audio": "https://93.184.215.14/audio.wav"});
+    let again = send(same).await.unwrap();
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["task_id"], first["task_id"]);
+    for other in [seed_body(5), {
+        let mut b = seed_body(4);
+        b["audio"] = json!("https://93.184.215.14/other.wav");
+        b
+    }] {
+        let (s, code, body) = error_of(send(other).await.unwrap()).await;
+        assert_eq!(
+            (s, code.as_str()),
+            (409, "idempotency_key_reused"),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(first["task_id"].as_str().unwrap())
+        );
+    }
+    assert_eq!(app.stored_tasks(), (1, 1));
+}
+
+/// URLs are shown without user info or query values; the stored request keeps them whole
+/// for the fetch and the webhook.
+#[actix_rt::test]
+async fn task_views_show_urls_without_their_secrets() {
+    let app = spawn_app(&[]);
+    let body = json!({
+        "audio": "https://user:hunter2@93.184.215.14/a.wav?token=s3cret&v=2",
+        "hook_url": "https://93.184.215.14/hook?sig=hook-secret#frag",
+    });
+    let accepted: Value = app.generate(&body).await.json().await.unwrap();
+    let id = accepted["task_id"].as_str().unwrap();
+    let view = app.get(&format!("/tasks/{id}")).await.text().await.unwrap();
+    for secret in ["hunter2", "s3cret", "hook-secret", "user:"] {
+        assert!(!view.contains(secret), "{secret} shown: {view}");
+    }
+    let view: Value = serde_json::from_str(&view).unwrap();
+    assert_eq!(
+        view["request"]["audio"],
+        "https://93.184.215.14/a.wav?token=REDACTED&v=REDACTED"
+    );
+    assert_eq!(
+        view["request"]["hook_url"],
+        "https://93.184.215.14/hook?sig=REDACTED"
+    );
+    let stored = app
+        .redis
+        .cli(&["HGET", &format!("uvr_tasks:task:{id}"), "request"])
+        .unwrap();
+    assert!(stored.contains("token=s3cret"), "{stored}");
 }

@@ -22,7 +22,8 @@
 //! Redirects into private space need a configuration where the audio origin is allowed but the
 //! redirect target is not. The address policy has no allow-list (only
 //! `ALLOW_PRIVATE_NETWORKS`), so that deployment keeps the policy on and reaches the loopback
-//! origin through a forward proxy (`http_proxy`, honoured by the HTTP client): the audio URLs
+//! origin through a forward proxy (`OUTBOUND_PROXY`; proxies of the environment are ignored, which
+//! `environment_proxies_are_ignored` checks): the audio URLs
 //! name a host under `.invalid`, which resolves nowhere, so nothing leaves the machine, and each
 //! redirect target is checked by the policy before any request. (Through a proxy the
 //! connect-time DNS check does not apply, since the proxy resolves names: that deployment tests
@@ -1388,6 +1389,10 @@ struct OriginState {
     redirects: HashMap<String, Option<String>>,
     /// `/stream/{name}`: generated silence.
     streams: HashMap<String, Silence>,
+    /// `/trickle/{name}`: a WAV header, then one byte every this many milliseconds.
+    trickles: HashMap<String, u64>,
+    /// Every file path asked for (`/audio/...`), in order, direct or through the proxy.
+    asked: Vec<String>,
     hooks: Vec<Received>,
 }
 
@@ -1443,7 +1448,9 @@ struct Origin {
 
 async fn origin_file(req: HttpRequest, st: web::Data<Arc<Mutex<OriginState>>>) -> HttpResponse {
     let name = req.match_info().get("name").unwrap_or_default();
-    match st.lock().unwrap().files.get(name).cloned() {
+    let mut st = st.lock().unwrap();
+    st.asked.push(req.path().to_string());
+    match st.files.get(name).cloned() {
         None => HttpResponse::NotFound().body("no such file"),
         Some(d) => HttpResponse::Ok()
             .content_type("application/octet-stream")
@@ -1493,6 +1500,38 @@ async fn origin_stream(req: HttpRequest, st: web::Data<Arc<Mutex<OriginState>>>)
     resp.streaming(chunks)
 }
 
+async fn origin_trickle(req: HttpRequest, st: web::Data<Arc<Mutex<OriginState>>>) -> HttpResponse {
+    let name = req.match_info().get("name").unwrap_or_default();
+    let Some(every) = st.lock().unwrap().trickles.get(name).copied() else {
+        return HttpResponse::NotFound().finish();
+    };
+    let header = Silence {
+        rate: 44_100,
+        channels: 2,
+        seconds: 1,
+        content_length: false,
+        unknown_length: false,
+    }
+    .header();
+    // The header at once, then a zero byte every `every` ms for at most ten minutes.
+    let bytes = futures_util::stream::unfold(0u64, move |sent| {
+        let header = header.clone();
+        async move {
+            if sent == 0 {
+                return Some((Ok::<_, std::io::Error>(web::Bytes::from(header)), 1));
+            }
+            if sent > 600_000 / every.max(1) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(every)).await;
+            Some((Ok(web::Bytes::from_static(&[0u8])), sent + 1))
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("audio/wav")
+        .streaming(bytes)
+}
+
 async fn origin_hook(
     req: HttpRequest,
     body: web::Bytes,
@@ -1520,6 +1559,7 @@ impl Origin {
                 .route("/audio/{name}", web::get().to(origin_file))
                 .route("/redirect/{name}", web::get().to(origin_redirect))
                 .route("/stream/{name}", web::get().to(origin_stream))
+                .route("/trickle/{name}", web::get().to(origin_trickle))
                 .route("/hook", web::post().to(origin_hook))
         })
         .workers(2)
@@ -1549,6 +1589,8 @@ enum Source {
     Missing,
     /// Generated silence at `/stream/{case}`.
     Stream(Silence),
+    /// A WAV header, then one byte every this many milliseconds, at `/trickle/{case}`.
+    Trickle(u64),
     /// `hops` relative redirects, then a redirect to `then` (absolute or relative; `None`: a
     /// redirect without `Location`). In `then`, `{port}` is the origin's port and `{self}` the
     /// redirect's own path.
@@ -1606,6 +1648,10 @@ fn install(origin: &Origin, key: &str, source: &Source) -> String {
         Source::Stream(s) => {
             st.streams.insert(key.into(), *s);
             format!("/stream/{key}")
+        }
+        Source::Trickle(every) => {
+            st.trickles.insert(key.into(), *every);
+            format!("/trickle/{key}")
         }
         Source::Redirects { hops, then } => {
             for i in 0..*hops {
@@ -2296,6 +2342,77 @@ async fn pipeline_limits_and_redirect_chains_end_with_stable_codes() {
     run_pipeline_table(&dep, &origin, &origin.base, &origin.base, cases).await;
 }
 
+/// What one task may take: a source that trickles its bytes is cut off by the total deadline
+/// (`FETCH_TOTAL_TIMEOUT_SECONDS`) with `audio_timeout` after one attempt, instead of holding
+/// a processor for as long as it keeps each gap under the idle timeout; stems that would
+/// pass `MAX_OUTPUT_BYTES` fail with `output_too_large`, before writing when the length is
+/// known and as they grow when it is not, leaving nothing behind. And the proxy variables of
+/// the environment are not obeyed: every one of them names a decoy proxy that would answer
+/// 404, and the song and the webhooks still go directly.
+#[actix_rt::test]
+async fn pipeline_bounds_slow_sources_and_large_outputs_and_ignores_environment_proxies() {
+    use End::{Fail, Ok};
+    let origin = Origin::start();
+    let decoy = Origin::start();
+    let dep = Deployment::new(&[
+        LIMITS[0],
+        LIMITS[1],
+        ("FETCH_TOTAL_TIMEOUT_SECONDS", "3"),
+        // Two 16-bit stems of about 5.6 s (176,400 bytes per second each).
+        ("MAX_OUTPUT_BYTES", "2000000"),
+        ("http_proxy", decoy.base.as_str()),
+        ("HTTP_PROXY", decoy.base.as_str()),
+        ("https_proxy", decoy.base.as_str()),
+        ("all_proxy", decoy.base.as_str()),
+        ("ALL_PROXY", decoy.base.as_str()),
+    ]);
+    let started = Instant::now();
+    let cases = vec![
+        pipe(
+            "a byte every 400 ms, well inside the idle timeout",
+            Source::Trickle(400),
+            Fail("audio_timeout"),
+        ),
+        pipe(
+            "control: a song, with proxies in the environment",
+            Source::File(fixtures::tone(0.5, 44_100)),
+            Ok(0.5),
+        ),
+        pipe(
+            "10 s: two stems over MAX_OUTPUT_BYTES, known before writing",
+            Source::File(fixtures::tone(10.0, 44_100)),
+            Fail("output_too_large"),
+        ),
+        pipe(
+            "10 s of unknown length: over MAX_OUTPUT_BYTES while writing",
+            Source::Stream(Silence {
+                rate: 44_100,
+                channels: 2,
+                seconds: 10,
+                content_length: false,
+                unknown_length: true,
+            }),
+            Fail("output_too_large"),
+        ),
+        pipe(
+            "control: 5 s, within the budget",
+            Source::File(fixtures::tone(5.0, 44_100)),
+            Ok(5.0),
+        ),
+    ];
+    run_pipeline_table(&dep, &origin, &origin.base, &origin.base, cases).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the trickling source was not cut off at its deadline"
+    );
+    assert_eq!(
+        decoy.state.lock().unwrap().asked,
+        Vec::<String>::new(),
+        "a request went through an environment proxy"
+    );
+    assert_eq!(origin.state.lock().unwrap().asked.len(), 3);
+}
+
 /// Redirects into private space, with the address policy on. The origin is reached through a
 /// forward proxy under a name that resolves nowhere (see the module documentation); every
 /// redirect target below would serve a valid song if the policy let the request through.
@@ -2307,7 +2424,7 @@ async fn pipeline_refuses_redirects_into_private_space() {
         LIMITS[0],
         LIMITS[1],
         ("ALLOW_PRIVATE_NETWORKS", "false"),
-        ("http_proxy", origin.base.as_str()),
+        ("OUTBOUND_PROXY", origin.base.as_str()),
     ]);
     origin
         .state

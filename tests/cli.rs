@@ -232,28 +232,106 @@ fn a_configuration_error_is_one_line_and_exit_2() {
     );
 }
 
+/// A guessable secret stops each role that uses it, naming the variable and never the
+/// value, unless `ALLOW_WEAK_SECRETS=true`; Redis is never reached (the URL points nowhere).
+#[test]
+fn weak_secrets_stop_the_service_unless_allowed() {
+    let strong = [
+        ("API_PASSWORD", "correct-horse-battery"),
+        ("LINK_SIGNING_KEY", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+        (
+            "WEBHOOK_SECRET",
+            "whsec_BwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSY=",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().join("stems").display());
+    for (roles, var, weak) in [
+        ("api", "API_PASSWORD", "Zq7"),
+        ("api", "API_PASSWORD", "elevenchars"),
+        (
+            "uploader",
+            "LINK_SIGNING_KEY",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ),
+        ("uploader", "LINK_SIGNING_KEY", "sixteen-byte-key"),
+        ("uploader", "WEBHOOK_SECRET", "short-webhook-secret"),
+    ] {
+        let run = |allow: bool| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_uvr"));
+            cmd.env_clear()
+                .env("UVR_ROLES", roles)
+                .env("REDIS_URL", "redis://127.0.0.1:1/0")
+                .env("MODELS_DIR", "/nonexistent")
+                .env("STORAGE_URL", &storage)
+                .env("API_PORT", "0")
+                .envs(strong)
+                .env(var, weak);
+            if allow {
+                cmd.env("ALLOW_WEAK_SECRETS", "true");
+            }
+            cmd
+        };
+        let o = run(false).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{var}={weak}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(var) && err.contains("weak") && !err.contains(weak),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        // Allowed: the settings pass and the process goes on to start (then it is stopped).
+        let mut child = run(true)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let exited = child.try_wait().unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            exited.is_none_or(|s| s.code() != Some(2)) && !err.contains("weak"),
+            "{var} allowed: {exited:?} {err}"
+        );
+    }
+}
+
 /// `uvr healthcheck` asks this host's `/readyz`: 0 for a 200, 1 for anything else or no
 /// answer.
 #[test]
 fn healthcheck_follows_readyz() {
     use std::io::{Read, Write};
-    for (status, code) in [("200 OK", 0), ("503 Service Unavailable", 1)] {
+    for (status, code, path) in [
+        ("200 OK", 0, None),
+        ("503 Service Unavailable", 1, None),
+        ("200 OK", 0, Some("/livez")),
+    ] {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let asked = path.unwrap_or("/readyz");
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut buf = [0u8; 512];
             let n = s.read(&mut buf).unwrap();
-            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /readyz "));
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with(&format!("GET {asked} ")));
             write!(s, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").unwrap();
         });
-        let o = uvr(
-            &["healthcheck", "--port", &port.to_string()],
-            Path::new("/nonexistent"),
-        );
+        let port = port.to_string();
+        let mut args = vec!["healthcheck", "--port", &port];
+        if let Some(p) = path {
+            args.extend(["--path", p]);
+        }
+        let o = uvr(&args, Path::new("/nonexistent"));
         assert_eq!(o.status.code(), Some(code), "{status}: {}", text(&o));
         server.join().unwrap();
     }
+    let o = uvr(
+        &["healthcheck", "--path", "livez"],
+        Path::new("/nonexistent"),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     // Nothing listening.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

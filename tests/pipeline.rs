@@ -720,7 +720,7 @@ impl InProcess {
             ("ALLOW_PRIVATE_NETWORKS", "true"),
             ("STAGING_DIR", &staging),
             ("STORAGE_URL", &storage),
-            ("LINK_SIGNING_KEY", "test-link-signing-key"),
+            ("LINK_SIGNING_KEY", "test-link-signing-key-0123456789abcdef"),
             ("WEBHOOK_SECRET", WEBHOOK_SECRET),
             ("REAPER_INTERVAL_SECONDS", "0.1"),
             ("CLAIM_POLL_SECONDS", "0.1"),
@@ -892,4 +892,112 @@ async fn a_failing_webhook_is_given_up_after_webhook_max_attempts() {
     // Well past the backoff: no fourth attempt.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.hits("/down").len(), 3);
+}
+
+/// Retention: stored stems and staging leftovers older than `RESULT_URL_TTL` are deleted by
+/// the uploader's sweep; the task record stays (it expires with `RESULT_RETENTION_SECONDS`).
+#[actix_rt::test]
+async fn stored_stems_and_staging_leftovers_are_deleted_after_their_ttl() {
+    let peer = Peer::start();
+    let dep = Deployment::new(&[("RESULT_URL_TTL", "4"), ("RETENTION_SWEEP_SECONDS", "0.5")]);
+    // A leftover of an attempt that died with its process, a day old.
+    let leftover = dep
+        .path("staging")
+        .join("0190a2b4-0000-7000-8000-00000000dead");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("source.audio"), b"partial").unwrap();
+    for p in [leftover.join("source.audio"), leftover.clone()] {
+        std::fs::File::open(&p)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(86_400))
+            .unwrap();
+    }
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::new();
+    let audio = peer.put("song.wav", test_wav(1.0, 44_100));
+    let accepted = submit(
+        &client,
+        &dep.base(),
+        json!({"audio": audio, "hook_url": peer.hook_url()}),
+    )
+    .await;
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+    let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
+    assert_eq!(hooks.len(), 1);
+    let stored = dep.path("stems").join(&id);
+    assert!(
+        stored.join("vocals.wav").exists(),
+        "stored when the webhook went out"
+    );
+    let swept = common::eventually(Duration::from_secs(30), || {
+        let (stored, leftover) = (stored.clone(), leftover.clone());
+        async move { !stored.exists() && !leftover.exists() }
+    })
+    .await;
+    assert!(
+        swept,
+        "stems {:?} / leftover {:?} still there",
+        stored.exists(),
+        leftover.exists()
+    );
+    let t = task(&client, &dep.base(), &id).await;
+    assert_eq!(t["status"], "succeeded", "the record is kept");
+}
+
+/// The retention sweep against a real S3 store (SeaweedFS): objects under the storage prefix
+/// written before the cutoff go, a multipart one (over 8 MiB) included; with a cutoff in the
+/// past nothing goes; objects under another prefix are never touched.
+#[actix_rt::test]
+async fn the_s3_retention_sweep_deletes_only_its_own_objects_past_the_cutoff() {
+    use std::time::SystemTime;
+    use uvr::pipeline::storage::{Storage, StorageConfig};
+    let s3 = common::e2e::Seaweed::start();
+    let endpoint = s3.endpoint();
+    let open = |url: &str| {
+        let env = uvr::config::Env::from_pairs([
+            ("STORAGE_URL", url),
+            ("S3_ENDPOINT", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", common::e2e::S3_KEY),
+            ("AWS_SECRET_ACCESS_KEY", common::e2e::S3_SECRET),
+        ]);
+        Storage::open(&StorageConfig::from_env(&env).unwrap()).unwrap()
+    };
+    let mine = open("s3://stems/sweep");
+    let theirs = open("s3://stems/elsewhere");
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.wav");
+    let big = dir.path().join("big.wav");
+    std::fs::write(&small, test_wav(0.5, 44_100)).unwrap();
+    std::fs::write(&big, vec![7u8; 9 << 20]).unwrap();
+    mine.put_file("t1/vocals.wav", &small).await.unwrap();
+    mine.put_file("t1/instrumental.wav", &big).await.unwrap();
+    theirs.put_file("t2/vocals.wav", &small).await.unwrap();
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        mine.delete_older_than(SystemTime::now() - hour)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        mine.delete_older_than(SystemTime::now() + Duration::from_secs(5))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        mine.delete_older_than(SystemTime::now() + Duration::from_secs(5))
+            .await
+            .unwrap(),
+        0,
+        "nothing left under the prefix"
+    );
+    assert_eq!(
+        theirs
+            .delete_older_than(SystemTime::now() + Duration::from_secs(5))
+            .await
+            .unwrap(),
+        1,
+        "the other prefix kept its object"
+    );
 }

@@ -349,6 +349,26 @@ async fn idempotency_keys_return_the_same_task() {
     };
     assert_ne!(s.ask(Enqueue(other)).await.unwrap().id, a.id);
     assert_eq!(s.ask(Stats).await.unwrap().separate.waiting, 2);
+    // The same key with another request is refused, naming the key's task; nothing is queued.
+    let changed = NewTask {
+        idempotency_key: Some("admin:order-42".into()),
+        ..new_task(4)
+    };
+    match s.ask(Enqueue(changed)).await {
+        Err(QueueError::IdempotencyKeyReused(id)) => assert_eq!(id, a.id),
+        other => panic!("expected idempotency_key_reused, got {other:?}"),
+    }
+    assert_eq!(s.ask(Stats).await.unwrap().separate.waiting, 2);
+    // A key written before requests were fingerprinted (the bare task id) still replays.
+    redis
+        .cli(&["SET", "uvr_tasks:idem:admin:order-44", a.id.as_str()])
+        .unwrap();
+    let old = NewTask {
+        idempotency_key: Some("admin:order-44".into()),
+        ..new_task(5)
+    };
+    let replay = s.ask(Enqueue(old)).await.unwrap();
+    assert_eq!((replay.id, replay.created), (a.id.clone(), false));
 }
 
 #[actix_rt::test]

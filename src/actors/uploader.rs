@@ -223,6 +223,7 @@ impl Env {
             &body,
         )
         .await;
+        crate::metrics::webhook_delivery(attempt.outcome);
         let log = AppendLog {
             id: rec.id.clone(),
             field: "webhook_log",

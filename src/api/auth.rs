@@ -1,8 +1,13 @@
-//! HTTP Basic authentication. Credentials are kept only as SHA-256 digests and compared in
-//! constant time (digests have a fixed length, so not even the length of a guess leaks);
-//! neither the header nor the password is ever logged.
+//! HTTP Basic authentication, the `/metrics` bearer token, and failed-login throttling.
+//! Credentials are kept only as SHA-256 digests and compared in constant time (digests have
+//! a fixed length, so not even the length of a guess leaks); neither the header nor the
+//! password is ever logged.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -62,6 +67,108 @@ impl Credentials {
     }
 }
 
+/// The bearer token that guards `/metrics` (`METRICS_TOKEN`), kept as a digest.
+#[derive(Clone)]
+pub struct BearerToken {
+    digest: [u8; 32],
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(***)")
+    }
+}
+
+impl BearerToken {
+    /// A token to compare against.
+    pub fn new(token: &str) -> Self {
+        Self {
+            digest: digest(token.as_bytes()),
+        }
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <this token>`.
+    pub fn verify(&self, header: Option<&str>) -> bool {
+        let Some((scheme, token)) = header.and_then(|h| h.trim().split_once(' ')) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("bearer")
+            && bool::from(digest(token.trim().as_bytes()).ct_eq(&self.digest))
+    }
+}
+
+/// Failed logins per client address. Once an address has failed `limit` times within a
+/// window (a minute), every request of it that needs credentials is refused, the right
+/// password included, until its window has passed. A limit of 0 turns throttling off.
+#[derive(Debug)]
+pub struct Throttle {
+    limit: u32,
+    window: Duration,
+    failures: Mutex<HashMap<IpAddr, Window>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    failures: u32,
+}
+
+/// Addresses remembered at most; beyond it, windows that have passed are forgotten.
+const THROTTLE_MEMORY: usize = 100_000;
+
+impl Throttle {
+    /// `limit` failures per minute per address (`AUTH_FAILURES_PER_MINUTE`).
+    pub fn per_minute(limit: u32) -> Self {
+        Self::new(limit, Duration::from_secs(60))
+    }
+
+    /// `limit` failures per `window`.
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `ip` must wait, when it is throttled now.
+    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+        if self.limit == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let w = map.get(&ip)?;
+        let ends = w.started + self.window;
+        (w.failures >= self.limit && now < ends).then(|| ends - now)
+    }
+
+    /// Records a failed login from `ip`; true when this failure reached the limit.
+    pub fn failed(&self, ip: IpAddr) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let window = self.window;
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= THROTTLE_MEMORY {
+            map.retain(|_, w| now < w.started + window);
+        }
+        let w = map.entry(ip).or_insert(Window {
+            started: now,
+            failures: 0,
+        });
+        if now >= w.started + window {
+            *w = Window {
+                started: now,
+                failures: 0,
+            };
+        }
+        w.failures = w.failures.saturating_add(1);
+        w.failures == self.limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +191,46 @@ mod tests {
         assert_eq!(c.verify(Some("Basic !!!")), None);
         assert_eq!(c.verify(None), None);
         assert!(!format!("{c:?}").contains("pa:ss"));
+    }
+
+    #[test]
+    fn bearer_tokens_compare_whole() {
+        let t = BearerToken::new("scrape-token-0123456789");
+        assert!(t.verify(Some("Bearer scrape-token-0123456789")));
+        assert!(t.verify(Some("bearer  scrape-token-0123456789 ")));
+        for h in [
+            "Bearer scrape-token-012345678",
+            "Bearer scrape-token-01234567890",
+            "Basic scrape-token-0123456789",
+            "scrape-token-0123456789",
+            "",
+        ] {
+            assert!(!t.verify(Some(h)), "{h}");
+        }
+        assert!(!t.verify(None));
+        assert!(!format!("{t:?}").contains("scrape"));
+    }
+
+    #[test]
+    fn an_address_is_throttled_at_the_limit_until_its_window_passes() {
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        let b: IpAddr = "2001:db8::7".parse().unwrap();
+        let t = Throttle::new(3, Duration::from_millis(300));
+        assert!(!t.failed(a));
+        assert!(!t.failed(a));
+        assert_eq!(t.blocked(a), None, "below the limit");
+        assert!(t.failed(a), "the third failure reaches the limit");
+        let wait = t.blocked(a).expect("throttled");
+        assert!(wait <= Duration::from_millis(300), "{wait:?}");
+        assert_eq!(t.blocked(b), None, "other addresses are not affected");
+        assert!(!t.failed(a), "the limit is reported once");
+        std::thread::sleep(wait + Duration::from_millis(20));
+        assert_eq!(t.blocked(a), None, "the window passed");
+        assert!(!t.failed(a), "a new window counts from one");
+        let off = Throttle::new(0, Duration::from_secs(60));
+        for _ in 0..100 {
+            assert!(!off.failed(a));
+        }
+        assert_eq!(off.blocked(a), None);
     }
 }

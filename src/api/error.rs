@@ -24,6 +24,8 @@ pub struct ApiError {
     pub field: Option<&'static str>,
     /// `Retry-After` seconds, for 429 and 503.
     pub retry_after: Option<u64>,
+    /// The `WWW-Authenticate` challenge of a 401 (HTTP Basic unless set).
+    pub challenge: Option<&'static str>,
 }
 
 impl ApiError {
@@ -35,7 +37,14 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            challenge: None,
         }
+    }
+
+    /// Sets the `WWW-Authenticate` challenge a 401 carries.
+    pub fn www_authenticate(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
     }
 
     /// Adds a `Retry-After`.
@@ -97,7 +106,10 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             resp.insert_header((
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"uvr\", charset=\"UTF-8\""),
+                HeaderValue::from_static(
+                    self.challenge
+                        .unwrap_or("Basic realm=\"uvr\", charset=\"UTF-8\""),
+                ),
             ));
         }
         resp.json(json!({ "error": body }))
@@ -108,6 +120,14 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match &e {
             QueueError::NotFound(id) => ApiError::task_not_found(id.as_str()),
+            QueueError::IdempotencyKeyReused(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                format!(
+                    "this Idempotency-Key was used for task {id} with a different request; \
+                     use a new key for a new request"
+                ),
+            ),
             QueueError::AlreadyFinished { .. } => {
                 ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string())
             }

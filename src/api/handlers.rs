@@ -36,14 +36,58 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
+/// The one `Authorization` header of a request; two or more are refused (which one a proxy
+/// in front would honour is anyone's guess).
+fn authorization(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let mut values = req.headers().get_all(header::AUTHORIZATION);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_authorization",
+            "send one Authorization header, not several",
+        ));
+    }
+    Ok(first.and_then(|v| v.to_str().ok()))
+}
+
+/// Checks the caller's credentials. An address that failed `AUTH_FAILURES_PER_MINUTE`
+/// times within the minute is refused before its credentials are looked at, so the right
+/// password found by guessing does not work either until the window has passed.
 fn authenticate<'a>(req: &HttpRequest, st: &'a AppState) -> Result<&'a str, ApiError> {
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    st.credentials
-        .verify(header)
-        .ok_or_else(ApiError::unauthorized)
+    let header = authorization(req)?;
+    check_credentials(req, st, |h| st.credentials.verify(h).is_some(), header)?;
+    Ok(st.credentials.username())
+}
+
+/// Runs `verify` on `header` under the failed-login throttle of the caller's address.
+fn check_credentials(
+    req: &HttpRequest,
+    st: &AppState,
+    verify: impl FnOnce(Option<&str>) -> bool,
+    header: Option<&str>,
+) -> Result<(), ApiError> {
+    let ip = req.peer_addr().map(|a| a.ip());
+    if let Some(wait) = ip.and_then(|ip| st.throttle.blocked(ip)) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_auth_failures",
+            "too many failed logins from this address; retry later",
+        )
+        .retry_after(wait));
+    }
+    if verify(header) {
+        return Ok(());
+    }
+    // A request without credentials is a client finding out it needs them, not a guess.
+    if header.is_some()
+        && let Some(ip) = ip
+        && st.throttle.failed(ip)
+    {
+        tracing::warn!(%ip, "failed-login limit reached; the address is throttled");
+        crate::metrics::auth_throttled();
+    }
+    Err(ApiError::unauthorized())
 }
 
 fn unavailable(what: &str) -> ApiError {
@@ -233,9 +277,11 @@ pub fn task_json(rec: &TaskRecord, position: Option<u64>) -> Value {
         "error": error,
         "result": rec.result,
         "webhook_deliveries": webhook,
+        // Shown without user info or query values; the record keeps the full URLs for the
+        // fetch and the webhook only.
         "request": {
-            "audio": rec.request.audio,
-            "hook_url": rec.request.hook_url,
+            "audio": crate::net::redact_str(&rec.request.audio),
+            "hook_url": crate::net::redact_str(&rec.request.hook_url),
             "model": rec.request.model,
             "stems": rec.request.stems,
             "output_format": rec.request.output_format,
@@ -286,7 +332,16 @@ async fn models(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
 /// Live workers are those with a heartbeat within this window.
 const WORKER_WINDOW: Duration = Duration::from_secs(60);
 
-async fn health(st: web::Data<AppState>) -> HttpResponse {
+/// `/health`: the overall status and whether Redis is reachable for anyone; the details
+/// (Redis version and memory, queues, workers, models) only with the API credentials.
+async fn health(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let detailed = match authorization(&req)? {
+        None => false,
+        Some(_) => {
+            authenticate(&req, &st)?;
+            true
+        }
+    };
     let (info, stats, workers) = tokio::join!(
         st.scheduler.ask(Info),
         st.scheduler.ask(Stats),
@@ -324,7 +379,15 @@ async fn health(st: web::Data<AppState>) -> HttpResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    HttpResponse::build(status).json(body)
+    let body = if detailed {
+        body
+    } else {
+        json!({
+            "status": body["status"],
+            "redis": {"reachable": info.is_ok()},
+        })
+    };
+    Ok(HttpResponse::build(status).json(body))
 }
 
 async fn livez() -> HttpResponse {
@@ -342,13 +405,18 @@ async fn readyz(st: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics(st: web::Data<AppState>) -> HttpResponse {
+async fn metrics(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if let Some(token) = &st.metrics_token {
+        let header = authorization(&req)?;
+        check_credentials(&req, &st, |h| token.verify(h), header)
+            .map_err(|e| e.www_authenticate("Bearer realm=\"metrics\""))?;
+    }
     // Refresh the queue gauges; a Redis outage shows as uvr_redis_up 0, not as an error.
     let up = st.scheduler.ask(Stats).await.is_ok();
     crate::metrics::redis_up(up);
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(st.metrics.render())
+        .body(st.metrics.render()))
 }
 
 async fn openapi() -> HttpResponse {
@@ -357,9 +425,37 @@ async fn openapi() -> HttpResponse {
         .body(OPENAPI)
 }
 
+/// The docs page's Content-Security-Policy: its own inline script and style (named by their
+/// SHA-256, so no other inline code runs), the document fetched from this origin, nothing
+/// else (no frames, forms, plugins or other origins).
+pub fn docs_csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine;
+        use sha2::Digest;
+        let hash = |open: &str, close: &str| {
+            let start = DOCS.find(open).map(|i| i + open.len()).unwrap_or(0);
+            let end = DOCS[start..].find(close).map_or(start, |i| start + i);
+            let digest = sha2::Sha256::digest(DOCS[start..end].as_bytes());
+            format!(
+                "'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            )
+        };
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("<script>", "</script>"),
+            hash("<style>", "</style>")
+        )
+    })
+}
+
 async fn docs() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::html())
+        .insert_header((header::CONTENT_SECURITY_POLICY, docs_csp()))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .body(DOCS)
 }
 

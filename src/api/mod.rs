@@ -27,7 +27,7 @@ use crate::models::Catalog;
 use crate::net::UrlPolicy;
 use crate::task::Priority;
 
-pub use auth::Credentials;
+pub use auth::{BearerToken, Credentials, Throttle};
 pub use error::ApiError;
 pub use handlers::{check_json_content_type, parse_json_body};
 
@@ -42,6 +42,11 @@ pub struct ApiConfig {
     pub workers: usize,
     /// Basic-auth credentials (`API_USERNAME` / `API_PASSWORD`).
     pub credentials: Credentials,
+    /// Failed logins per client address and minute before it is refused
+    /// (`AUTH_FAILURES_PER_MINUTE`, default 20; 0 turns throttling off).
+    pub auth_failures_per_minute: u32,
+    /// The bearer token `/metrics` requires (`METRICS_TOKEN`; unset: `/metrics` is open).
+    pub metrics_token: Option<BearerToken>,
     /// Largest accepted request body (`MAX_REQUEST_BYTES`, default 64 KiB).
     pub max_request_bytes: usize,
     /// How long readiness reports unhealthy before the server stops accepting
@@ -84,6 +89,7 @@ impl ApiConfig {
             value: String::new(),
             reason: "must be set (the password of POST /generate's HTTP Basic auth)".into(),
         })?;
+        crate::config::require_strong(env, "API_PASSWORD", password.as_bytes(), 12)?;
         let username = env.string("API_USERNAME", "admin");
         if username.contains(':') {
             return Err(ConfigError::Invalid {
@@ -104,18 +110,27 @@ impl ApiConfig {
             }
         }
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let files = match crate::pipeline::storage::StorageConfig::from_env(env) {
-            Ok(crate::pipeline::storage::StorageConfig::Local { root, key, .. }) => {
+        // Only local storage is served by the API; with S3 the API needs none of its
+        // settings (nor its credentials).
+        let local = env
+            .string("STORAGE_URL", "file://data/stems")
+            .starts_with("file://");
+        let files = match local
+            .then(|| crate::pipeline::storage::StorageConfig::from_env(env))
+            .transpose()?
+        {
+            Some(crate::pipeline::storage::StorageConfig::Local { root, key, .. }) => {
                 Some(FilesConfig { root, key })
             }
-            Ok(_) => None,
-            Err(e) => return Err(e),
+            _ => None,
         };
         Ok(Self {
             host: env.string("API_HOST", "127.0.0.1"),
             port: env.ranged("API_PORT", 8000, 0..=65535)?,
             workers: env.ranged("API_WORKERS", cpus, 1..=256)?,
             credentials: Credentials::new(&username, password),
+            auth_failures_per_minute: env.ranged("AUTH_FAILURES_PER_MINUTE", 20, 0..=1_000_000)?,
+            metrics_token: metrics_token(env)?,
             max_request_bytes: env.ranged("MAX_REQUEST_BYTES", 65536, 1024..=16 << 20)?,
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", Duration::from_secs(2))?,
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_SECONDS", Duration::from_secs(30))?,
@@ -134,6 +149,18 @@ impl ApiConfig {
     }
 }
 
+/// `METRICS_TOKEN`, checked like the other secrets.
+pub fn metrics_token(env: &Env) -> Result<Option<BearerToken>, ConfigError> {
+    match env.get("METRICS_TOKEN") {
+        None => Ok(None),
+        Some(t) => {
+            let t = t.trim();
+            crate::config::require_strong(env, "METRICS_TOKEN", t.as_bytes(), 16)?;
+            Ok(Some(BearerToken::new(t)))
+        }
+    }
+}
+
 impl ApiConfig {
     /// The configured user name (the password is never exposed).
     pub fn credentials_user(&self) -> &str {
@@ -148,6 +175,8 @@ pub struct AppState {
     scheduler: SchedulerHandle,
     metrics: PrometheusHandle,
     credentials: Credentials,
+    throttle: Arc<Throttle>,
+    metrics_token: Option<BearerToken>,
     catalog: Arc<Catalog>,
     ready: Arc<AtomicBool>,
     max_request_bytes: usize,
@@ -181,6 +210,8 @@ impl ApiServer {
             scheduler,
             metrics: crate::metrics::install(),
             credentials: cfg.credentials.clone(),
+            throttle: Arc::new(Throttle::per_minute(cfg.auth_failures_per_minute)),
+            metrics_token: cfg.metrics_token.clone(),
             catalog: cfg.intake.catalog.clone(),
             ready: ready.clone(),
             max_request_bytes: cfg.max_request_bytes,
@@ -190,6 +221,7 @@ impl ApiServer {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
+                .wrap(security_headers())
                 .wrap_fn(|req, srv| {
                     let start = Instant::now();
                     let method = method_label(req.method());
@@ -254,6 +286,14 @@ impl ShutdownHandle {
         self.ready.store(false, Ordering::SeqCst);
         self.server.stop(false).await;
     }
+}
+
+/// Headers on every response unless the handler set its own: no content sniffing, and no
+/// caching of API answers (task views carry links, `/health` carries state).
+pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((actix_web::http::header::CACHE_CONTROL, "no-store"))
 }
 
 /// Bounded method label for metrics.

@@ -34,6 +34,20 @@ impl SampleFormat {
         "wav"
     }
 
+    /// Bytes one stereo frame takes in a file.
+    pub fn bytes_per_frame(self) -> u64 {
+        match self {
+            Self::Int16 => 4,
+            Self::Int24 => 6,
+            Self::Float32 => 8,
+        }
+    }
+
+    /// The size of a stem file of `frames` frames (data and header).
+    pub fn file_bytes(self, frames: u64) -> u64 {
+        frames.saturating_mul(self.bytes_per_frame()) + 44
+    }
+
     fn spec(self) -> hound::WavSpec {
         let (bits, fmt) = match self {
             Self::Int16 => (16, hound::SampleFormat::Int),

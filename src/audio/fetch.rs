@@ -5,7 +5,10 @@
 //! and hands the connector only checked addresses (so a DNS answer that changed since the
 //! submission is caught); IP literals are checked before the request. Redirects are followed
 //! by hand, at most [`MAX_REDIRECTS`], each target checked again. Downloads stream to a file
-//! with a size cap, a connect timeout and a read (idle) timeout.
+//! with a size cap, a connect timeout, a read (idle) timeout, a total deadline and a minimum
+//! average rate (so a source trickling a byte just inside the idle timeout cannot hold a
+//! processor). Proxies from the environment (`http_proxy`...) are ignored: a proxy would
+//! connect in place of the policy-checked resolver; `OUTBOUND_PROXY` names one explicitly.
 //!
 //! Where the answers come from is a [`Lookup`]: the system resolver in the service, a scripted
 //! one in tests (a name whose answer changes between two lookups, as in DNS rebinding). The
@@ -40,6 +43,10 @@ pub enum FetchError {
     /// No data for longer than the read timeout, or connect took too long.
     #[error("audio source timed out: {0}")]
     Timeout(String),
+    /// The download broke its total deadline or stayed below the minimum average rate:
+    /// the same source is not tried again.
+    #[error("audio source too slow: {0}")]
+    TooSlow(String),
     /// The server answered with a non-success status.
     #[error("audio source answered HTTP {0}")]
     HttpStatus(u16),
@@ -63,7 +70,7 @@ impl FetchError {
         match self {
             FetchError::Policy(e) => e.code(),
             FetchError::Unreachable(_) => "audio_unreachable",
-            FetchError::Timeout(_) => "audio_timeout",
+            FetchError::Timeout(_) | FetchError::TooSlow(_) => "audio_timeout",
             FetchError::HttpStatus(_) => "audio_http_status",
             FetchError::TooLarge { .. } => "audio_too_large",
             FetchError::Redirects => "audio_too_many_redirects",
@@ -144,6 +151,17 @@ impl Resolve for PolicyResolver {
 /// Limits of the HTTP client.
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
+    /// Longest a whole download may take, redirects included (`FETCH_TOTAL_TIMEOUT_SECONDS`,
+    /// default 600).
+    pub total_timeout: Duration,
+    /// Lowest average rate once [`min_rate_after`](Self::min_rate_after) has passed
+    /// (`FETCH_MIN_BYTES_PER_SECOND`, default 16384; 0 turns the check off).
+    pub min_bytes_per_second: u64,
+    /// When the average-rate check starts (10 s into a download).
+    pub min_rate_after: Duration,
+    /// An explicit outbound proxy (`OUTBOUND_PROXY`); `None`: direct connections only,
+    /// whatever `http_proxy`/`https_proxy`/`all_proxy` say.
+    pub proxy: Option<Url>,
     /// Address policy.
     pub policy: UrlPolicy,
     /// Largest download (`MAX_AUDIO_BYTES`).
@@ -155,6 +173,26 @@ pub struct FetchConfig {
     /// Where host names are resolved (the system resolver; tests supply their own).
     pub lookup: Lookup,
 }
+
+impl Default for FetchConfig {
+    /// The defaults of the environment variables, private networks refused, no proxy.
+    fn default() -> Self {
+        Self {
+            total_timeout: Duration::from_secs(600),
+            min_bytes_per_second: 16 * 1024,
+            min_rate_after: MIN_RATE_AFTER,
+            proxy: None,
+            policy: UrlPolicy::default(),
+            max_bytes: 1 << 30,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            lookup: Lookup::System,
+        }
+    }
+}
+
+/// How far into a download the minimum-rate check starts.
+pub const MIN_RATE_AFTER: Duration = Duration::from_secs(10);
 
 /// An HTTP client that applies the address policy at connect time and never follows
 /// redirects by itself.
@@ -175,6 +213,12 @@ fn builder(cfg: &FetchConfig, total_timeout: Option<Duration>) -> reqwest::Clien
         .connect_timeout(cfg.connect_timeout)
         .read_timeout(cfg.read_timeout)
         .user_agent(concat!("uvr/", env!("CARGO_PKG_VERSION")));
+    b = match &cfg.proxy {
+        // Proxy variables of the environment are never read: a proxy connects in place of
+        // the policy-checked resolver.
+        None => b.no_proxy(),
+        Some(p) => b.proxy(reqwest::Proxy::all(p.as_str()).expect("a parsed proxy URL")),
+    };
     if let Some(t) = total_timeout {
         b = b.timeout(t);
     }
@@ -182,12 +226,34 @@ fn builder(cfg: &FetchConfig, total_timeout: Option<Duration>) -> reqwest::Clien
 }
 
 /// Downloads audio into `dest`, following checked redirects; returns the final URL and size.
+/// On any failure nothing is left at `dest`.
 pub async fn download(
     client: &reqwest::Client,
     cfg: &FetchConfig,
     url: &str,
     dest: &Path,
 ) -> Result<(Url, u64), FetchError> {
+    let result =
+        match tokio::time::timeout(cfg.total_timeout, fetch_to(client, cfg, url, dest)).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::TooSlow(format!(
+                "the download took longer than {} s (FETCH_TOTAL_TIMEOUT_SECONDS)",
+                cfg.total_timeout.as_secs_f64()
+            ))),
+        };
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(dest).await;
+    }
+    result
+}
+
+async fn fetch_to(
+    client: &reqwest::Client,
+    cfg: &FetchConfig,
+    url: &str,
+    dest: &Path,
+) -> Result<(Url, u64), FetchError> {
+    let started = tokio::time::Instant::now();
     let mut current = cfg.policy.parse(url)?;
     for _ in 0..=MAX_REDIRECTS {
         let resp = client
@@ -217,12 +283,27 @@ pub async fn download(
         let mut file = tokio::fs::File::create(dest).await?;
         let mut written: u64 = 0;
         let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| classify(&e))?;
+        loop {
+            // Wake at least once a second to judge the average rate, data or not.
+            let next = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+            let elapsed = started.elapsed();
+            if cfg.min_bytes_per_second > 0
+                && elapsed >= cfg.min_rate_after
+                && (written as f64) < cfg.min_bytes_per_second as f64 * elapsed.as_secs_f64()
+            {
+                return Err(FetchError::TooSlow(format!(
+                    "{written} bytes in {:.0} s, below {} bytes/s (FETCH_MIN_BYTES_PER_SECOND)",
+                    elapsed.as_secs_f64(),
+                    cfg.min_bytes_per_second
+                )));
+            }
+            let chunk = match next {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk.map_err(|e| classify(&e))?,
+            };
             written += chunk.len() as u64;
             if written > cfg.max_bytes {
-                drop(file);
-                let _ = tokio::fs::remove_file(dest).await;
                 return Err(FetchError::TooLarge {
                     limit: cfg.max_bytes,
                 });
@@ -244,10 +325,15 @@ pub fn classify(e: &reqwest::Error) -> FetchError {
         }
         source = s.source();
     }
+    // reqwest names the URL in its errors; show it without credentials or query values.
+    let shown = |text: String| match e.url() {
+        Some(u) => text.replace(u.as_str(), &crate::net::redact(u)),
+        None => text,
+    };
     if e.is_timeout() {
-        FetchError::Timeout(e.to_string())
+        FetchError::Timeout(shown(e.to_string()))
     } else {
-        FetchError::Unreachable(error_chain(e))
+        FetchError::Unreachable(shown(error_chain(e)))
     }
 }
 
@@ -370,13 +456,13 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(5),
             lookup: Lookup::Custom(lookup.clone()),
+            ..FetchConfig::default()
         }
     }
 
-    /// The service's client, minus any proxy from the environment (through a proxy the
-    /// connect-time check is the proxy's job: SECURITY.md).
+    /// The service's client (it reads no proxy from the environment).
     fn test_client(cfg: &FetchConfig) -> reqwest::Client {
-        builder(cfg, None).no_proxy().build().unwrap()
+        client(cfg, None)
     }
 
     async fn fetch(cfg: &FetchConfig, url: &str) -> (Result<(Url, u64), FetchError>, bool) {
@@ -502,15 +588,122 @@ mod tests {
         assert_eq!(origin.connections(), 0);
     }
 
+    /// A loopback server that sends a 200 with a large `Content-Length`, then one byte
+    /// every `every`.
+    async fn trickle(every: Duration) -> u16 {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 1024];
+                    let _ = sock.read(&mut chunk).await;
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+                    if sock.write_all(head).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        tokio::time::sleep(every).await;
+                        if sock.write_all(b"x").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_source_below_the_minimum_rate_or_past_the_deadline_is_cut_off_for_good() {
+        let dns = Script::new(&[&["127.0.0.1"]]);
+        let port = trickle(Duration::from_millis(50)).await;
+        let url = format!("http://slow.example:{port}/song.wav");
+        // About 20 bytes/s against a 1000 bytes/s minimum, judged after half a second.
+        let cfg = FetchConfig {
+            min_bytes_per_second: 1000,
+            min_rate_after: Duration::from_millis(500),
+            ..config(true, &dns)
+        };
+        let t = std::time::Instant::now();
+        let (r, written) = fetch(&cfg, &url).await;
+        let err = r.unwrap_err();
+        assert!(matches!(err, FetchError::TooSlow(_)), "{err:?}");
+        assert_eq!(err.code(), "audio_timeout");
+        assert!(!err.retryable(), "the same slow source is not tried again");
+        assert!(
+            err.to_string().contains("FETCH_MIN_BYTES_PER_SECOND"),
+            "{err}"
+        );
+        assert!(!written, "the partial download was removed");
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // The rate is met (a 1 B/s minimum), so the total deadline ends it.
+        let cfg = FetchConfig {
+            min_bytes_per_second: 1,
+            min_rate_after: Duration::from_millis(100),
+            total_timeout: Duration::from_millis(800),
+            ..config(true, &dns)
+        };
+        let (r, written) = fetch(&cfg, &url).await;
+        let err = r.unwrap_err();
+        assert_eq!((err.code(), err.retryable()), ("audio_timeout", false));
+        assert!(
+            err.to_string().contains("FETCH_TOTAL_TIMEOUT_SECONDS"),
+            "{err}"
+        );
+        assert!(!written);
+        // Control: with neither limit in reach the same source is read until it is cut
+        // by the read timeout, which stays retryable.
+        let cfg = FetchConfig {
+            min_bytes_per_second: 0,
+            read_timeout: Duration::from_millis(20),
+            ..config(true, &dns)
+        };
+        let (r, _) = fetch(&cfg, &url).await;
+        let err = r.unwrap_err();
+        assert_eq!(
+            (err.code(), err.retryable()),
+            ("audio_timeout", true),
+            "{err}"
+        );
+    }
+
+    /// Errors name the URL as it may be shown: no user info, no query values.
+    #[tokio::test]
+    async fn errors_show_the_url_without_its_secrets() {
+        let dns = Script::new(&[&["127.0.0.1"]]);
+        let cfg = config(true, &dns);
+        // A port nothing listens on: the connection is refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let url = format!("http://user:hunter2@gone.example:{port}/a.wav?token=s3cret-t0ken");
+        let (r, _) = fetch(&cfg, &url).await;
+        let text = r.unwrap_err().to_string();
+        assert!(
+            !text.contains("s3cret-t0ken") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(text.contains("token=REDACTED"), "{text}");
+    }
+
     #[tokio::test]
     async fn a_webhook_to_a_rebound_name_is_refused_at_connect_time() {
         let origin = Origin::start().await;
         let dns = Script::new(&[&["127.0.0.1"]]);
         let cfg = config(false, &dns);
-        let webhook = crate::pipeline::webhook::WebhookConfig::from_env(
-            &crate::config::Env::from_pairs([("WEBHOOK_SECRET", "test-webhook-secret-0123456789")]),
-        )
-        .unwrap();
+        let webhook =
+            crate::pipeline::webhook::WebhookConfig::from_env(&crate::config::Env::from_pairs([(
+                "WEBHOOK_SECRET",
+                "test-webhook-secret-0123456789-abcdefgh",
+            )]))
+            .unwrap();
         let url = format!("http://hooks.rebind.test:{}/hook", origin.port);
         let (attempt, r) = crate::pipeline::webhook::send(
             &test_client(&cfg),

@@ -55,6 +55,9 @@ enum Command {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 3)]
         timeout: u64,
+        /// The path to ask (`/livez` on a processor's or uploader's `METRICS_PORT`).
+        #[arg(long, default_value = "/readyz", value_parser = health_path)]
+        path: String,
     },
 }
 
@@ -110,7 +113,11 @@ fn main() -> ExitCode {
         Command::Serve => serve(),
         Command::Separate(args) => separate(args),
         Command::Models { json } => models(json),
-        Command::Healthcheck { port, timeout } => healthcheck(port, timeout),
+        Command::Healthcheck {
+            port,
+            timeout,
+            path,
+        } => healthcheck(port, timeout, &path),
     }
 }
 
@@ -153,13 +160,22 @@ fn models(json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn healthcheck(port: u16, timeout: u64) -> ExitCode {
+/// A path for the health check request: absolute, visible ASCII, no spaces.
+fn health_path(raw: &str) -> Result<String, String> {
+    if raw.starts_with('/') && raw.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(raw.to_string())
+    } else {
+        Err("expected an absolute path such as /livez".into())
+    }
+}
+
+fn healthcheck(port: u16, timeout: u64, path: &str) -> ExitCode {
     use std::io::Read;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let t = Duration::from_secs(timeout.max(1));
     let ok = std::net::TcpStream::connect_timeout(&addr, t).and_then(|mut s| {
         s.set_read_timeout(Some(t))?;
-        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
         let mut head = [0u8; 12];
         s.read_exact(&mut head)?;
         Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
@@ -167,7 +183,7 @@ fn healthcheck(port: u16, timeout: u64) -> ExitCode {
     match ok {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("uvr healthcheck: {addr}/readyz is not ready");
+            eprintln!("uvr healthcheck: {addr}{path} is not ready");
             ExitCode::from(1)
         }
         Err(e) => {

@@ -1,9 +1,11 @@
 //! The processing pipeline behind the queue: what a processor does with a claimed task
 //! ([`process`]: fetch, decode, separate, write stems to the staging directory), and what an
 //! uploader does with a separated one ([`storage`]: store stems and sign links;
-//! [`webhook`]: the signed completion call).
+//! [`webhook`]: the signed completion call), and how stored results end ([`retention`]:
+//! stems and staging leftovers deleted once their links have expired).
 
 pub mod process;
+pub mod retention;
 pub mod storage;
 pub mod webhook;
 
@@ -52,6 +54,9 @@ pub struct ProcessorConfig {
     pub staging_dir: PathBuf,
     /// Download limits and address policy.
     pub fetch: FetchConfig,
+    /// Most bytes one task's stems may take together (`MAX_OUTPUT_BYTES`, default 4 GiB;
+    /// 0: no budget).
+    pub max_output_bytes: u64,
     /// Longest accepted audio (`MAX_AUDIO_SECONDS`; 0: no cap).
     pub max_audio_seconds: u64,
     /// Tasks separated at once per process (`PROCESSOR_CONCURRENCY`).
@@ -78,6 +83,7 @@ impl ProcessorConfig {
             staging_dir: PathBuf::from(env.string("STAGING_DIR", "data/staging")),
             fetch: fetch_config(env)?,
             max_audio_seconds: env.parse("MAX_AUDIO_SECONDS", 3 * 3600u64)?,
+            max_output_bytes: env.parse("MAX_OUTPUT_BYTES", 4u64 << 30)?,
             concurrency: env.ranged("PROCESSOR_CONCURRENCY", 1usize, 1..=64)?,
             default_model,
         })
@@ -142,6 +148,22 @@ pub fn fetch_config(env: &Env) -> Result<FetchConfig, ConfigError> {
         max_bytes: env.parse("MAX_AUDIO_BYTES", 1u64 << 30)?,
         connect_timeout: env.seconds("FETCH_CONNECT_TIMEOUT_SECONDS", Duration::from_secs(10))?,
         read_timeout: env.seconds("FETCH_READ_TIMEOUT_SECONDS", Duration::from_secs(30))?,
+        total_timeout: env.seconds("FETCH_TOTAL_TIMEOUT_SECONDS", Duration::from_secs(600))?,
+        min_bytes_per_second: env.parse("FETCH_MIN_BYTES_PER_SECOND", 16 * 1024u64)?,
+        min_rate_after: crate::audio::fetch::MIN_RATE_AFTER,
+        proxy: match env.get("OUTBOUND_PROXY") {
+            None => None,
+            Some(raw) => Some(
+                url::Url::parse(raw.trim())
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+                    .ok_or_else(|| ConfigError::Invalid {
+                        var: "OUTBOUND_PROXY",
+                        value: crate::net::redact_str(raw),
+                        reason: "expected an http:// or https:// proxy URL".into(),
+                    })?,
+            ),
+        },
         lookup: Default::default(),
     })
 }
@@ -163,6 +185,10 @@ pub struct UploaderConfig {
     pub lease: Duration,
     /// First retry delay of deliveries (`RETRY_BASE_SECONDS`).
     pub retry_base: Duration,
+    /// How often stored stems and staging leftovers past `RESULT_URL_TTL` are deleted
+    /// (`RETENTION_SWEEP_SECONDS`, default 3600; 0: never, for stores with their own
+    /// lifecycle rule).
+    pub sweep_every: Duration,
 }
 
 impl UploaderConfig {
@@ -176,6 +202,7 @@ impl UploaderConfig {
             webhook: webhook::WebhookConfig::from_env(env)?,
             fetch: fetch_config(env)?,
             concurrency: env.ranged("UPLOADER_CONCURRENCY", 4usize, 1..=256)?,
+            sweep_every: env.seconds("RETENTION_SWEEP_SECONDS", Duration::from_secs(3600))?,
         })
     }
 }

@@ -79,16 +79,41 @@ pub async fn download(
 
 struct FileSink {
     writers: Vec<Option<StemWriter>>,
+    /// Bytes every stem file together may reach (`u64::MAX`: no budget).
+    budget: u64,
+    /// Bytes of one frame across the stems written.
+    frame_bytes: u64,
+    /// Frames written per stem, the furthest one.
+    frames: Vec<u64>,
+    over_budget: bool,
 }
 
 impl StemSink for FileSink {
     fn write(&mut self, stem: usize, frames: &[Frame]) -> Result<(), SeparateError> {
         if let Some(Some(w)) = self.writers.get_mut(stem) {
+            self.frames[stem] += frames.len() as u64;
+            let longest = self.frames.iter().copied().max().unwrap_or(0);
+            // A source whose length was unknown (or misreported) is held to the budget as
+            // its stems grow.
+            if longest.saturating_mul(self.frame_bytes) > self.budget {
+                self.over_budget = true;
+                return Err(SeparateError::Output("over the output budget".into()));
+            }
             w.write(frames)
                 .map_err(|e| SeparateError::Output(e.to_string()))?;
         }
         Ok(())
     }
+}
+
+fn output_too_large(budget: u64, what: String) -> JobError {
+    JobError::new(
+        "output_too_large",
+        format!(
+            "{what}, more than MAX_OUTPUT_BYTES ({budget} bytes); ask for fewer stems or a smaller format"
+        ),
+        false,
+    )
 }
 
 /// Decodes, separates and writes the stems of a downloaded task. Blocking: run it on a
@@ -114,6 +139,7 @@ pub fn separate(
         output_format: record.request.output_format.clone(),
         stems: record.request.stems.clone(),
         max_seconds: cfg.max_audio_seconds,
+        max_output_bytes: cfg.max_output_bytes,
         engine: &cfg.engine,
     };
     let result = separate_file(&job, progress)?;
@@ -138,6 +164,8 @@ pub struct SeparateJob<'a> {
     pub stems: Option<Vec<String>>,
     /// Duration cap in seconds (0: none).
     pub max_seconds: u64,
+    /// Most bytes all stem files of the job together may take (0: no budget).
+    pub max_output_bytes: u64,
     /// Where separators come from.
     pub engine: &'a crate::engine::Engine,
 }
@@ -163,6 +191,28 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
     let mut reader = AudioReader::open(job.source, job.max_seconds)
         .map_err(|e| JobError::from(SeparateError::from(e)))?;
     let source_rate = reader.source_rate();
+    let budget = match job.max_output_bytes {
+        0 => u64::MAX,
+        n => n,
+    };
+    let writing = separator
+        .stems()
+        .iter()
+        .filter(|s| wanted.contains(s))
+        .count() as u64;
+    // Checked before anything is written when the source says how long it is.
+    if let Some(frames) = reader.total_frames() {
+        let total = format.file_bytes(frames).saturating_mul(writing);
+        if total > budget {
+            return Err(output_too_large(
+                budget,
+                format!(
+                    "{writing} stems of {:.0} s would take {total} bytes",
+                    frames as f64 / f64::from(SAMPLE_RATE)
+                ),
+            ));
+        }
+    }
     std::fs::create_dir_all(job.out_dir)
         .map_err(|e| JobError::internal(format!("{}: {e}", job.out_dir.display())))?;
     let mut writers = Vec::new();
@@ -178,9 +228,25 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
             writers.push(None);
         }
     }
-    let mut sink = FileSink { writers };
+    let stem_count = writers.len();
+    let mut sink = FileSink {
+        writers,
+        budget: budget.saturating_sub(44 * writing),
+        frame_bytes: format.bytes_per_frame() * writing,
+        frames: vec![0; stem_count],
+        over_budget: false,
+    };
     let mut listener = progress.clone();
-    let frames = separator.separate(&mut reader, &mut sink, &mut listener)?;
+    let frames = match separator.separate(&mut reader, &mut sink, &mut listener) {
+        Ok(frames) => frames,
+        Err(_) if sink.over_budget => {
+            return Err(output_too_large(
+                budget,
+                format!("{writing} stems grew past the budget while writing"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     drop(reader);
     for w in sink.writers.into_iter().flatten() {
         w.finish()

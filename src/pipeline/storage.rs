@@ -103,13 +103,7 @@ pub fn link_key(env: &Env) -> Result<Arc<Vec<u8>>, ConfigError> {
         reason: "must be set to sign download links of local storage (any long random string)"
             .into(),
     })?;
-    if key.len() < 16 {
-        return Err(ConfigError::Invalid {
-            var: "LINK_SIGNING_KEY",
-            value: "<hidden>".into(),
-            reason: "must be at least 16 characters".into(),
-        });
-    }
+    crate::config::require_strong(env, "LINK_SIGNING_KEY", key.as_bytes(), 32)?;
     Ok(Arc::new(key.as_bytes().to_vec()))
 }
 
@@ -313,6 +307,53 @@ impl Storage {
             w.finish().await.map_err(err)?;
         }
         Ok(size)
+    }
+
+    /// How long links live (`RESULT_URL_TTL`): stored stems older than that are swept.
+    pub fn ttl(&self) -> Duration {
+        match &self.cfg {
+            StorageConfig::Local { ttl, .. } | StorageConfig::S3 { ttl, .. } => *ttl,
+        }
+    }
+
+    /// Deletes every stored object last written before `cutoff`; returns how many. For local
+    /// storage the task directories left empty go too.
+    pub async fn delete_older_than(&self, cutoff: SystemTime) -> Result<u64, StorageError> {
+        use futures_util::StreamExt;
+        let prefix = match &self.cfg {
+            StorageConfig::S3 { prefix, .. } if !prefix.is_empty() => {
+                Some(ObjectPath::from(prefix.as_str()))
+            }
+            _ => None,
+        };
+        let cutoff_ms = cutoff
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        let mut listing = self.store.list(prefix.as_ref());
+        let mut old = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| StorageError(e.to_string()))?;
+            if meta.last_modified.timestamp_millis() < cutoff_ms {
+                old.push(meta.location);
+            }
+        }
+        let mut deleted = 0;
+        for path in old {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => return Err(StorageError(e.to_string())),
+            }
+        }
+        if let StorageConfig::Local { root, .. } = &self.cfg {
+            // Task directories are `<root>/<task id>/`; remove_dir only removes empty ones.
+            if let Ok(entries) = std::fs::read_dir(root) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// A signed, expiring download link for `key`.

@@ -23,6 +23,9 @@ pub enum QueueError {
         /// Tasks waiting when the enqueue was refused.
         depth: u64,
     },
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key already used for task {0} with a different request")]
+    IdempotencyKeyReused(TaskId),
     /// No record exists for the task (never existed, or expired after its retention).
     #[error("task {0} not found")]
     NotFound(TaskId),
@@ -62,6 +65,7 @@ impl QueueError {
             QueueError::Redis(_) | QueueError::Protocol { .. } => "queue_error",
             QueueError::Full { .. } => "queue_full",
             QueueError::NotFound(_) => "task_not_found",
+            QueueError::IdempotencyKeyReused(_) => "idempotency_key_reused",
             QueueError::StaleLease(_) => "stale_lease",
             QueueError::AlreadyFinished { .. } => "task_finished",
             QueueError::Corrupt(_) => "queue_error",

@@ -158,6 +158,12 @@ impl Queue {
             0
         };
         let request = serde_json::to_string(&task.request).expect("request serialises");
+        // The canonical request (normalised by the Intake, serialised in field order) is
+        // what an idempotency key is bound to.
+        let fingerprint = {
+            use sha2::Digest;
+            hex::encode(&sha2::Sha256::digest(request.as_bytes())[..16])
+        };
         let reply: Vec<String> = self
             .timed(async {
                 let mut conn = self.conn().await?;
@@ -176,9 +182,10 @@ impl Queue {
                     .arg(idem_ttl)
                     .arg(task.max_depth)
                     .arg(self.keys.wake(Stage::Separate))
+                    .arg(&fingerprint)
                     .invoke_async::<Vec<String>>(&mut conn)
                     .await?;
-                if let (Some((replicas, timeout)), Some("created" | "existing")) =
+                if let (Some((replicas, timeout)), Some("created" | "existing" | "reused")) =
                     (self.wait, reply.first().map(String::as_str))
                 {
                     confirm_replicated(&mut conn, replicas, timeout).await?;
@@ -197,6 +204,9 @@ impl Queue {
                 created: false,
                 score: 0.0,
             }),
+            Some("reused") => Err(QueueError::IdempotencyKeyReused(
+                reply[1].parse().map_err(|_| protocol("enqueue", &reply))?,
+            )),
             Some("full") => Err(QueueError::Full {
                 depth: reply.get(1).and_then(|d| d.parse().ok()).unwrap_or(0),
             }),

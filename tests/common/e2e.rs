@@ -152,8 +152,8 @@ impl Peer {
     }
 }
 
-pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-pub const PASSWORD: &str = "e2e-password";
+pub const WEBHOOK_SECRET: &str = "whsec_BwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSY=";
+pub const PASSWORD: &str = "e2e-password-0123";
 
 /// A `uvr` child process.
 pub struct Service {
@@ -250,7 +250,7 @@ impl Deployment {
                 "STORAGE_URL",
                 format!("file://{}", self.path("stems").display()),
             )
-            .env("LINK_SIGNING_KEY", "e2e-link-signing-key")
+            .env("LINK_SIGNING_KEY", "e2e-link-signing-key-0123456789abcdef")
             .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("MODELS_DIR", self.path("models"))
             .env("SHUTDOWN_GRACE_SECONDS", "0.2")

@@ -166,7 +166,7 @@ pub struct TestApp {
 }
 
 pub const USER: &str = "admin";
-pub const PASSWORD: &str = "password";
+pub const PASSWORD: &str = "test-password-0123";
 
 /// Starts the real app (API + Scheduler) on a free port against a throwaway Redis.
 pub fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
@@ -185,7 +185,10 @@ pub fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
         ("API_PASSWORD".into(), PASSWORD.into()),
         ("SHUTDOWN_GRACE_SECONDS".into(), "0.5".into()),
         ("MODELS_DIR".into(), "/nonexistent".into()),
-        ("LINK_SIGNING_KEY".into(), "test-link-signing-key".into()),
+        (
+            "LINK_SIGNING_KEY".into(),
+            "test-link-signing-key-0123456789abcdef".into(),
+        ),
         (
             "STORAGE_URL".into(),
             "file:///tmp/uvr-test-unused-storage".into(),

@@ -2,7 +2,8 @@
 -- KEYS[1] stage queue (ZSet, member = task id, score = seed score)
 -- KEYS[2] task record (hash)
 -- KEYS[3] enqueue clock (string)
--- KEYS[4] idempotency key (string -> task id); the record key again when there is none
+-- KEYS[4] idempotency key (string -> "<task id> <request fingerprint>"); the record key
+--         again when there is none
 -- KEYS[5] idle claimers of the stage (ZSet, score = registration deadline ms)
 -- ARGV[1] task id
 -- ARGV[2] priority (1-5)
@@ -11,7 +12,9 @@
 -- ARGV[5] idempotency TTL in ms (0: no idempotency key)
 -- ARGV[6] max queue depth (0: unlimited)
 -- ARGV[7] wake channel of the stage
--- Returns {"created", id, score} | {"existing", id, ""} | {"full", depth, ""}
+-- ARGV[8] fingerprint of the request (kept with the idempotency key)
+-- Returns {"created", id, score} | {"existing", id, ""} | {"reused", id, ""} | {"full", depth, ""}
+-- ("reused": the key maps to a task submitted with another request)
 local idem = tonumber(ARGV[5]) > 0
 if idem then
   local existing = redis.call('GET', KEYS[4])
@@ -20,7 +23,11 @@ if idem then
     -- answering from data a failover is about to discard, and the caller's WAIT then
     -- covers the original write too (the replication stream is ordered).
     redis.call('SET', KEYS[4], existing, 'KEEPTTL')
-    return {'existing', existing, ''}
+    local space = string.find(existing, ' ', 1, true)
+    if not space then return {'existing', existing, ''} end -- a key from before fingerprints
+    local id = string.sub(existing, 1, space - 1)
+    if string.sub(existing, space + 1) ~= ARGV[8] then return {'reused', id, ''} end
+    return {'existing', id, ''}
   end
 end
 local max_depth = tonumber(ARGV[6])
@@ -37,6 +44,6 @@ redis.call('HSET', KEYS[2],
   'request', ARGV[3], 'attempts', 0, 'max_attempts', ARGV[4], 'score', score,
   'created_at', now, 'updated_at', now, 'queued_at', now, 'progress', 0)
 redis.call('ZADD', KEYS[1], score, ARGV[1])
-if idem then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[5]) end
+if idem then redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[8], 'PX', ARGV[5]) end
 wake(KEYS[5], ARGV[7], now)
 return {'created', ARGV[1], score}

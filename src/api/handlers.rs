@@ -436,7 +436,7 @@ pub fn docs_csp() -> &'static str {
         let hash = |open: &str, close: &str| {
             let start = DOCS.find(open).map(|i| i + open.len()).unwrap_or(0);
             let end = DOCS[start..].find(close).map_or(start, |i| start + i);
-            let digest = sha2::Sha256::digest(DOCS[start..end].as_bytes());
+            let digest = sha2::Sha256::digest(&DOCS.as_bytes()[start..end]);
             format!(
                 "'sha256-{}'",
                 base64::engine::general_purpose::STANDARD.encode(digest)

@@ -126,6 +126,8 @@ add_secret LINK_SIGNING_KEY "$(rand_hex 32)"
 add_secret REDIS_PASSWORD "$(rand_alnum 32)"
 add_secret METRICS_TOKEN "$(rand_alnum 32)"
 add_secret GRAFANA_ADMIN_PASSWORD "$(rand_alnum 18)"
+# Prometheus (--monitoring) reads the /metrics token from a file: containers run read-only.
+(umask 022 && printf '%s' "${METRICS_TOKEN:-$(env_get METRICS_TOKEN)}" >docker/prometheus/metrics_token)
 if ((${#added[@]} > 0 && created == 0)); then
   say "added to $ENV_FILE: ${added[*]}"
 fi

@@ -102,7 +102,7 @@ fn task(i: usize) -> NewTask {
     NewTask {
         request: TaskRequest {
             audio: "https://example.com/song.flac".into(),
-            hook_url: "https://example.com/hook".into(),
+            hook_url: Some("https://example.com/hook".into()),
             priority: Priority::new((i % 5 + 1) as u8).unwrap(),
             model: None,
             stems: None,

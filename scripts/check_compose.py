@@ -38,8 +38,8 @@ SECRETS = {
     "API_PASSWORD": {"api"},
     "WEBHOOK_SECRET": {"uploader"},
     "LINK_SIGNING_KEY": {"api", "uploader"},
-    "AWS_ACCESS_KEY_ID": {"uploader"},
-    "AWS_SECRET_ACCESS_KEY": {"uploader"},
+    "AWS_ACCESS_KEY_ID": {"api", "uploader"},
+    "AWS_SECRET_ACCESS_KEY": {"api", "uploader"},
     "REDIS_PASSWORD": UVR | {"redis", "redis-exporter"},
     "REDIS_SENTINEL_PASSWORD": UVR,
     "REDIS_URL": UVR,
@@ -146,6 +146,9 @@ def rules(doc, variant):
                 bad.append(f"{where}: PUBLIC_BASE_URL defaults to localhost")
         if name in ("api", "processor") and "../models:/app/models:ro" not in (svc.get("volumes") or []):
             bad.append(f"{where}: models are not mounted read-only on /app/models")
+    for name, secret in (doc.get("secrets") or {}).items():
+        if "file" not in secret:
+            bad.append(f"{variant}: secret {name} is not a file (compose cannot write it into a read-only container)")
     for name in UVR:
         if name not in services:
             bad.append(f"{variant}: no {name} service")
@@ -254,6 +257,7 @@ def self_test(docs):
     expect("short start period", broken(lambda d: s(d)["processor"]["healthcheck"].update(start_period="15s")))
     expect("models writable", broken(lambda d: s(d)["processor"].update(volumes=["../models:/app/models"])))
     expect("localhost links", broken(lambda d: s(d)["api"]["environment"].update(PUBLIC_BASE_URL="http://localhost:8000")))
+    expect("an environment secret", broken(lambda d: d["secrets"].update(metrics_token={"environment": "METRICS_TOKEN"})))
     expect("no GPU reserved", broken(lambda d: s(d)["processor"].pop("deploy"), "nvidia"), "nvidia")
     expect("CPU fallback", broken(lambda d: s(d)["processor"]["environment"].update(SEPARATOR_DEVICE="auto"), "dri"), "dri")
     t = texts()

@@ -167,10 +167,16 @@ pub fn redact(url: &Url) -> String {
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
     shown.set_fragment(None);
-    if url.query().is_some() {
+    if let Some(query) = url.query() {
         let names: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
         if names.is_empty() {
             shown.set_query(None);
+        } else if query
+            .split('&')
+            .any(|pair| !pair.is_empty() && !pair.contains('='))
+        {
+            // A bare value (`?s3cret`) has no name to keep: the whole query goes.
+            shown.set_query(Some("REDACTED"));
         } else {
             shown
                 .query_pairs_mut()
@@ -381,6 +387,14 @@ mod tests {
             ),
             ("http://example.com/a?", "http://example.com/a"),
             ("http://token@example.com/", "http://example.com/"),
+            (
+                "http://example.com/a?s3cret",
+                "http://example.com/a?REDACTED",
+            ),
+            (
+                "http://example.com/a?x=1&s3cret",
+                "http://example.com/a?REDACTED",
+            ),
         ] {
             assert_eq!(redact_str(raw), shown, "{raw}");
         }

@@ -133,8 +133,8 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
         tracing::info!(storage = ?ucfg.storage, "uploader started");
         crate::pipeline::retention::spawn(
             storage.clone(),
-            ucfg.staging_dir.clone(),
-            ucfg.sweep_every,
+            scheduler.clone(),
+            ucfg.retention.clone(),
         );
         uploader = Some(
             UploaderActor::new(

@@ -207,8 +207,9 @@ impl fmt::Display for Status {
 pub struct TaskRequest {
     /// URL of the audio to separate.
     pub audio: String,
-    /// URL that receives the completion webhook.
-    pub hook_url: String,
+    /// URL that receives the completion webhook (`None`: the client polls the task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_url: Option<String>,
     /// Priority 1-5.
     pub priority: Priority,
     /// Separation model name (`None`: the service default).

@@ -179,9 +179,9 @@ async fn bad_input_gets_a_stable_code_and_nothing_is_enqueued() {
             "missing_field",
         ),
         (
-            json!({"audio": "https://93.184.215.14/a.wav"}),
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": 42}),
             "hook_url",
-            "missing_field",
+            "invalid_type",
         ),
         (
             json!({"audio": 42, "hook_url": "https://93.184.215.14/h"}),

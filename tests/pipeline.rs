@@ -428,7 +428,7 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
         .insert("sup.wav".into(), wav.len() / 2);
     let request = uvr::task::TaskRequest {
         audio,
-        hook_url: peer.hook_url(),
+        hook_url: Some(peer.hook_url()),
         priority: uvr::task::Priority::new(3).unwrap(),
         model: None,
         stems: None,
@@ -899,7 +899,14 @@ async fn a_failing_webhook_is_given_up_after_webhook_max_attempts() {
 #[actix_rt::test]
 async fn stored_stems_and_staging_leftovers_are_deleted_after_their_ttl() {
     let peer = Peer::start();
-    let dep = Deployment::new(&[("RESULT_URL_TTL", "4"), ("RETENTION_SWEEP_SECONDS", "0.5")]);
+    // Stems are kept for the TTL after the last delivery attempt that can still sign links:
+    // one attempt, at most a second of backoff.
+    let dep = Deployment::new(&[
+        ("RESULT_URL_TTL", "3"),
+        ("WEBHOOK_MAX_ATTEMPTS", "1"),
+        ("WEBHOOK_RETRY_MAX_SECONDS", "1"),
+        ("RETENTION_SWEEP_SECONDS", "0.5"),
+    ]);
     // A leftover of an attempt that died with its process, a day old.
     let leftover = dep
         .path("staging")
@@ -908,6 +915,20 @@ async fn stored_stems_and_staging_leftovers_are_deleted_after_their_ttl() {
     std::fs::write(leftover.join("source.audio"), b"partial").unwrap();
     for p in [leftover.join("source.audio"), leftover.clone()] {
         std::fs::File::open(&p)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(86_400))
+            .unwrap();
+    }
+    // Not uvr's: stays, however old.
+    let foreign = [
+        dep.path("stems").join("README.txt"),
+        dep.path("staging").join("not-a-task"),
+    ];
+    std::fs::create_dir_all(dep.path("stems")).unwrap();
+    std::fs::create_dir_all(&foreign[1]).unwrap();
+    std::fs::write(&foreign[0], b"operator's notes").unwrap();
+    for p in &foreign {
+        std::fs::File::open(p)
             .unwrap()
             .set_modified(std::time::SystemTime::now() - Duration::from_secs(86_400))
             .unwrap();
@@ -942,11 +963,15 @@ async fn stored_stems_and_staging_leftovers_are_deleted_after_their_ttl() {
     );
     let t = task(&client, &dep.base(), &id).await;
     assert_eq!(t["status"], "succeeded", "the record is kept");
+    for p in &foreign {
+        assert!(p.exists(), "{} was deleted", p.display());
+    }
 }
 
-/// The retention sweep against a real S3 store (SeaweedFS): objects under the storage prefix
+/// The retention sweep against a real S3 store (SeaweedFS): stems under the storage prefix
 /// written before the cutoff go, a multipart one (over 8 MiB) included; with a cutoff in the
-/// past nothing goes; objects under another prefix are never touched.
+/// past nothing goes; objects under another prefix, and objects not shaped like a task's
+/// stem, are never touched.
 #[actix_rt::test]
 async fn the_s3_retention_sweep_deletes_only_its_own_objects_past_the_cutoff() {
     use std::time::SystemTime;
@@ -969,9 +994,21 @@ async fn the_s3_retention_sweep_deletes_only_its_own_objects_past_the_cutoff() {
     let big = dir.path().join("big.wav");
     std::fs::write(&small, test_wav(0.5, 44_100)).unwrap();
     std::fs::write(&big, vec![7u8; 9 << 20]).unwrap();
-    mine.put_file("t1/vocals.wav", &small).await.unwrap();
-    mine.put_file("t1/instrumental.wav", &big).await.unwrap();
-    theirs.put_file("t2/vocals.wav", &small).await.unwrap();
+    let (t1, t2) = (
+        "0190a2b4-0000-7000-8000-000000000001",
+        "0190a2b4-0000-7000-8000-000000000002",
+    );
+    mine.put_file(&format!("{t1}/vocals.wav"), &small)
+        .await
+        .unwrap();
+    mine.put_file(&format!("{t1}/instrumental.wav"), &big)
+        .await
+        .unwrap();
+    mine.put_file("notes/readme.wav", &small).await.unwrap();
+    theirs
+        .put_file(&format!("{t2}/vocals.wav"), &small)
+        .await
+        .unwrap();
     let hour = Duration::from_secs(3600);
     assert_eq!(
         mine.delete_older_than(SystemTime::now() - hour)
@@ -999,5 +1036,143 @@ async fn the_s3_retention_sweep_deletes_only_its_own_objects_past_the_cutoff() {
             .unwrap(),
         1,
         "the other prefix kept its object"
+    );
+}
+
+/// Polls `GET /tasks/{id}` until `done` holds for the task, or `timeout` passes.
+async fn poll_task(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let t = task(client, base, id).await;
+        if done(&t) || std::time::Instant::now() >= deadline {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polling is first-class: a task without `hook_url` is separated, stored and finished with
+/// no webhook; its links are on the task, and `GET /tasks/{id}/stems/{name}` redirects to a
+/// freshly signed link to the same bytes.
+#[actix_rt::test]
+async fn a_task_without_a_webhook_is_polled_to_its_stems_and_links_are_refreshed() {
+    use sha2::Digest;
+    let peer = Peer::start();
+    let dep = Deployment::new(&[]);
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = dep.base();
+    let audio = peer.put("song.wav", test_wav(2.0, 44_100));
+    let accepted = submit(&client, &base, json!({"audio": audio})).await;
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+    let t = poll_task(&client, &base, &id, Duration::from_secs(60), |t| {
+        t["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    assert!(t["request"]["hook_url"].is_null(), "{t}");
+    assert_eq!(t["result"]["webhook"]["state"], "none");
+    assert_eq!(t["webhook_deliveries"], json!([]));
+    for stem in ["vocals", "instrumental"] {
+        let info = &t["result"]["stems"][stem];
+        let bytes = client
+            .get(info["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(read_wav(&bytes).1.len(), 2 * 44_100, "{stem}");
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            info["sha256"].as_str().unwrap()
+        );
+        let fresh = client
+            .get(format!("{base}/tasks/{id}/stems/{stem}"))
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fresh.status(), 302, "{stem}");
+        let location = fresh.headers()["location"].to_str().unwrap().to_string();
+        let body: Value = fresh.json().await.unwrap();
+        assert_eq!(body["url"], location.as_str());
+        let again = client.get(&location).send().await.unwrap();
+        assert_eq!(again.status(), 200);
+        assert_eq!(again.bytes().await.unwrap(), bytes, "{stem}: the same file");
+    }
+    let get = |path: String| {
+        client
+            .get(format!("{base}{path}"))
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+    };
+    let r = get(format!("/tasks/{id}/stems/drums")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(r["error"]["code"], "stem_not_found");
+    let r = get("/tasks/0190a2b4-0000-7000-8000-000000000000/stems/vocals".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let anonymous = client
+        .get(format!("{base}/tasks/{id}/stems/vocals"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(peer.hooks().is_empty(), "no webhook was sent");
+}
+
+/// The links are on the task as soon as the stems are stored, while the webhook receiver is
+/// still down and the delivery retried.
+#[actix_rt::test]
+async fn links_are_on_the_task_before_the_webhook_is_delivered() {
+    let peer = Peer::start();
+    let receiver = common::e2e::HookReceiver::start_down();
+    let dep = Deployment::new(&[("RETRY_BASE_SECONDS", "30")]);
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::new();
+    let base = dep.base();
+    let audio = peer.put("song.wav", test_wav(1.0, 44_100));
+    let accepted = submit(
+        &client,
+        &base,
+        json!({"audio": audio, "hook_url": receiver.url()}),
+    )
+    .await;
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+    let t = poll_task(&client, &base, &id, Duration::from_secs(60), |t| {
+        t["result"]["stems"]["vocals"]["url"].is_string()
+    })
+    .await;
+    let url = t["result"]["stems"]["vocals"]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no link on the task: {t}"));
+    assert_ne!(
+        t["status"], "succeeded",
+        "the webhook is still pending: {t}"
+    );
+    let log = t["webhook_deliveries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(log.iter().all(|a| a["outcome"] != "delivered"), "{log:?}");
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        read_wav(&resp.bytes().await.unwrap()).1.len(),
+        44_100,
+        "the stem is downloadable"
     );
 }

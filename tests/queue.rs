@@ -18,7 +18,7 @@ use uvr::task::{Priority, Stage, Status, TaskId, TaskRequest};
 fn request(priority: u8) -> TaskRequest {
     TaskRequest {
         audio: "https://example.com/a.wav".into(),
-        hook_url: "https://example.com/hook".into(),
+        hook_url: Some("https://example.com/hook".into()),
         priority: Priority::new(priority).unwrap(),
         model: None,
         stems: None,

@@ -146,7 +146,7 @@ fn all_follow(sentinel: &Node, nodes: &[Node], master: u16) -> bool {
 fn request() -> TaskRequest {
     TaskRequest {
         audio: "https://example.com/a.wav".into(),
-        hook_url: "https://example.com/hook".into(),
+        hook_url: Some("https://example.com/hook".into()),
         priority: Priority::new(3).unwrap(),
         model: None,
         stems: None,

@@ -249,8 +249,9 @@ pub struct Validated {
     pub request: TaskRequest,
     /// The checked `Idempotency-Key`.
     pub idempotency_key: Option<String>,
-    /// `audio` and `hook_url`, parsed, by field name: what the DNS check looks at.
-    pub urls: [(&'static str, url::Url); 2],
+    /// `audio` and `hook_url` (when given), parsed, by field name: what the DNS check looks
+    /// at.
+    pub urls: Vec<(&'static str, url::Url)>,
 }
 
 /// Checks and normalises a `POST /generate` body and its `Idempotency-Key`: every check that
@@ -292,7 +293,11 @@ pub fn validate(
         cfg.url_policy.parse(v).map_err(|e| url_error(field, e))
     };
     let audio = url_field("audio")?;
-    let hook_url = url_field("hook_url")?;
+    // Optional: without a webhook the client polls `GET /tasks/{id}`.
+    let hook_url = match obj.get("hook_url") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(url_field("hook_url")?),
+    };
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => cfg.default_priority,
         Some(Value::Number(n)) => match n
@@ -433,7 +438,7 @@ pub fn validate(
     Ok(Validated {
         request: TaskRequest {
             audio: audio.to_string(),
-            hook_url: hook_url.to_string(),
+            hook_url: hook_url.as_ref().map(url::Url::to_string),
             priority,
             model,
             stems,
@@ -441,7 +446,9 @@ pub fn validate(
             owner: None,
         },
         idempotency_key,
-        urls: [("audio", audio), ("hook_url", hook_url)],
+        urls: std::iter::once(("audio", audio))
+            .chain(hook_url.map(|u| ("hook_url", u)))
+            .collect(),
     })
 }
 
@@ -498,6 +505,20 @@ mod tests {
             code(json!({"hook_url": "https://b.example/"}), None),
             "missing_field"
         );
+        assert_eq!(code(ok(json!({"hook_url": 7})), None), "invalid_type");
+        assert_eq!(code(ok(json!({"hook_url": ""})), None), "invalid_url");
+        // No webhook: the client polls.
+        for hook in [json!(null), json!("absent")] {
+            let mut body = ok(json!({}));
+            if hook.is_null() {
+                body["hook_url"] = hook;
+            } else {
+                body.as_object_mut().unwrap().remove("hook_url");
+            }
+            let v = validate(&cfg(false), &body, None).unwrap();
+            assert_eq!(v.request.hook_url, None);
+            assert_eq!(v.urls.len(), 1);
+        }
         assert_eq!(code(ok(json!({"audio": 7})), None), "invalid_type");
         assert_eq!(
             code(ok(json!({"audio": "file:///etc/passwd"})), None),

@@ -96,6 +96,16 @@ pub struct AppendLog {
     pub entry: serde_json::Value,
 }
 
+/// Writes the result so far (stored stems and their links) onto a task record.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), QueueError>")]
+pub struct SaveResult {
+    /// The task.
+    pub id: TaskId,
+    /// The result.
+    pub result: serde_json::Value,
+}
+
 /// Reads queue statistics of both stages.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<QueueStats, QueueError>")]
@@ -349,6 +359,14 @@ impl Handler<AppendLog> for Scheduler {
     fn handle(&mut self, msg: AppendLog, _: &mut Context<Self>) -> Self::Result {
         let q = self.queue.clone();
         self.run(async move { q.append_log(&msg.id, msg.field, msg.entry, 50).await })
+    }
+}
+
+impl Handler<SaveResult> for Scheduler {
+    type Result = ResponseFuture<Result<(), QueueError>>;
+    fn handle(&mut self, msg: SaveResult, _: &mut Context<Self>) -> Self::Result {
+        let q = self.queue.clone();
+        self.run(async move { q.save_result(&msg.id, &msg.result).await })
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use serde_json::{Value, json};
 
-use crate::actors::scheduler::{Ack, AppendLog, Fail, SchedulerHandle};
+use crate::actors::scheduler::{Ack, AppendLog, Fail, SaveResult, SchedulerHandle};
 use crate::actors::worker::{self, Ended, LoopControl, LoopSpec};
 use crate::pipeline::process::{Progress, task_dir};
 use crate::pipeline::storage::Storage;
@@ -184,23 +184,29 @@ impl Env {
         if !failed {
             let stems = result["stems"].as_object().cloned().unwrap_or_default();
             for (stem, info) in stems {
-                let Some(file) = info["file"].as_str() else {
-                    continue;
+                let key = match (info["file"].as_str(), info["key"].as_str()) {
+                    (Some(file), _) => {
+                        let local = self.cfg.staging_dir.join(file);
+                        let ext = local.extension().and_then(|e| e.to_str()).unwrap_or("wav");
+                        let key = format!("{}/{stem}.{ext}", rec.id);
+                        if let Err(e) = self.storage.put_file(&key, &local).await {
+                            let exhausted = rec.attempts >= rec.max_attempts;
+                            let err = JobError::new("upload_failed", e.to_string(), !exhausted);
+                            return Next::Retry(err);
+                        }
+                        key
+                    }
+                    // Stored by an earlier attempt (its links are on the task): sign anew.
+                    (None, Some(key)) => key.to_string(),
+                    (None, None) => continue,
                 };
-                let local = self.cfg.staging_dir.join(file);
-                let ext = local.extension().and_then(|e| e.to_str()).unwrap_or("wav");
-                let key = format!("{}/{stem}.{ext}", rec.id);
-                if let Err(e) = self.storage.put_file(&key, &local).await {
-                    let exhausted = rec.attempts >= rec.max_attempts;
-                    let err = JobError::new("upload_failed", e.to_string(), !exhausted);
-                    return Next::Retry(err);
-                }
                 match self.storage.link(&key).await {
                     Ok(link) => {
                         links.insert(
                             stem,
                             json!({"url": link.url, "expires_at": link.expires_at,
-                                   "bytes": info["bytes"], "sha256": info["sha256"]}),
+                                   "bytes": info["bytes"], "sha256": info["sha256"],
+                                   "key": key}),
                         );
                     }
                     Err(e) => {
@@ -211,14 +217,27 @@ impl Env {
             result["stems"] = Value::Object(links.clone());
             result["timings"]["upload_seconds"] =
                 json!((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
+            // The links are the client's as soon as the stems are stored, webhook or not.
+            let save = SaveResult {
+                id: rec.id.clone(),
+                result: result.clone(),
+            };
+            if let Err(e) = self.scheduler.ask(save).await {
+                tracing::warn!(task = %rec.id, error = %e, "could not show the stored stems on the task yet");
+            }
         }
+        // No webhook: the client polls the task.
+        let Some(hook_url) = rec.request.hook_url.as_deref() else {
+            result["webhook"] = json!({"state": "none", "attempts": 0});
+            return Next::Finish(result);
+        };
         let payload = self.payload(claimed, &result, failed);
         let body = serde_json::to_vec(&payload).expect("payload serialises");
         let (attempt, sent) = webhook::send(
             &self.client,
             &self.cfg.fetch,
             &self.cfg.webhook,
-            &rec.request.hook_url,
+            hook_url,
             rec.id.as_str(),
             &body,
         )

@@ -113,8 +113,24 @@ struct Window {
     failures: u32,
 }
 
-/// Addresses remembered at most; beyond it, windows that have passed are forgotten.
+/// Addresses remembered at most; beyond it, windows that have passed are forgotten, then
+/// the older half.
 const THROTTLE_MEMORY: usize = 100_000;
+
+/// The client an address stands for: itself for IPv4, its /64 for IPv6 (one host usually
+/// holds a whole /64, so single IPv6 addresses would give unlimited guesses).
+fn client(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
 
 impl Throttle {
     /// `limit` failures per minute per address (`AUTH_FAILURES_PER_MINUTE`).
@@ -138,7 +154,7 @@ impl Throttle {
         }
         let now = Instant::now();
         let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let w = map.get(&ip)?;
+        let w = map.get(&client(ip))?;
         let ends = w.started + self.window;
         (w.failures >= self.limit && now < ends).then(|| ends - now)
     }
@@ -153,8 +169,17 @@ impl Throttle {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= THROTTLE_MEMORY {
             map.retain(|_, w| now < w.started + window);
+            if map.len() >= THROTTLE_MEMORY / 2 {
+                // Still full of live windows: forget the older half (amortised: the next
+                // pass is at least THROTTLE_MEMORY / 2 new addresses away).
+                let mut starts: Vec<Instant> = map.values().map(|w| w.started).collect();
+                let mid = starts.len() / 2;
+                let (_, median, _) = starts.select_nth_unstable(mid);
+                let median = *median;
+                map.retain(|_, w| w.started > median);
+            }
         }
-        let w = map.entry(ip).or_insert(Window {
+        let w = map.entry(client(ip)).or_insert(Window {
             started: now,
             failures: 0,
         });
@@ -227,6 +252,12 @@ mod tests {
         std::thread::sleep(wait + Duration::from_millis(20));
         assert_eq!(t.blocked(a), None, "the window passed");
         assert!(!t.failed(a), "a new window counts from one");
+        // An IPv6 /64 is one client.
+        let t6 = Throttle::new(2, Duration::from_secs(60));
+        assert!(!t6.failed("2001:db8:1:2::1".parse().unwrap()));
+        assert!(t6.failed("2001:db8:1:2:ffff::9".parse().unwrap()));
+        assert!(t6.blocked("2001:db8:1:2::77".parse().unwrap()).is_some());
+        assert_eq!(t6.blocked("2001:db8:1:3::1".parse().unwrap()), None);
         let off = Throttle::new(0, Duration::from_secs(60));
         for _ in 0..100 {
             assert!(!off.failed(a));

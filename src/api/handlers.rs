@@ -23,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/generate", web::post().to(generate))
         .route("/tasks/{id}", web::get().to(get_task))
         .route("/tasks/{id}", web::delete().to(cancel_task))
+        .route("/tasks/{id}/stems/{name}", web::get().to(stem_link))
         .route("/queue", web::get().to(queue_stats))
         .route("/models", web::get().to(models))
         .route("/health", web::get().to(health))
@@ -281,7 +282,7 @@ pub fn task_json(rec: &TaskRecord, position: Option<u64>) -> Value {
         // fetch and the webhook only.
         "request": {
             "audio": crate::net::redact_str(&rec.request.audio),
-            "hook_url": crate::net::redact_str(&rec.request.hook_url),
+            "hook_url": rec.request.hook_url.as_deref().map(crate::net::redact_str),
             "model": rec.request.model,
             "stems": rec.request.stems,
             "output_format": rec.request.output_format,
@@ -316,6 +317,67 @@ async fn cancel_task(
         ),
     };
     Ok(HttpResponse::Accepted().json(json!({"task_id": id, "status": status, "message": message})))
+}
+
+/// A fresh signed link to one stored stem of a task, as a redirect: links in the task and
+/// the webhook expire, this route signs a new one for as long as the task is retained and
+/// the stem stored.
+async fn stem_link(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &st)?;
+    let (raw_id, name) = path.into_inner();
+    let id = parse_id(&raw_id)?;
+    let (rec, _) = st.scheduler.ask(GetTask(id.clone())).await?;
+    let stem = rec
+        .result
+        .as_ref()
+        .and_then(|r| r["stems"].get(&name))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "stem_not_found",
+                format!("task {id} has no stem {name:?} (see result.stems of the task)"),
+            )
+        })?;
+    if stem.get("url").is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stems_not_stored",
+            "the stems are separated but not stored yet; retry shortly",
+        )
+        .retry_after(Duration::from_secs(2)));
+    }
+    let Some(storage) = &st.storage else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "links_unavailable",
+            "this API has no access to the stem store (S3 credentials are not set for it)",
+        ));
+    };
+    let key = stem["key"]
+        .as_str()
+        .map_or_else(|| format!("{id}/{name}.wav"), str::to_string);
+    let stored = storage.exists(&key).await.map_err(|e| {
+        tracing::warn!(task = %id, error = %e, "stem store unreachable");
+        unavailable("the stem store")
+    })?;
+    if !stored {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "stem_expired",
+            "the stem was deleted after RESULT_URL_TTL",
+        ));
+    }
+    let link = storage.link(&key).await.map_err(|e| {
+        tracing::warn!(task = %id, error = %e, "cannot sign a link");
+        unavailable("the stem store")
+    })?;
+    Ok(HttpResponse::Found()
+        .insert_header((header::LOCATION, link.url.clone()))
+        .json(json!({"url": link.url, "expires_at": link.expires_at})))
 }
 
 async fn queue_stats(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -565,9 +627,14 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         "/",
     ];
     let path = req.path();
-    let task_path = path
-        .strip_prefix("/tasks/")
-        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+    let task_path = path.strip_prefix("/tasks/").is_some_and(|rest| {
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [id] => !id.is_empty(),
+            [id, "stems", name] => !id.is_empty() && !name.is_empty(),
+            _ => false,
+        }
+    });
     Err(if known.contains(&path) || task_path {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

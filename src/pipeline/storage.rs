@@ -108,6 +108,15 @@ pub fn link_key(env: &Env) -> Result<Arc<Vec<u8>>, ConfigError> {
 }
 
 impl StorageConfig {
+    /// How long links live (`RESULT_URL_TTL`).
+    pub fn ttl(&self) -> Duration {
+        match self {
+            StorageConfig::Local { ttl, .. } | StorageConfig::S3 { ttl, .. } => *ttl,
+        }
+    }
+}
+
+impl StorageConfig {
     /// Reads `STORAGE_URL` and its companions.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let raw = env.string("STORAGE_URL", "file://data/stems");
@@ -309,15 +318,9 @@ impl Storage {
         Ok(size)
     }
 
-    /// How long links live (`RESULT_URL_TTL`): stored stems older than that are swept.
-    pub fn ttl(&self) -> Duration {
-        match &self.cfg {
-            StorageConfig::Local { ttl, .. } | StorageConfig::S3 { ttl, .. } => *ttl,
-        }
-    }
-
-    /// Deletes every stored object last written before `cutoff`; returns how many. For local
-    /// storage the task directories left empty go too.
+    /// Deletes the stems uvr stored (objects `<task id>/<file>` under the storage prefix)
+    /// last written before `cutoff`; returns how many. Anything else in the bucket or
+    /// directory is left alone. For local storage the task directories left empty go too.
     pub async fn delete_older_than(&self, cutoff: SystemTime) -> Result<u64, StorageError> {
         use futures_util::StreamExt;
         let prefix = match &self.cfg {
@@ -325,6 +328,11 @@ impl Storage {
                 Some(ObjectPath::from(prefix.as_str()))
             }
             _ => None,
+        };
+        let depth = prefix.as_ref().map_or(0, |p| p.parts().count());
+        let ours = |location: &ObjectPath| {
+            let parts: Vec<_> = location.parts().skip(depth).collect();
+            parts.len() == 2 && parts[0].as_ref().parse::<crate::task::TaskId>().is_ok()
         };
         let cutoff_ms = cutoff
             .duration_since(UNIX_EPOCH)
@@ -334,7 +342,7 @@ impl Storage {
         let mut old = Vec::new();
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(|e| StorageError(e.to_string()))?;
-            if meta.last_modified.timestamp_millis() < cutoff_ms {
+            if ours(&meta.location) && meta.last_modified.timestamp_millis() < cutoff_ms {
                 old.push(meta.location);
             }
         }
@@ -345,15 +353,30 @@ impl Storage {
                 Err(e) => return Err(StorageError(e.to_string())),
             }
         }
-        if let StorageConfig::Local { root, .. } = &self.cfg {
+        if let StorageConfig::Local { root, .. } = &self.cfg
+            && let Ok(entries) = std::fs::read_dir(root)
+        {
             // Task directories are `<root>/<task id>/`; remove_dir only removes empty ones.
-            if let Ok(entries) = std::fs::read_dir(root) {
-                for e in entries.flatten() {
+            for e in entries.flatten() {
+                let task = e
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<crate::task::TaskId>().is_ok());
+                if task {
                     let _ = std::fs::remove_dir(e.path());
                 }
             }
         }
         Ok(deleted)
+    }
+
+    /// Whether an object is stored under `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self.store.head(&self.object_path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StorageError(e.to_string())),
+        }
     }
 
     /// A signed, expiring download link for `key`.

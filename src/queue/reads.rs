@@ -68,6 +68,25 @@ impl super::Queue {
         .await
     }
 
+    /// Writes `result` onto a task record that still exists (stored stems and their links,
+    /// shown by `GET /tasks/{id}` before the webhook is called).
+    pub async fn save_result(
+        &self,
+        id: &TaskId,
+        result: &serde_json::Value,
+    ) -> Result<(), QueueError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let key = self.keys.record(id);
+            let exists: bool = conn.exists(&key).await?;
+            if exists {
+                let _: () = conn.hset(&key, "result", result.to_string()).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Queue statistics of both stages.
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
         self.timed(async {

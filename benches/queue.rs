@@ -107,6 +107,8 @@ fn task(i: usize) -> NewTask {
             model: None,
             stems: None,
             output_format: None,
+            bitrate: None,
+            sample_rate: None,
             owner: Some("bench".into()),
         },
         idempotency_key: None,

@@ -31,8 +31,12 @@ pub struct LocalJob {
     pub model: Option<String>,
     /// The stems to write (else all of the model's).
     pub stems: Option<Vec<String>>,
-    /// The output format (`wav`, `wav16`, `wav24`, `wav32f`).
+    /// The output format (one of [`crate::audio::encode::FORMATS`]).
     pub format: String,
+    /// The bit rate of a lossy format, kbps.
+    pub bitrate: Option<u32>,
+    /// The stems' sample rate (else 44.1 kHz).
+    pub sample_rate: Option<crate::task::OutputRate>,
     /// Whether existing files may be replaced.
     pub overwrite: bool,
 }
@@ -174,13 +178,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// Checks everything that can be checked without loading a model: the format, the model and
 /// its stems, every input, and that no output would overwrite a file.
 pub fn plan(job: &LocalJob, catalog: &Catalog) -> Result<Plan, LocalError> {
-    let format = crate::audio::encode::SampleFormat::parse(Some(&job.format)).ok_or_else(|| {
-        LocalError::Usage(format!(
-            "unsupported --format {:?} (expected one of: {})",
-            job.format,
-            crate::models::OUTPUT_FORMATS.join(", ")
-        ))
-    })?;
+    let format =
+        crate::audio::encode::Encoding::parse(Some(&job.format), job.bitrate).map_err(|e| {
+            LocalError::Usage(format!("--{}: {}", e.field.replace('_', "-"), e.message))
+        })?;
+    if let Some(crate::task::OutputRate::Hz(r)) = job.sample_rate
+        && !crate::audio::encode::SAMPLE_RATES.contains(&r)
+    {
+        return Err(LocalError::Usage(format!(
+            "--sample-rate {r}: expected one of {:?} or source",
+            crate::audio::encode::SAMPLE_RATES
+        )));
+    }
     let model = job.model.clone().unwrap_or_else(|| catalog.default.clone());
     let info = catalog.get(&model).ok_or_else(|| {
         LocalError::Model(format!(
@@ -329,11 +338,13 @@ pub async fn run(
         let result = match path {
             Err(e) => Err(e),
             Ok(path) => {
-                let (engine, model, stems, format) = (
+                let (engine, model, stems, format, bitrate, sample_rate) = (
                     engine.clone(),
                     plan.model.clone(),
                     plan.stems.clone(),
                     job.format.clone(),
+                    job.bitrate,
+                    job.sample_rate,
                 );
                 let dir = tmp.path().to_path_buf();
                 let shown = shown.clone();
@@ -344,6 +355,8 @@ pub async fn run(
                         relative_to: &dir,
                         model,
                         output_format: Some(format),
+                        bitrate,
+                        sample_rate,
                         stems: Some(stems),
                         max_seconds: 0,
                         max_output_bytes: 0,
@@ -432,6 +445,18 @@ mod tests {
         assert!(job(&|_| {}).is_ok());
         let code = |f: &dyn Fn(&mut LocalJob)| job(f).unwrap_err().exit_code();
         assert_eq!(code(&|j| j.format = "mp4".into()), 2);
+        assert_eq!(code(&|j| j.bitrate = Some(320)), 2, "a bit rate for WAV");
+        assert_eq!(
+            code(&|j| {
+                j.format = "mp3".into();
+                j.bitrate = Some(100);
+            }),
+            2
+        );
+        assert_eq!(
+            code(&|j| j.sample_rate = Some(crate::task::OutputRate::Hz(22_050))),
+            2
+        );
         assert_eq!(code(&|j| j.model = Some("nope".into())), 4);
         assert_eq!(code(&|j| j.stems = Some(vec!["drums".into()])), 2);
         assert_eq!(code(&|j| j.inputs = vec!["/nonexistent/x.wav".into()]), 3);

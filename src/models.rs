@@ -13,9 +13,6 @@ pub use crate::separation::STEMS;
 /// The built-in separator's name.
 pub use crate::separation::dsp::NAME as BUILTIN_DSP;
 
-/// Output formats the stem writer supports.
-pub const OUTPUT_FORMATS: &[&str] = &["wav", "wav16", "wav24", "wav32f"];
-
 pub use crate::families::ModelInfo;
 
 impl ModelInfo {

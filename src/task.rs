@@ -221,9 +221,33 @@ pub struct TaskRequest {
     /// Output format (`None`: the service default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<String>,
+    /// Bit rate of a lossy output format, kbps (`None`: the format's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate: Option<u32>,
+    /// Sample rate of the stems (`None`: 44.1 kHz).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<OutputRate>,
     /// Who submitted it (the API user name), for scoping and auditing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+}
+
+/// The sample rate stems are written at: a rate in Hz, or the source's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OutputRate {
+    /// This rate (44100 or 48000).
+    Hz(u32),
+    /// The rate of the submitted audio (`"source"`).
+    Source(SourceRate),
+}
+
+/// The `"source"` keyword of [`OutputRate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceRate {
+    /// `"source"`.
+    Source,
 }
 
 /// A task record as stored in its Redis hash, decoded.

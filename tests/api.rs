@@ -259,9 +259,24 @@ async fn bad_input_gets_a_stable_code_and_nothing_is_enqueued() {
             "invalid_type",
         ),
         (
-            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "output_format": "mp3"}),
+            json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h", "output_format": "aiff"}),
             "output_format",
             "unsupported_format",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "output_format": "flac", "bitrate": 320}),
+            "bitrate",
+            "unsupported_format",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "output_format": "mp3", "bitrate": 96}),
+            "bitrate",
+            "out_of_range",
+        ),
+        (
+            json!({"audio": "https://93.184.215.14/a.wav", "sample_rate": 96000}),
+            "sample_rate",
+            "out_of_range",
         ),
         (
             json!({"audio": format!("https://93.184.215.14/{}", "a".repeat(5000)), "hook_url": "https://93.184.215.14/h"}),

@@ -1060,14 +1060,102 @@ async fn api_rejects_wrong_types_missing_fields_and_bad_priorities() {
         ("number", json!(16), "invalid_type"),
         ("array", json!(["wav"]), "invalid_type"),
         ("bool", json!(true), "invalid_type"),
-        ("\"mp3\"", json!("mp3"), "unsupported_format"),
+        ("\"ogg\"", json!("ogg"), "unsupported_format"),
         ("\"\"", json!(""), "unsupported_format"),
         ("\"wav8\"", json!("wav8"), "unsupported_format"),
+        ("\"flac32\"", json!("flac32"), "unsupported_format"),
     ] {
         cases.push(case(
             format!("output_format {kind}"),
             Body::Json(with("output_format", Some(v))),
             reject422(code, "output_format"),
+        ));
+    }
+    let format = |extra: Value| {
+        let mut b = json!({"audio": AUDIO, "hook_url": HOOK});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        Body::Json(b)
+    };
+    for (kind, extra, code, field) in [
+        (
+            "bitrate with wav",
+            json!({"bitrate": 320}),
+            "unsupported_format",
+            "bitrate",
+        ),
+        (
+            "bitrate with flac",
+            json!({"output_format": "flac", "bitrate": 320}),
+            "unsupported_format",
+            "bitrate",
+        ),
+        (
+            "mp3 bitrate 96",
+            json!({"output_format": "mp3", "bitrate": 96}),
+            "out_of_range",
+            "bitrate",
+        ),
+        (
+            "mp3 bitrate -1",
+            json!({"output_format": "mp3", "bitrate": -1}),
+            "out_of_range",
+            "bitrate",
+        ),
+        (
+            "mp3 bitrate 2.5",
+            json!({"output_format": "mp3", "bitrate": 2.5}),
+            "out_of_range",
+            "bitrate",
+        ),
+        (
+            "mp3 bitrate \"320\"",
+            json!({"output_format": "mp3", "bitrate": "320"}),
+            "invalid_type",
+            "bitrate",
+        ),
+        (
+            "sample_rate 96000",
+            json!({"sample_rate": 96000}),
+            "out_of_range",
+            "sample_rate",
+        ),
+        (
+            "sample_rate 0",
+            json!({"sample_rate": 0}),
+            "out_of_range",
+            "sample_rate",
+        ),
+        (
+            "sample_rate \"48000\"",
+            json!({"sample_rate": "48000"}),
+            "invalid_type",
+            "sample_rate",
+        ),
+        (
+            "sample_rate true",
+            json!({"sample_rate": true}),
+            "invalid_type",
+            "sample_rate",
+        ),
+    ] {
+        cases.push(case(kind, format(extra), reject422(code, field)));
+    }
+    for (kind, extra) in [
+        (
+            "mp3 at 128 kbps, 48 kHz",
+            json!({"output_format": "mp3", "bitrate": 128, "sample_rate": 48000}),
+        ),
+        (
+            "flac24 at the source rate",
+            json!({"output_format": "FLAC24", "sample_rate": "source"}),
+        ),
+    ] {
+        cases.push(case(
+            format!("{kind}: accepted"),
+            format(extra),
+            Answer::Accept,
         ));
     }
     for field in ["audio", "hook_url"] {

@@ -344,3 +344,81 @@ fn healthcheck_follows_readyz() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
+
+/// `--format`, `--bitrate`, `--sample-rate` and `--single-stem` as the API offers them: one
+/// FLAC stem at 48 kHz and one MP3 stem at 128 kbps, named with their extensions and readable
+/// at their rate; a bit rate for a lossless format or an unknown rate is a usage error before
+/// anything is read.
+#[test]
+fn formats_rates_and_a_single_stem_on_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let song = tmp.path().join("song.wav");
+    write_wav(&song, 1.0, 330.0);
+    let out = tmp.path().join("out");
+    let (song_s, out_s) = (song.to_str().unwrap(), out.to_str().unwrap());
+    for (extra, file, rate) in [
+        (
+            &[
+                "--format",
+                "flac",
+                "--sample-rate",
+                "48000",
+                "--single-stem",
+                "vocals",
+            ][..],
+            "song_(Vocals)_dsp-centre.flac",
+            48_000,
+        ),
+        (
+            &[
+                "--format",
+                "mp3",
+                "--bitrate",
+                "128",
+                "--single-stem",
+                "instrumental",
+            ],
+            "song_(Instrumental)_dsp-centre.mp3",
+            44_100,
+        ),
+    ] {
+        let mut args = vec!["separate", song_s, "-o", out_s, "--json"];
+        args.extend_from_slice(extra);
+        let o = uvr(&args, Path::new("/nonexistent"));
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(summary["sample_rate"], rate, "{summary}");
+        let path = out.join(file);
+        let mut reader = uvr::audio::AudioReader::open(&path, 0).unwrap();
+        assert_eq!(reader.source_rate(), rate, "{file}");
+        let mut frames = 0;
+        while let Some(block) = reader.read(8192).unwrap() {
+            frames += block.len();
+        }
+        assert!(frames.abs_diff(44_100) <= 1152, "{file}: {frames} frames");
+    }
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "song_(Instrumental)_dsp-centre.mp3",
+            "song_(Vocals)_dsp-centre.flac"
+        ],
+        "one stem each"
+    );
+    for bad in [
+        &["--format", "flac", "--bitrate", "320"][..],
+        &["--format", "mp3", "--bitrate", "100"],
+        &["--sample-rate", "22050"],
+        &["--stems", "vocals", "--single-stem", "vocals"],
+    ] {
+        let mut args = vec!["separate", song_s, "-o", out_s, "--overwrite"];
+        args.extend_from_slice(bad);
+        let o = uvr(&args, Path::new("/nonexistent"));
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
+    }
+}

@@ -433,6 +433,8 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
         model: None,
         stems: None,
         output_format: None,
+        bitrate: None,
+        sample_rate: None,
         owner: None,
     };
     let id = scheduler
@@ -1175,4 +1177,86 @@ async fn links_are_on_the_task_before_the_webhook_is_delivered() {
         44_100,
         "the stem is downloadable"
     );
+}
+
+/// FLAC at 48 kHz and MP3 at 128 kbps through the whole service: the stems carry their
+/// format's extension, and the download route serves them with their content type, `Range`,
+/// `ETag` (a conditional request gets 304) and `HEAD`; decoded back they have the song's
+/// length at their rate.
+#[actix_rt::test]
+async fn stems_in_flac_and_mp3_are_stored_and_served_with_ranges() {
+    let peer = Peer::start();
+    let dep = Deployment::new(&[]);
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::new();
+    let base = dep.base();
+    let audio = peer.put("song.wav", test_wav(2.0, 44_100));
+    for (format, extra, ext, content_type, rate) in [
+        (
+            "flac",
+            json!({"sample_rate": 48000}),
+            "flac",
+            "audio/flac",
+            48_000u32,
+        ),
+        ("mp3", json!({"bitrate": 128}), "mp3", "audio/mpeg", 44_100),
+    ] {
+        let mut body = json!({"audio": audio, "output_format": format, "stems": ["vocals"]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let accepted = submit(&client, &base, body).await;
+        let id = accepted["task_id"].as_str().unwrap().to_string();
+        let t = poll_task(&client, &base, &id, Duration::from_secs(60), |t| {
+            t["status"] == "succeeded"
+        })
+        .await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+        assert_eq!(t["result"]["sample_rate"], rate, "{t}");
+        let url = t["result"]["stems"]["vocals"]["url"].as_str().unwrap();
+        assert!(url.contains(&format!("/vocals.{ext}?")), "{url}");
+        let full = client.get(url).send().await.unwrap();
+        assert_eq!(full.status(), 200);
+        assert_eq!(full.headers()["content-type"], content_type);
+        assert!(full.headers()["accept-ranges"] == "bytes");
+        let etag = full.headers()["etag"].to_str().unwrap().to_string();
+        let bytes = full.bytes().await.unwrap();
+        // Range: the middle 100 bytes.
+        let part = client
+            .get(url)
+            .header("range", "bytes=100-199")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.bytes().await.unwrap(), bytes.slice(100..200));
+        let cached = client
+            .get(url)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cached.status(), 304);
+        let head = client.head(url).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(
+            head.headers()["content-length"].to_str().unwrap(),
+            bytes.len().to_string()
+        );
+        assert!(head.bytes().await.unwrap().is_empty());
+        // Decoded back at its own rate: the song's length (MP3: within a frame).
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("vocals.{ext}"));
+        std::fs::write(&file, &bytes).unwrap();
+        let mut reader = uvr::audio::AudioReader::open(&file, 0).unwrap();
+        assert_eq!(reader.source_rate(), rate, "{format}");
+        let mut frames = 0;
+        while let Some(block) = reader.read(8192).unwrap() {
+            frames += block.len();
+        }
+        assert!(
+            frames.abs_diff(2 * 44_100) <= 1152,
+            "{format}: {frames} frames"
+        );
+    }
 }

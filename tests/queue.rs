@@ -23,6 +23,8 @@ fn request(priority: u8) -> TaskRequest {
         model: None,
         stems: None,
         output_format: None,
+        bitrate: None,
+        sample_rate: None,
         owner: Some("admin".into()),
     }
 }

@@ -151,6 +151,8 @@ fn request() -> TaskRequest {
         model: None,
         stems: None,
         output_format: None,
+        bitrate: None,
+        sample_rate: None,
         owner: Some("admin".into()),
     }
 }

@@ -11,11 +11,12 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use crate::actors::scheduler::{Enqueue, SchedulerHandle};
+use crate::audio::encode::{Encoding, SAMPLE_RATES};
 use crate::metrics;
-use crate::models::{Catalog, OUTPUT_FORMATS};
+use crate::models::Catalog;
 use crate::net::{UrlError, UrlPolicy};
 use crate::queue::{NewTask, QueueError};
-use crate::task::{Priority, TaskId, TaskRequest};
+use crate::task::{OutputRate, Priority, SourceRate, TaskId, TaskRequest};
 
 /// Submits a job: the parsed JSON body of `POST /generate`.
 #[derive(Debug, Message)]
@@ -398,22 +399,49 @@ pub fn validate(
     };
     let output_format = match obj.get("output_format") {
         None | Some(Value::Null) => None,
-        Some(Value::String(f)) => {
-            let f = f.to_ascii_lowercase();
-            if !OUTPUT_FORMATS.contains(&f.as_str()) {
-                return Err(IntakeError::invalid(
-                    "output_format",
-                    "unsupported_format",
-                    format!("output_format must be one of {}", OUTPUT_FORMATS.join(", ")),
-                ));
-            }
-            Some(f)
-        }
+        Some(Value::String(f)) => Some(f.to_ascii_lowercase()),
         Some(_) => {
             return Err(IntakeError::invalid(
                 "output_format",
                 "invalid_type",
                 "output_format must be a string",
+            ));
+        }
+    };
+    let bitrate = match obj.get("bitrate") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_u64().and_then(|b| u32::try_from(b).ok()).ok_or_else(
+            || IntakeError::invalid("bitrate", "out_of_range", "bitrate is in kbps, e.g. 320"),
+        )?),
+        Some(_) => {
+            return Err(IntakeError::invalid(
+                "bitrate",
+                "invalid_type",
+                "bitrate must be an integer (kbps)",
+            ));
+        }
+    };
+    // Checks the format and its bit rate together.
+    Encoding::parse(output_format.as_deref(), bitrate)
+        .map_err(|e| IntakeError::invalid(e.field, e.code, e.message))?;
+    let sample_rate = match obj.get("sample_rate") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "source" => Some(OutputRate::Source(SourceRate::Source)),
+        Some(Value::Number(n)) => match n.as_u64().and_then(|r| u32::try_from(r).ok()) {
+            Some(r) if SAMPLE_RATES.contains(&r) => Some(OutputRate::Hz(r)),
+            _ => {
+                return Err(IntakeError::invalid(
+                    "sample_rate",
+                    "out_of_range",
+                    format!("sample_rate must be one of {SAMPLE_RATES:?} or \"source\""),
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(IntakeError::invalid(
+                "sample_rate",
+                "invalid_type",
+                "sample_rate must be 44100, 48000 or \"source\"",
             ));
         }
     };
@@ -443,6 +471,8 @@ pub fn validate(
             model,
             stems,
             output_format,
+            bitrate,
+            sample_rate,
             owner: None,
         },
         idempotency_key,
@@ -538,8 +568,44 @@ mod tests {
         assert_eq!(code(ok(json!({"stems": []})), None), "out_of_range");
         assert_eq!(code(ok(json!({"stems": ["drums"]})), None), "unknown_stem");
         assert_eq!(
-            code(ok(json!({"output_format": "mp3"})), None),
+            code(ok(json!({"output_format": "aiff"})), None),
             "unsupported_format"
+        );
+        assert_eq!(
+            code(ok(json!({"output_format": "flac", "bitrate": 320})), None),
+            "unsupported_format"
+        );
+        assert_eq!(
+            code(ok(json!({"output_format": "mp3", "bitrate": 100})), None),
+            "out_of_range"
+        );
+        assert_eq!(code(ok(json!({"bitrate": "320"})), None), "invalid_type");
+        assert_eq!(
+            code(ok(json!({"sample_rate": 22050})), None),
+            "out_of_range"
+        );
+        assert_eq!(
+            code(ok(json!({"sample_rate": "48k"})), None),
+            "invalid_type"
+        );
+        let v = validate(
+            &cfg(false),
+            &ok(json!({"output_format": "MP3", "bitrate": 192, "sample_rate": 48000})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                v.request.output_format.as_deref(),
+                v.request.bitrate,
+                v.request.sample_rate
+            ),
+            (Some("mp3"), Some(192), Some(OutputRate::Hz(48_000)))
+        );
+        let v = validate(&cfg(false), &ok(json!({"sample_rate": "source"})), None).unwrap();
+        assert_eq!(
+            v.request.sample_rate,
+            Some(OutputRate::Source(SourceRate::Source))
         );
         assert_eq!(code(ok(json!({})), Some("")), "invalid_idempotency_key");
         assert_eq!(code(ok(json!({})), Some("a b")), "invalid_idempotency_key");

@@ -33,6 +33,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi))
         .route("/docs", web::get().to(docs))
         .route("/files/{task}/{name}", web::get().to(download))
+        .route("/files/{task}/{name}", web::head().to(download))
         .route("/", web::get().to(index))
         .default_service(web::to(not_found));
 }
@@ -527,8 +528,10 @@ struct LinkQuery {
     sig: Option<String>,
 }
 
-/// Serves a stored stem through a signed, expiring link (local storage only).
+/// Serves a stored stem through a signed, expiring link (local storage only), with its
+/// content type, `Range`, `ETag`/`Last-Modified` (conditional requests) and `HEAD`.
 async fn download(
+    req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<LinkQuery>,
     st: web::Data<AppState>,
@@ -541,21 +544,24 @@ async fn download(
         ));
     };
     let (task, name) = path.into_inner();
-    let valid_name = name.len() <= 64
-        && name.ends_with(".wav")
-        && name[..name.len() - 4]
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    let task: TaskId = task
-        .parse()
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "file_not_found", "no such file"))?;
-    if !valid_name {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "file_not_found",
-            "no such file",
-        ));
-    }
+    let no_such_file = || ApiError::new(StatusCode::NOT_FOUND, "file_not_found", "no such file");
+    let content_type = name
+        .rsplit_once('.')
+        .filter(|(stem, _)| {
+            !stem.is_empty()
+                && name.len() <= 64
+                && stem
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .and_then(|(_, ext)| match ext {
+            "wav" => Some("audio/wav"),
+            "flac" => Some("audio/flac"),
+            "mp3" => Some("audio/mpeg"),
+            _ => None,
+        })
+        .ok_or_else(no_such_file)?;
+    let task: TaskId = task.parse().map_err(|_| no_such_file())?;
     let key = format!("{task}/{name}");
     let (Some(expires), Some(sig)) = (query.expires, query.sig.as_deref()) else {
         return Err(ApiError::new(
@@ -572,35 +578,21 @@ async fn download(
         ));
     }
     let file_path = files.root.join(task.as_str()).join(&name);
-    let file = tokio::fs::File::open(&file_path)
+    let file = web::block(move || actix_files::NamedFile::open(file_path))
         .await
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "file_not_found", "the file is gone"))?;
-    let len = file
-        .metadata()
-        .await
+        .map_err(|_| unavailable("the file store"))?
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "file_not_found", "the file is gone"))?
-        .len();
-    let stream = futures_util::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(web::Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    Ok(HttpResponse::Ok()
-        .content_type("audio/wav")
-        .insert_header((
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{name}\""),
-        ))
-        .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
-        .no_chunking(len)
-        .streaming(stream))
+        .set_content_type(content_type.parse().expect("a valid media type"))
+        .set_content_disposition(header::ContentDisposition {
+            disposition: header::DispositionType::Attachment,
+            parameters: vec![header::DispositionParam::Filename(name.clone())],
+        });
+    let mut resp = file.into_response(&req);
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("private, max-age=3600"),
+    );
+    Ok(resp)
 }
 
 async fn index() -> HttpResponse {

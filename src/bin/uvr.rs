@@ -75,9 +75,18 @@ struct SeparateArgs {
     /// Only these stems (comma list), e.g. `vocals`.
     #[arg(long, value_delimiter = ',', value_name = "STEM,...")]
     stems: Option<Vec<String>>,
-    /// Output format: wav (16-bit), wav16, wav24, wav32f.
+    /// Only this one stem (audio-separator's --single_stem), e.g. `instrumental`.
+    #[arg(long, value_name = "STEM", conflicts_with = "stems")]
+    single_stem: Option<String>,
+    /// Output format: wav (16-bit), wav16, wav24, wav32f, flac (16-bit), flac16, flac24, mp3.
     #[arg(long, default_value = "wav")]
     format: String,
+    /// MP3 bit rate in kbps: 128, 160, 192, 224, 256 or 320 (the default).
+    #[arg(long, value_name = "KBPS")]
+    bitrate: Option<u32>,
+    /// Sample rate of the stems: 44100 (the default), 48000, or source (the input's own).
+    #[arg(long, value_name = "HZ", value_parser = sample_rate)]
+    sample_rate: Option<uvr::task::OutputRate>,
     /// MDX-Net chunk overlap, 0 <= overlap < 0.99.
     #[arg(long, env = "MDX_OVERLAP")]
     overlap: Option<f32>,
@@ -160,6 +169,18 @@ fn models(json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `--sample-rate`: 44100, 48000 or `source`.
+fn sample_rate(raw: &str) -> Result<uvr::task::OutputRate, String> {
+    use uvr::task::{OutputRate, SourceRate};
+    match raw {
+        "source" => Ok(OutputRate::Source(SourceRate::Source)),
+        _ => match raw.parse::<u32>() {
+            Ok(r) if uvr::audio::encode::SAMPLE_RATES.contains(&r) => Ok(OutputRate::Hz(r)),
+            _ => Err("expected 44100, 48000 or source".into()),
+        },
+    }
+}
+
 /// A path for the health check request: absolute, visible ASCII, no spaces.
 fn health_path(raw: &str) -> Result<String, String> {
     if raw.starts_with('/') && raw.bytes().all(|b| b.is_ascii_graphic()) {
@@ -231,8 +252,10 @@ fn separate(args: SeparateArgs) -> ExitCode {
         inputs: args.inputs,
         out_dir: args.output,
         model: args.model,
-        stems: args.stems,
+        stems: args.single_stem.map(|s| vec![s]).or(args.stems),
         format: args.format.to_lowercase(),
+        bitrate: args.bitrate,
+        sample_rate: args.sample_rate,
         overwrite: args.overwrite,
     };
     let catalog = match catalog(&env) {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{JobError, ProcessorConfig};
-use crate::audio::encode::{SampleFormat, StemWriter};
+use crate::audio::encode::{Encoding, StemWriter, output_rate};
 use crate::audio::fetch::{self, FetchError};
 use crate::audio::{AudioReader, Frame, SAMPLE_RATE};
 use crate::separation::{Control, Listener, SeparateError, StemSink};
@@ -81,24 +81,39 @@ struct FileSink {
     writers: Vec<Option<StemWriter>>,
     /// Bytes every stem file together may reach (`u64::MAX`: no budget).
     budget: u64,
-    /// Bytes of one frame across the stems written.
-    frame_bytes: u64,
-    /// Frames written per stem, the furthest one.
+    encoding: Encoding,
+    /// The output rate.
+    rate: u32,
+    /// Stems written.
+    writing: u64,
+    /// Frames written per stem (44.1 kHz).
     frames: Vec<u64>,
     over_budget: bool,
 }
 
+impl FileSink {
+    /// The most bytes the stems take once the longest has `frames` frames (44.1 kHz).
+    fn bytes_for(&self, frames: u64) -> u64 {
+        let at_rate = (u128::from(frames) * u128::from(self.rate) / u128::from(SAMPLE_RATE)) as u64;
+        self.encoding
+            .max_file_bytes(at_rate, self.rate)
+            .saturating_mul(self.writing)
+    }
+}
+
 impl StemSink for FileSink {
     fn write(&mut self, stem: usize, frames: &[Frame]) -> Result<(), SeparateError> {
-        if let Some(Some(w)) = self.writers.get_mut(stem) {
+        if matches!(self.writers.get(stem), Some(Some(_))) {
             self.frames[stem] += frames.len() as u64;
             let longest = self.frames.iter().copied().max().unwrap_or(0);
             // A source whose length was unknown (or misreported) is held to the budget as
             // its stems grow.
-            if longest.saturating_mul(self.frame_bytes) > self.budget {
+            if self.bytes_for(longest) > self.budget {
                 self.over_budget = true;
                 return Err(SeparateError::Output("over the output budget".into()));
             }
+        }
+        if let Some(Some(w)) = self.writers.get_mut(stem) {
             w.write(frames)
                 .map_err(|e| SeparateError::Output(e.to_string()))?;
         }
@@ -137,6 +152,8 @@ pub fn separate(
             .clone()
             .unwrap_or_else(|| cfg.default_model.clone()),
         output_format: record.request.output_format.clone(),
+        bitrate: record.request.bitrate,
+        sample_rate: record.request.sample_rate,
         stems: record.request.stems.clone(),
         max_seconds: cfg.max_audio_seconds,
         max_output_bytes: cfg.max_output_bytes,
@@ -160,6 +177,10 @@ pub struct SeparateJob<'a> {
     pub model: String,
     /// `output_format` (`None`: 16-bit WAV).
     pub output_format: Option<String>,
+    /// `bitrate` of a lossy format, kbps.
+    pub bitrate: Option<u32>,
+    /// `sample_rate` of the stems (`None`: 44.1 kHz).
+    pub sample_rate: Option<crate::task::OutputRate>,
     /// Stems to write (`None`: all the model has).
     pub stems: Option<Vec<String>>,
     /// Duration cap in seconds (0: none).
@@ -180,17 +201,13 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
     // Loading and warming up the model (only the first time a process uses it).
     let model_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let format = SampleFormat::parse(job.output_format.as_deref()).ok_or_else(|| {
-        JobError::new(
-            "unsupported_format",
-            format!("output format {:?}", job.output_format),
-            false,
-        )
-    })?;
+    let encoding = Encoding::parse(job.output_format.as_deref(), job.bitrate)
+        .map_err(|e| JobError::new(e.code, e.to_string(), false))?;
     let wanted: Vec<String> = job.stems.clone().unwrap_or_else(|| separator.stems());
     let mut reader = AudioReader::open(job.source, job.max_seconds)
         .map_err(|e| JobError::from(SeparateError::from(e)))?;
     let source_rate = reader.source_rate();
+    let rate = output_rate(job.sample_rate, source_rate);
     let budget = match job.max_output_bytes {
         0 => u64::MAX,
         n => n,
@@ -200,9 +217,19 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
         .iter()
         .filter(|s| wanted.contains(s))
         .count() as u64;
+    let stem_count = separator.stems().len();
+    let mut sink = FileSink {
+        writers: Vec::new(),
+        budget,
+        encoding,
+        rate,
+        writing,
+        frames: vec![0; stem_count],
+        over_budget: false,
+    };
     // Checked before anything is written when the source says how long it is.
     if let Some(frames) = reader.total_frames() {
-        let total = format.file_bytes(frames).saturating_mul(writing);
+        let total = sink.bytes_for(frames);
         if total > budget {
             return Err(output_too_large(
                 budget,
@@ -219,8 +246,8 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
     let mut files = Vec::new();
     for stem in separator.stems() {
         if wanted.contains(&stem) {
-            let path = job.out_dir.join(format!("{stem}.{}", format.extension()));
-            let w = StemWriter::create(&path, format)
+            let path = job.out_dir.join(format!("{stem}.{}", encoding.extension()));
+            let w = StemWriter::create(&path, encoding, rate)
                 .map_err(|e| JobError::internal(format!("creating {}: {e}", path.display())))?;
             writers.push(Some(w));
             files.push((stem, path));
@@ -228,14 +255,7 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
             writers.push(None);
         }
     }
-    let stem_count = writers.len();
-    let mut sink = FileSink {
-        writers,
-        budget: budget.saturating_sub(44 * writing),
-        frame_bytes: format.bytes_per_frame() * writing,
-        frames: vec![0; stem_count],
-        over_budget: false,
-    };
+    sink.writers = writers;
     let mut listener = progress.clone();
     let frames = match separator.separate(&mut reader, &mut sink, &mut listener) {
         Ok(frames) => frames,
@@ -273,7 +293,12 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
         "model": separator.name(),
         "family": separator.family(),
         "stems": stems,
-        "format": job.output_format.clone().unwrap_or_else(|| "wav".into()),
+        "format": encoding.name(),
+        "sample_rate": rate,
+        "bitrate": match encoding {
+            Encoding::Mp3 { kbps } => json!(kbps),
+            _ => Value::Null,
+        },
         "duration_seconds": round3(duration),
         "source_sample_rate": source_rate,
         "timings": {

@@ -146,6 +146,8 @@ def rules(doc, variant):
                 bad.append(f"{where}: PUBLIC_BASE_URL defaults to localhost")
         if name in ("api", "processor") and "../models:/app/models:ro" not in (svc.get("volumes") or []):
             bad.append(f"{where}: models are not mounted read-only on /app/models")
+        if name in UVR - {"uploader"} and "staging:/data/staging" not in (svc.get("volumes") or []):
+            bad.append(f"{where}: no shared staging volume (uploads and stems go through it)")
     for name, secret in (doc.get("secrets") or {}).items():
         if "file" not in secret:
             bad.append(f"{variant}: secret {name} is not a file (compose cannot write it into a read-only container)")
@@ -255,6 +257,7 @@ def self_test(docs):
     expect("a secret where unused", broken(lambda d: s(d)["processor"]["environment"].update(WEBHOOK_SECRET="x")))
     expect("curl health check", broken(lambda d: s(d)["api"]["healthcheck"].update(test=["CMD", "curl", "-f", "x"])))
     expect("short start period", broken(lambda d: s(d)["processor"]["healthcheck"].update(start_period="15s")))
+    expect("no staging for uploads", broken(lambda d: s(d)["api"].update(volumes=["../models:/app/models:ro"])))
     expect("models writable", broken(lambda d: s(d)["processor"].update(volumes=["../models:/app/models"])))
     expect("localhost links", broken(lambda d: s(d)["api"]["environment"].update(PUBLIC_BASE_URL="http://localhost:8000")))
     expect("an environment secret", broken(lambda d: d["secrets"].update(metrics_token={"environment": "METRICS_TOKEN"})))

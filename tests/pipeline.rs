@@ -1260,3 +1260,260 @@ async fn stems_in_flac_and_mp3_are_stored_and_served_with_ranges() {
         );
     }
 }
+
+/// One part of a hand-built `multipart/form-data` body.
+enum Part<'a> {
+    Text(&'a str, &'a str),
+    File(&'a str, &'a str, &'a [u8]),
+}
+
+const BOUNDARY: &str = "uvr-test-boundary-7d1f";
+
+/// A `multipart/form-data` body of `parts`; `closed: false` leaves out the final boundary (a
+/// truncated upload).
+fn form(parts: &[Part<'_>], closed: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match p {
+            Part::Text(name, value) => {
+                body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                        .as_bytes(),
+                );
+            }
+            Part::File(name, filename, bytes) => {
+                body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n\
+                         Content-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(bytes);
+                body.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    if closed {
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    }
+    body
+}
+
+async fn post_form(client: &reqwest::Client, url: String, body: Vec<u8>) -> (u16, Value) {
+    let r = client
+        .post(url)
+        .basic_auth("admin", Some(PASSWORD))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn upload_files(dep: &Deployment) -> Vec<String> {
+    std::fs::read_dir(dep.path("staging").join("uploads"))
+        .map(|it| {
+            it.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Uploads: a song sent with the request (`multipart/form-data`), or first to `POST /uploads`
+/// and then named `upload://<id>`, is separated like a URL's, and its upload is removed when
+/// the task ends. Bad forms get a stable code each, and neither a task nor a file is left.
+#[actix_rt::test]
+async fn uploaded_songs_are_separated_and_bad_uploads_leave_nothing() {
+    let dep = Deployment::new(&[("MAX_AUDIO_BYTES", "400000")]);
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::new();
+    let base = dep.base();
+    let song = test_wav(1.0, 44_100);
+    // 1. In the request itself, with other fields as form fields.
+    let (s, accepted) = post_form(
+        &client,
+        format!("{base}/generate"),
+        form(
+            &[
+                Part::Text("output_format", "flac"),
+                Part::File("audio", "my song.wav", &song),
+                Part::Text("stems", "vocals"),
+            ],
+            true,
+        ),
+    )
+    .await;
+    assert_eq!(s, 202, "{accepted}");
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+    let t = poll_task(&client, &base, &id, Duration::from_secs(60), |t| {
+        t["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    assert!(
+        t["request"]["audio"]
+            .as_str()
+            .unwrap()
+            .starts_with("upload://")
+    );
+    assert!((t["result"]["duration_seconds"].as_f64().unwrap() - 1.0).abs() < 0.01);
+    assert_eq!(t["result"]["format"], "flac16");
+    assert!(t["result"]["stems"]["vocals"]["url"].is_string());
+    assert!(t["result"]["stems"]["instrumental"].is_null(), "{t}");
+    // 2. Uploaded first, then named.
+    let (s, up) = post_form(
+        &client,
+        format!("{base}/uploads"),
+        form(&[Part::File("audio", "song.wav", &song)], true),
+    )
+    .await;
+    assert_eq!(s, 201, "{up}");
+    assert_eq!(up["bytes"], song.len());
+    let reference = up["upload"].as_str().unwrap().to_string();
+    let accepted = submit(&client, &base, json!({"audio": reference})).await;
+    let id2 = accepted["task_id"].as_str().unwrap().to_string();
+    let t = poll_task(&client, &base, &id2, Duration::from_secs(60), |t| {
+        t["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    let gone = eventually(Duration::from_secs(10), || {
+        let dep = &dep;
+        async move { upload_files(dep).is_empty() }
+    })
+    .await;
+    assert!(gone, "uploads left: {:?}", upload_files(&dep));
+    // The upload went with its task.
+    let r = client
+        .post(format!("{base}/generate"))
+        .basic_auth("admin", Some(PASSWORD))
+        .json(&json!({"audio": reference}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(r["error"]["code"], "unknown_upload");
+    // 3. Bad uploads.
+    let big = vec![0u8; 500_000];
+    for (name, url, body, status, code) in [
+        (
+            "no file",
+            "generate",
+            form(&[Part::Text("priority", "3")], true),
+            422,
+            "missing_field",
+        ),
+        (
+            "two files",
+            "generate",
+            form(
+                &[
+                    Part::File("audio", "a.wav", &song),
+                    Part::File("audio", "b.wav", &song),
+                ],
+                true,
+            ),
+            422,
+            "duplicate_field",
+        ),
+        (
+            "truncated",
+            "generate",
+            form(&[Part::File("audio", "a.wav", &song)], false),
+            400,
+            "malformed_body",
+        ),
+        (
+            "over MAX_AUDIO_BYTES",
+            "uploads",
+            form(&[Part::File("audio", "big.wav", &big)], true),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "empty file",
+            "uploads",
+            form(&[Part::File("audio", "empty.wav", b"")], true),
+            422,
+            "empty_upload",
+        ),
+        (
+            "an upload form without the file",
+            "uploads",
+            form(&[Part::Text("audio", "https://example.com/a.wav")], true),
+            422,
+            "missing_field",
+        ),
+        (
+            "a bad field beside the file",
+            "generate",
+            form(
+                &[
+                    Part::File("audio", "a.wav", &song),
+                    Part::Text("priority", "9"),
+                ],
+                true,
+            ),
+            422,
+            "out_of_range",
+        ),
+    ] {
+        let (s, body) = post_form(&client, format!("{base}/{url}"), body).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str().unwrap_or_default()),
+            (status, code),
+            "{name}: {body}"
+        );
+    }
+    for (audio, code) in [
+        (
+            "upload://0190a2b4-0000-7000-8000-000000000000",
+            "unknown_upload",
+        ),
+        ("upload://../../etc/passwd", "invalid_url"),
+    ] {
+        let r = client
+            .post(format!("{base}/generate"))
+            .basic_auth("admin", Some(PASSWORD))
+            .json(&json!({"audio": audio}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{audio}");
+        let r: Value = r.json().await.unwrap();
+        assert_eq!(r["error"]["code"], code, "{audio}");
+    }
+    let wrong_type = client
+        .post(format!("{base}/uploads"))
+        .basic_auth("admin", Some(PASSWORD))
+        .header("content-type", "audio/wav")
+        .body(song.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 415);
+    assert_eq!(
+        upload_files(&dep),
+        Vec::<String>::new(),
+        "nothing left on disk"
+    );
+    let q: Value = client
+        .get(format!("{base}/queue"))
+        .basic_auth("admin", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(q["separate"]["waiting"], 0, "nothing queued: {q}");
+    assert_eq!(q["separate"]["in_flight"], 0, "{q}");
+}

@@ -293,7 +293,23 @@ pub fn validate(
         // Syntax and literal-address checks now; DNS checks later.
         cfg.url_policy.parse(v).map_err(|e| url_error(field, e))
     };
-    let audio = url_field("audio")?;
+    // An upload (`upload://<id>`, from POST /uploads or a form) instead of a URL.
+    let (audio, audio_url) = match obj.get("audio") {
+        Some(Value::String(s)) if crate::pipeline::uploads::is_upload(s) => {
+            let id = crate::pipeline::uploads::id_of(s).ok_or_else(|| {
+                IntakeError::invalid(
+                    "audio",
+                    "invalid_url",
+                    "an upload reference is upload://<id>, as POST /uploads returns it",
+                )
+            })?;
+            (format!("{}{id}", crate::pipeline::uploads::SCHEME), None)
+        }
+        _ => {
+            let u = url_field("audio")?;
+            (u.to_string(), Some(u))
+        }
+    };
     // Optional: without a webhook the client polls `GET /tasks/{id}`.
     let hook_url = match obj.get("hook_url") {
         None | Some(Value::Null) => None,
@@ -465,7 +481,7 @@ pub fn validate(
     };
     Ok(Validated {
         request: TaskRequest {
-            audio: audio.to_string(),
+            audio,
             hook_url: hook_url.as_ref().map(url::Url::to_string),
             priority,
             model,
@@ -476,7 +492,9 @@ pub fn validate(
             owner: None,
         },
         idempotency_key,
-        urls: std::iter::once(("audio", audio))
+        urls: audio_url
+            .map(|u| ("audio", u))
+            .into_iter()
             .chain(hook_url.map(|u| ("hook_url", u)))
             .collect(),
     })

@@ -144,6 +144,12 @@ impl Env {
                     if matches!(o, Outcome::Finished | Outcome::Cancelled) {
                         let _ =
                             tokio::fs::remove_dir_all(task_dir(&self.cfg.staging_dir, &id)).await;
+                        // The task's upload ends with it.
+                        let uploads =
+                            crate::pipeline::uploads::Uploads::new(&self.cfg.staging_dir, 0);
+                        if let Some(p) = uploads.resolve(&claimed.record.request.audio) {
+                            let _ = tokio::fs::remove_file(p).await;
+                        }
                     }
                 }
                 r.map(|_| ())

@@ -21,6 +21,7 @@ const DOCS: &str = include_str!("docs.html");
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/generate", web::post().to(generate))
+        .route("/uploads", web::post().to(upload))
         .route("/tasks/{id}", web::get().to(get_task))
         .route("/tasks/{id}", web::delete().to(cancel_task))
         .route("/tasks/{id}/stems/{name}", web::get().to(stem_link))
@@ -182,7 +183,32 @@ async fn generate(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let user = authenticate(&req, &st)?.to_string();
-    let body = json_body(&req, payload, st.max_request_bytes).await?;
+    // A form carries the audio file itself (stored as an upload); a JSON body a URL or an
+    // earlier upload's reference.
+    let (body, stored) = if super::upload::is_multipart(&req) {
+        let form = super::upload::read_form(&req, payload, &st.uploads).await?;
+        (Value::Object(form.fields), form.upload.map(|(id, _)| id))
+    } else {
+        let body = json_body(&req, payload, st.max_request_bytes).await?;
+        if let Some(reference) = body.get("audio").and_then(Value::as_str)
+            && st.uploads.resolve(reference).is_some_and(|p| !p.is_file())
+        {
+            let mut e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_upload",
+                "no such upload (it expired, or was used by a task that has ended)",
+            );
+            e.field = Some("audio");
+            return Err(e);
+        }
+        (body, None)
+    };
+    // A stored upload that does not become a new task is not kept.
+    let discard = |st: &AppState| {
+        if let Some(id) = &stored {
+            let _ = std::fs::remove_file(st.uploads.path(id));
+        }
+    };
     let idempotency_key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => Some(
@@ -193,11 +219,12 @@ async fn generate(
                         "invalid_idempotency_key",
                         "Idempotency-Key must be visible ASCII",
                     )
-                })?
+                })
+                .inspect_err(|_| discard(&st))?
                 .to_string(),
         ),
     };
-    let accepted = st
+    let accepted = match st
         .intake
         .send(Submit {
             user,
@@ -205,7 +232,20 @@ async fn generate(
             idempotency_key,
         })
         .await
-        .map_err(|_| unavailable("the intake"))??;
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            discard(&st);
+            return Err(e.into());
+        }
+        Err(_) => {
+            discard(&st);
+            return Err(unavailable("the intake"));
+        }
+    };
+    if !accepted.created {
+        discard(&st);
+    }
     let location = format!("/tasks/{}", accepted.id);
     let model = accepted
         .request
@@ -237,6 +277,38 @@ async fn generate(
         resp.insert_header(("Idempotency-Replayed", "true"));
     }
     Ok(resp.insert_header((header::LOCATION, location)).json(body))
+}
+
+/// `POST /uploads`: stores one audio file (a `multipart/form-data` body whose `audio` part is
+/// the file) for a later `POST /generate` with `"audio": "upload://<id>"`.
+async fn upload(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &st)?;
+    if !super::upload::is_multipart(&req) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the file as multipart/form-data, in a part named audio",
+        ));
+    }
+    let form = super::upload::read_form(&req, payload, &st.uploads).await?;
+    let Some((id, bytes)) = form.upload else {
+        let mut e = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            "the form has no audio file (a part named audio with a file name)",
+        );
+        e.field = Some("audio");
+        return Err(e);
+    };
+    Ok(HttpResponse::Created().json(json!({
+        "upload": format!("{}{id}", crate::pipeline::uploads::SCHEME),
+        "bytes": bytes,
+        "message": "use it as the audio of POST /generate; it is removed when its task ends",
+    })))
 }
 
 fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
@@ -608,6 +680,7 @@ async fn index() -> HttpResponse {
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let known = [
         "/generate",
+        "/uploads",
         "/queue",
         "/models",
         "/health",

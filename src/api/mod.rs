@@ -9,6 +9,7 @@
 mod auth;
 mod error;
 mod handlers;
+mod upload;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub struct ApiConfig {
     /// The stem store, for fresh links (`GET /tasks/{id}/stems/{name}`): local storage, or
     /// S3 when its credentials are given to the API.
     pub storage: Option<crate::pipeline::storage::StorageConfig>,
+    /// Where uploaded audio goes (`STAGING_DIR/uploads`, `MAX_AUDIO_BYTES`).
+    pub uploads: crate::pipeline::uploads::Uploads,
 }
 
 /// Local storage the API serves through signed links.
@@ -154,6 +157,10 @@ impl ApiConfig {
             },
             files,
             storage,
+            uploads: crate::pipeline::uploads::Uploads::new(
+                std::path::Path::new(&env.string("STAGING_DIR", "data/staging")),
+                env.parse("MAX_AUDIO_BYTES", 1u64 << 30)?,
+            ),
         })
     }
 }
@@ -192,6 +199,7 @@ pub struct AppState {
     started: Instant,
     files: Option<FilesConfig>,
     storage: Option<crate::pipeline::storage::Storage>,
+    uploads: crate::pipeline::uploads::Uploads,
 }
 
 /// A running API server.
@@ -233,6 +241,7 @@ impl ApiServer {
                 .map(crate::pipeline::storage::Storage::open)
                 .transpose()
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
+            uploads: cfg.uploads.clone(),
         };
         let server = HttpServer::new(move || {
             App::new()
@@ -329,6 +338,7 @@ fn method_label(m: &actix_web::http::Method) -> &'static str {
 fn route_label(pattern: Option<String>) -> &'static str {
     match pattern.as_deref() {
         Some("/generate") => "/generate",
+        Some("/uploads") => "/uploads",
         Some("/tasks/{id}") => "/tasks/{id}",
         Some("/tasks/{id}/stems/{name}") => "/tasks/{id}/stems/{name}",
         Some("/queue") => "/queue",

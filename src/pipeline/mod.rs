@@ -7,6 +7,7 @@
 pub mod process;
 pub mod retention;
 pub mod storage;
+pub mod uploads;
 pub mod webhook;
 
 use std::path::PathBuf;

@@ -73,6 +73,30 @@ pub async fn download(
         .await
         .map_err(|e| JobError::internal(format!("staging directory {}: {e}", dir.display())))?;
     let dest = dir.join("source.audio");
+    if super::uploads::is_upload(&record.request.audio) {
+        // Uploaded with the request: linked (or copied) from the uploads directory, which
+        // keeps it for a retry until the task ends.
+        let uploads = super::uploads::Uploads::new(&cfg.staging_dir, cfg.fetch.max_bytes);
+        let missing = || {
+            JobError::new(
+                "upload_missing",
+                "the uploaded audio is gone (uploads are kept until their task ends)",
+                false,
+            )
+        };
+        let source = uploads.resolve(&record.request.audio).ok_or_else(missing)?;
+        let _ = tokio::fs::remove_file(&dest).await;
+        if tokio::fs::hard_link(&source, &dest).await.is_err() {
+            tokio::fs::copy(&source, &dest)
+                .await
+                .map_err(|_| missing())?;
+        }
+        let bytes = tokio::fs::metadata(&dest)
+            .await
+            .map_err(|e| JobError::internal(e.to_string()))?
+            .len();
+        return Ok((dest, bytes));
+    }
     let (_, bytes) = fetch::download(client, &cfg.fetch, &record.request.audio, &dest).await?;
     Ok((dest, bytes))
 }

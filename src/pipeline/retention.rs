@@ -22,7 +22,7 @@ use crate::task::TaskId;
 pub struct Swept {
     /// Stored objects (stem files).
     pub stored: u64,
-    /// Task directories of the staging directory.
+    /// Task directories and uploads of the staging directory.
     pub staging: u64,
 }
 
@@ -50,9 +50,18 @@ pub async fn sweep(
     let stored = storage.delete_older_than(cutoff(r.keep)).await?;
     let staging = r.staging.clone();
     let stage_cutoff = cutoff(r.keep_staging);
-    let candidates = tokio::task::spawn_blocking(move || old_task_dirs(&staging, stage_cutoff))
-        .await
-        .unwrap_or_default();
+    let candidates = tokio::task::spawn_blocking(move || {
+        // Uploads no task took (or whose task was cancelled while queued) go too.
+        let uploads = super::uploads::Uploads::new(&staging, 0);
+        let stale = old_uploads(uploads.dir(), stage_cutoff);
+        for f in &stale {
+            let _ = std::fs::remove_file(f);
+        }
+        (old_task_dirs(&staging, stage_cutoff), stale.len() as u64)
+    })
+    .await
+    .unwrap_or_default();
+    let (candidates, uploads_removed) = candidates;
     let mut removed = 0;
     for (id, path) in candidates {
         // A task still moving (waiting for an uploader, say) keeps its staging.
@@ -67,7 +76,7 @@ pub async fn sweep(
     }
     Ok(Swept {
         stored,
-        staging: removed,
+        staging: removed + uploads_removed,
     })
 }
 
@@ -84,6 +93,18 @@ fn old_task_dirs(dir: &Path, cutoff: SystemTime) -> Vec<(TaskId, PathBuf)> {
             let path = e.path();
             (path.is_dir() && newest(&path).is_some_and(|t| t < cutoff)).then_some((id, path))
         })
+        .collect()
+}
+
+/// The files of the uploads directory last changed before `cutoff`.
+fn old_uploads(dir: &Path, cutoff: SystemTime) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && newest(p).is_some_and(|t| t < cutoff))
         .collect()
 }
 

@@ -109,6 +109,8 @@ fn task(i: usize) -> NewTask {
             output_format: None,
             bitrate: None,
             sample_rate: None,
+            models: None,
+            ensemble: None,
             owner: Some("bench".into()),
         },
         idempotency_key: None,

@@ -357,6 +357,7 @@ pub async fn run(
                         output_format: Some(format),
                         bitrate,
                         sample_rate,
+                        ensemble: None,
                         stems: Some(stems),
                         max_seconds: 0,
                         max_output_bytes: 0,

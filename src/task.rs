@@ -227,6 +227,12 @@ pub struct TaskRequest {
     /// Sample rate of the stems (`None`: 44.1 kHz).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_rate: Option<OutputRate>,
+    /// An ensemble's models (then `model` is unset), each run once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// How an ensemble's outputs are combined (`average`, `max_spec`, `min_spec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<String>,
     /// Who submitted it (the API user name), for scoping and auditing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,

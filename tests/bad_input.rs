@@ -1143,6 +1143,58 @@ async fn api_rejects_wrong_types_missing_fields_and_bad_priorities() {
     ] {
         cases.push(case(kind, format(extra), reject422(code, field)));
     }
+    for (kind, extra, code, field) in [
+        (
+            "models: one model",
+            json!({"models": ["dsp-centre"], "ensemble": "average"}),
+            "out_of_range",
+            "models",
+        ),
+        (
+            "models: twice the same",
+            json!({"models": ["dsp-centre", "dsp-centre"], "ensemble": "average"}),
+            "out_of_range",
+            "models",
+        ),
+        (
+            "models: unknown",
+            json!({"models": ["dsp-centre", "nope"], "ensemble": "average"}),
+            "unknown_model",
+            "models",
+        ),
+        (
+            "models: not names",
+            json!({"models": [1, 2], "ensemble": "average"}),
+            "invalid_type",
+            "models",
+        ),
+        (
+            "models: a string",
+            json!({"models": "dsp-centre", "ensemble": "average"}),
+            "invalid_type",
+            "models",
+        ),
+        (
+            "models and model",
+            json!({"model": "dsp-centre", "models": ["dsp-centre", "x"], "ensemble": "average"}),
+            "invalid_body",
+            "models",
+        ),
+        (
+            "ensemble without models",
+            json!({"ensemble": "average"}),
+            "missing_field",
+            "models",
+        ),
+        (
+            "five models",
+            json!({"models": ["a", "b", "c", "d", "e"], "ensemble": "average"}),
+            "out_of_range",
+            "models",
+        ),
+    ] {
+        cases.push(case(kind, format(extra), reject422(code, field)));
+    }
     for (kind, extra) in [
         (
             "mp3 at 128 kbps, 48 kHz",

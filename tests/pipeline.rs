@@ -435,6 +435,8 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
         output_format: None,
         bitrate: None,
         sample_rate: None,
+        models: None,
+        ensemble: None,
         owner: None,
     };
     let id = scheduler
@@ -1516,4 +1518,109 @@ async fn uploaded_songs_are_separated_and_bad_uploads_leave_nothing() {
         .unwrap();
     assert_eq!(q["separate"]["waiting"], 0, "nothing queued: {q}");
     assert_eq!(q["separate"]["in_flight"], 0, "{q}");
+}
+
+/// Ensembles through the whole service: `dsp-centre` and a small MDX-Net model, combined by
+/// each algorithm. Every stem of an ensemble task is exactly the combination (the same code
+/// the numpy reference checks, `src/separation/ensemble.rs`) of what the two models give
+/// alone, in 32-bit float, so each model ran once on the same input.
+#[actix_rt::test]
+async fn an_ensemble_is_the_combination_of_its_models_outputs() {
+    use uvr::separation::ensemble::{Algorithm, combine};
+    let peer = Peer::start();
+    let dep = Deployment::new(&[("SEPARATOR_DEVICE", "cpu")]);
+    let models = dep.path("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mdx");
+    for ext in ["onnx", "json"] {
+        std::fs::copy(
+            fixtures.join(format!("small5.{ext}")),
+            models.join(format!("small5.{ext}")),
+        )
+        .unwrap();
+    }
+    let _svc = dep.spawn("api,processor,uploader", "all");
+    let client = reqwest::Client::new();
+    let base = dep.base();
+    let audio = peer.put("song.wav", test_wav(1.5, 44_100));
+    let run = |body: Value| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let accepted = submit(&client, &base, body).await;
+            let id = accepted["task_id"].as_str().unwrap().to_string();
+            let t = poll_task(&client, &base, &id, Duration::from_secs(120), |t| {
+                t["status"] == "succeeded" || t["status"] == "failed"
+            })
+            .await;
+            assert_eq!(t["status"], "succeeded", "{t}");
+            let mut stems = std::collections::BTreeMap::new();
+            for stem in ["vocals", "instrumental"] {
+                let url = t["result"]["stems"][stem]["url"].as_str().unwrap();
+                let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
+                let mut r = hound::WavReader::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+                let s: Vec<f32> = r.samples::<f32>().map(Result::unwrap).collect();
+                stems.insert(stem, s);
+            }
+            (t, stems)
+        }
+    };
+    let alone: Vec<_> = [
+        json!({"audio": audio, "model": "dsp-centre", "output_format": "wav32f"}),
+        json!({"audio": audio, "model": "small5", "output_format": "wav32f"}),
+    ]
+    .into_iter()
+    .map(run)
+    .collect();
+    let mut outputs = Vec::new();
+    for f in alone {
+        outputs.push(f.await.1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for algorithm in [Algorithm::Average, Algorithm::MaxSpec, Algorithm::MinSpec] {
+        let (t, got) = run(json!({
+            "audio": audio,
+            "models": ["dsp-centre", "small5"],
+            "ensemble": algorithm.name(),
+            "output_format": "wav32f",
+        }))
+        .await;
+        assert_eq!(t["result"]["ensemble"], algorithm.name(), "{t}");
+        assert_eq!(t["result"]["models"], json!(["dsp-centre", "small5"]));
+        assert_eq!(t["request"]["ensemble"], algorithm.name());
+        for stem in ["vocals", "instrumental"] {
+            let mut inputs = Vec::new();
+            for (i, out) in outputs.iter().enumerate() {
+                let p = dir.path().join(format!("{i}-{stem}.f32"));
+                let bytes: Vec<u8> = out[stem].iter().flat_map(|s| s.to_le_bytes()).collect();
+                std::fs::write(&p, bytes).unwrap();
+                inputs.push(p);
+            }
+            let frames = (outputs[0][stem].len() / 2) as u64;
+            let mut want: Vec<f32> = Vec::new();
+            combine(algorithm, &inputs, frames, &mut |b| {
+                want.extend(b.iter().flatten());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got[stem].len(), want.len(), "{algorithm:?} {stem}");
+            let max = got[stem]
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(max < 1e-6, "{algorithm:?} {stem}: max difference {max:e}");
+        }
+    }
+    // The combination differs from either model alone.
+    let (_, avg) = run(json!({
+        "audio": audio, "models": ["dsp-centre", "small5"], "ensemble": "average",
+        "output_format": "wav32f",
+    }))
+    .await;
+    assert!(
+        avg["vocals"]
+            .iter()
+            .zip(&outputs[0]["vocals"])
+            .any(|(a, b)| (a - b).abs() > 1e-4)
+    );
 }

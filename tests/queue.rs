@@ -25,6 +25,8 @@ fn request(priority: u8) -> TaskRequest {
         output_format: None,
         bitrate: None,
         sample_rate: None,
+        models: None,
+        ensemble: None,
         owner: Some("admin".into()),
     }
 }

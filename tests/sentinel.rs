@@ -153,6 +153,8 @@ fn request() -> TaskRequest {
         output_format: None,
         bitrate: None,
         sample_rate: None,
+        models: None,
+        ensemble: None,
         owner: Some("admin".into()),
     }
 }

@@ -16,6 +16,7 @@ use crate::metrics;
 use crate::models::Catalog;
 use crate::net::{UrlError, UrlPolicy};
 use crate::queue::{NewTask, QueueError};
+use crate::separation::ensemble::{ALGORITHMS, Algorithm};
 use crate::task::{OutputRate, Priority, SourceRate, TaskId, TaskRequest};
 
 /// Submits a job: the parsed JSON body of `POST /generate`.
@@ -112,6 +113,8 @@ pub struct IntakeConfig {
 
 /// Longest accepted URL.
 pub const MAX_URL_LEN: usize = 4096;
+/// Most models in one ensemble.
+pub const MAX_ENSEMBLE: usize = 4;
 /// Longest accepted idempotency key.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -368,7 +371,107 @@ pub fn validate(
             ),
         )
     })?;
-    let model = Some(model.clone());
+    let mut model = Some(model.clone());
+    // An ensemble: several models, each run once, combined stem by stem.
+    let mut available: Vec<String> = model_info.stems.clone();
+    let mut stems_of = model_info.name.clone();
+    let (models, ensemble) = match obj.get("models") {
+        None | Some(Value::Null) => {
+            if obj.get("ensemble").is_some_and(|v| !v.is_null()) {
+                return Err(IntakeError::invalid(
+                    "models",
+                    "missing_field",
+                    "ensemble needs models: the list of models to combine",
+                ));
+            }
+            (None, None)
+        }
+        Some(Value::Array(items)) => {
+            if obj.get("model").is_some_and(|v| !v.is_null()) {
+                return Err(IntakeError::invalid(
+                    "models",
+                    "invalid_body",
+                    "give model (one) or models (an ensemble), not both",
+                ));
+            }
+            if !(2..=MAX_ENSEMBLE).contains(&items.len()) {
+                return Err(IntakeError::invalid(
+                    "models",
+                    "out_of_range",
+                    format!("an ensemble has 2 to {MAX_ENSEMBLE} models"),
+                ));
+            }
+            let mut names: Vec<String> = Vec::new();
+            for item in items {
+                let Value::String(name) = item else {
+                    return Err(IntakeError::invalid(
+                        "models",
+                        "invalid_type",
+                        "models must be model names",
+                    ));
+                };
+                let info = cfg.catalog.get(name).ok_or_else(|| {
+                    IntakeError::invalid(
+                        "models",
+                        "unknown_model",
+                        format!(
+                            "model {name:?} is not installed (available: {})",
+                            cfg.catalog.names().join(", ")
+                        ),
+                    )
+                })?;
+                if names.contains(name) {
+                    return Err(IntakeError::invalid(
+                        "models",
+                        "out_of_range",
+                        format!("model {name:?} is listed twice"),
+                    ));
+                }
+                if names.is_empty() {
+                    available = info.stems.clone();
+                } else {
+                    available.retain(|s| info.has_stem(s));
+                }
+                names.push(name.clone());
+            }
+            if available.is_empty() {
+                return Err(IntakeError::invalid(
+                    "models",
+                    "ensemble_mismatch",
+                    "these models share no stem name, so there is nothing to combine",
+                ));
+            }
+            let algorithm = match obj.get("ensemble") {
+                None | Some(Value::Null) => {
+                    return Err(IntakeError::invalid(
+                        "ensemble",
+                        "missing_field",
+                        format!("models needs ensemble: one of {}", ALGORITHMS.join(", ")),
+                    ));
+                }
+                Some(Value::String(a)) => a
+                    .parse::<Algorithm>()
+                    .map_err(|e| IntakeError::invalid("ensemble", "unsupported_ensemble", e))?,
+                Some(_) => {
+                    return Err(IntakeError::invalid(
+                        "ensemble",
+                        "invalid_type",
+                        "ensemble must be a string",
+                    ));
+                }
+            };
+            stems_of = format!("the ensemble of {}", names.join(", "));
+            model = None;
+            (Some(names), Some(algorithm.name().to_string()))
+        }
+        Some(_) => {
+            return Err(IntakeError::invalid(
+                "models",
+                "invalid_type",
+                "models must be an array of model names",
+            ));
+        }
+    };
     let stems = match obj.get("stems") {
         None | Some(Value::Null) => None,
         Some(Value::Array(items)) => {
@@ -388,14 +491,13 @@ pub fn validate(
                         "stems must be strings",
                     ));
                 };
-                if !model_info.has_stem(s) {
+                if !available.contains(s) {
                     return Err(IntakeError::invalid(
                         "stems",
                         "unknown_stem",
                         format!(
-                            "model {} has no stem {s:?} (it has: {})",
-                            model_info.name,
-                            model_info.stems.join(", ")
+                            "{stems_of} has no stem {s:?} (it has: {})",
+                            available.join(", ")
                         ),
                     ));
                 }
@@ -489,6 +591,8 @@ pub fn validate(
             output_format,
             bitrate,
             sample_rate,
+            models,
+            ensemble,
             owner: None,
         },
         idempotency_key,

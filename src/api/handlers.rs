@@ -247,11 +247,14 @@ async fn generate(
         discard(&st);
     }
     let location = format!("/tasks/{}", accepted.id);
-    let model = accepted
-        .request
-        .model
-        .clone()
-        .unwrap_or_else(|| st.catalog.default.clone());
+    let model = match &accepted.request.ensemble {
+        Some(algorithm) => format!("ensemble:{algorithm}"),
+        None => accepted
+            .request
+            .model
+            .clone()
+            .unwrap_or_else(|| st.catalog.default.clone()),
+    };
     let mut body = json!({
         "task_id": accepted.id,
         "status": "queued",
@@ -357,6 +360,8 @@ pub fn task_json(rec: &TaskRecord, position: Option<u64>) -> Value {
             "audio": crate::net::redact_str(&rec.request.audio),
             "hook_url": rec.request.hook_url.as_deref().map(crate::net::redact_str),
             "model": rec.request.model,
+            "models": rec.request.models,
+            "ensemble": rec.request.ensemble,
             "stems": rec.request.stems,
             "output_format": rec.request.output_format,
         },

@@ -17,6 +17,7 @@ use crate::audio::encode::{Encoding, StemWriter, output_rate};
 use crate::audio::fetch::{self, FetchError};
 use crate::audio::{AudioReader, Frame, SAMPLE_RATE};
 use crate::separation::{Control, Listener, SeparateError, StemSink};
+
 use crate::task::{TaskId, TaskRecord};
 
 /// Progress and stop flag shared between the separation thread and the actor.
@@ -178,6 +179,15 @@ pub fn separate(
         output_format: record.request.output_format.clone(),
         bitrate: record.request.bitrate,
         sample_rate: record.request.sample_rate,
+        ensemble: match (&record.request.models, &record.request.ensemble) {
+            (Some(models), Some(algorithm)) => Some((
+                models.clone(),
+                algorithm
+                    .parse()
+                    .map_err(|e: String| JobError::new("unknown_ensemble", e, false))?,
+            )),
+            _ => None,
+        },
         stems: record.request.stems.clone(),
         max_seconds: cfg.max_audio_seconds,
         max_output_bytes: cfg.max_output_bytes,
@@ -205,6 +215,8 @@ pub struct SeparateJob<'a> {
     pub bitrate: Option<u32>,
     /// `sample_rate` of the stems (`None`: 44.1 kHz).
     pub sample_rate: Option<crate::task::OutputRate>,
+    /// An ensemble: its models (each run once, `model` unused) and how they are combined.
+    pub ensemble: Option<(Vec<String>, crate::separation::ensemble::Algorithm)>,
     /// Stems to write (`None`: all the model has).
     pub stems: Option<Vec<String>>,
     /// Duration cap in seconds (0: none).
@@ -220,6 +232,9 @@ pub struct SeparateJob<'a> {
 /// model, non-zero only for a process's first job with it; `separation_seconds`: decoding,
 /// separating and writing) and the real-time factor of the separation.
 pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<Value, JobError> {
+    if let Some((models, algorithm)) = &job.ensemble {
+        return separate_ensemble(job, models, *algorithm, progress);
+    }
     let started = Instant::now();
     let mut separator = job.engine.build(&job.model)?;
     // Loading and warming up the model (only the first time a process uses it).
@@ -331,6 +346,184 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
         },
         "realtime_factor": round3(if duration > 0.0 { seconds / duration } else { 0.0 }),
     }))
+}
+
+/// Progress of one model of an ensemble: its share of the whole.
+struct Share {
+    inner: Arc<Progress>,
+    index: u64,
+    count: u64,
+}
+
+impl Listener for Share {
+    fn progress(&mut self, done: u64, total: Option<u64>) -> Control {
+        if let Some(total) = total.filter(|t| *t > 0) {
+            let whole = (self.index * total + done.min(total)) * 94 / (self.count * total);
+            self.inner.percent.store(5 + whole as u8, Ordering::Relaxed);
+        }
+        if self.inner.stop.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+}
+
+/// Writes each stem as raw little-endian `f32` frames (an ensemble's intermediate).
+struct RawSink {
+    writers: Vec<Option<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl StemSink for RawSink {
+    fn write(&mut self, stem: usize, frames: &[Frame]) -> Result<(), SeparateError> {
+        use std::io::Write;
+        if let Some(Some(w)) = self.writers.get_mut(stem) {
+            for f in frames {
+                let (l, r) = (
+                    if f[0].is_finite() { f[0] } else { 0.0 },
+                    if f[1].is_finite() { f[1] } else { 0.0 },
+                );
+                w.write_all(&l.to_le_bytes())
+                    .and_then(|()| w.write_all(&r.to_le_bytes()))
+                    .map_err(|e| SeparateError::Output(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An ensemble: every model separates the input once into raw stems, then each stem is
+/// the combination of the models' outputs, encoded as asked.
+fn separate_ensemble(
+    job: &SeparateJob<'_>,
+    models: &[String],
+    algorithm: crate::separation::ensemble::Algorithm,
+    progress: Arc<Progress>,
+) -> Result<Value, JobError> {
+    let started = Instant::now();
+    let encoding = Encoding::parse(job.output_format.as_deref(), job.bitrate)
+        .map_err(|e| JobError::new(e.code, e.to_string(), false))?;
+    let work = job.out_dir.join("ensemble");
+    std::fs::create_dir_all(&work)
+        .map_err(|e| JobError::internal(format!("{}: {e}", work.display())))?;
+    let cleanup = |r: Result<Value, JobError>| {
+        let _ = std::fs::remove_dir_all(&work);
+        r
+    };
+    let mut model_seconds = 0.0;
+    let mut frames = 0;
+    let mut source_rate = SAMPLE_RATE;
+    let mut raw: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for (i, model) in models.iter().enumerate() {
+        let loading = Instant::now();
+        let mut separator = match job.engine.build(model) {
+            Ok(s) => s,
+            Err(e) => return cleanup(Err(e.into())),
+        };
+        model_seconds += loading.elapsed().as_secs_f64();
+        let wanted: Vec<String> = job.stems.clone().unwrap_or_else(|| separator.stems());
+        let mut reader = match AudioReader::open(job.source, job.max_seconds) {
+            Ok(r) => r,
+            Err(e) => return cleanup(Err(JobError::from(SeparateError::from(e)))),
+        };
+        source_rate = reader.source_rate();
+        let mut writers = Vec::new();
+        for stem in separator.stems() {
+            if wanted.contains(&stem) {
+                let path = work.join(format!("{i}-{stem}.f32"));
+                let file = std::fs::File::create(&path)
+                    .map_err(|e| JobError::internal(format!("{}: {e}", path.display())))?;
+                writers.push(Some(std::io::BufWriter::new(file)));
+                raw.entry(stem).or_default().push(path);
+            } else {
+                writers.push(None);
+            }
+        }
+        let mut sink = RawSink { writers };
+        let mut share = Share {
+            inner: progress.clone(),
+            index: i as u64,
+            count: models.len() as u64,
+        };
+        frames = match separator.separate(&mut reader, &mut sink, &mut share) {
+            Ok(n) => n,
+            Err(e) => return cleanup(Err(e.into())),
+        };
+        for w in sink.writers.into_iter().flatten() {
+            if let Err(e) = w
+                .into_inner()
+                .map_err(|e| e.to_string())
+                .and_then(|f| f.sync_all().map_err(|e| e.to_string()))
+            {
+                return cleanup(Err(JobError::internal(format!("an ensemble stem: {e}"))));
+            }
+        }
+    }
+    let rate = output_rate(job.sample_rate, source_rate);
+    let mut stems = serde_json::Map::new();
+    for (stem, inputs) in &raw {
+        if inputs.len() != models.len() {
+            continue; // not a stem of every model
+        }
+        let path = job.out_dir.join(format!("{stem}.{}", encoding.extension()));
+        let mut writer = match StemWriter::create(&path, encoding, rate) {
+            Ok(w) => w,
+            Err(e) => {
+                return cleanup(Err(JobError::internal(format!(
+                    "creating {}: {e}",
+                    path.display()
+                ))));
+            }
+        };
+        let combined = crate::separation::ensemble::combine(algorithm, inputs, frames, &mut |b| {
+            writer.write(b)
+        })
+        .and_then(|()| writer.finish().map(|_| ()));
+        if let Err(e) = combined {
+            return cleanup(Err(JobError::internal(format!("combining {stem}: {e}"))));
+        }
+        let (bytes, sha256) = match file_digest(&path) {
+            Ok(d) => d,
+            Err(e) => {
+                return cleanup(Err(JobError::internal(format!(
+                    "reading {}: {e}",
+                    path.display()
+                ))));
+            }
+        };
+        let file = path
+            .strip_prefix(job.relative_to)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .to_string();
+        stems.insert(
+            stem.clone(),
+            json!({"file": file, "bytes": bytes, "sha256": sha256}),
+        );
+    }
+    progress.percent.store(100, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64() - model_seconds;
+    let duration = frames as f64 / f64::from(SAMPLE_RATE);
+    cleanup(Ok(json!({
+        "model": format!("ensemble:{}", algorithm.name()),
+        "family": "ensemble",
+        "models": models,
+        "ensemble": algorithm.name(),
+        "stems": stems,
+        "format": encoding.name(),
+        "sample_rate": rate,
+        "bitrate": match encoding {
+            Encoding::Mp3 { kbps } => json!(kbps),
+            _ => Value::Null,
+        },
+        "duration_seconds": round3(duration),
+        "source_sample_rate": source_rate,
+        "timings": {
+            "model_seconds": round3(model_seconds),
+            "separation_seconds": round3(seconds),
+        },
+        "realtime_factor": round3(if duration > 0.0 { seconds / duration } else { 0.0 }),
+    })))
 }
 
 fn round3(x: f64) -> f64 {

@@ -9,6 +9,7 @@
 //!   extraction in the STFT domain.
 
 pub mod dsp;
+pub mod ensemble;
 
 use crate::audio::{DecodeError, Frame};
 

@@ -29,6 +29,8 @@ pub struct LocalJob {
     pub out_dir: PathBuf,
     /// The model (else `DEFAULT_MODEL`, else the built-in separator).
     pub model: Option<String>,
+    /// An ensemble: its models (at least two) and how their outputs are combined.
+    pub ensemble: Option<(Vec<String>, crate::separation::ensemble::Algorithm)>,
     /// The stems to write (else all of the model's).
     pub stems: Option<Vec<String>>,
     /// The output format (one of [`crate::audio::encode::FORMATS`]).
@@ -118,6 +120,7 @@ impl Source {
 #[derive(Debug)]
 pub struct Plan {
     model: String,
+    ensemble: Option<(Vec<String>, crate::separation::ensemble::Algorithm)>,
     stems: Vec<String>,
     items: Vec<(Source, Vec<(String, PathBuf)>)>,
 }
@@ -197,17 +200,52 @@ pub fn plan(job: &LocalJob, catalog: &Catalog) -> Result<Plan, LocalError> {
             catalog.names().join(", ")
         ))
     })?;
+    // An ensemble offers the stems its models share, under a name of its own.
+    let (model, available) = match &job.ensemble {
+        None => (model, info.stems.clone()),
+        Some((models, algorithm)) => {
+            if models.len() < 2 || models.len() > crate::actors::intake::MAX_ENSEMBLE {
+                return Err(LocalError::Usage(format!(
+                    "--ensemble takes 2 to {} --model",
+                    crate::actors::intake::MAX_ENSEMBLE
+                )));
+            }
+            let mut shared: Option<Vec<String>> = None;
+            for (i, m) in models.iter().enumerate() {
+                if models[..i].contains(m) {
+                    return Err(LocalError::Usage(format!("--model {m} is given twice")));
+                }
+                let info = catalog.get(m).ok_or_else(|| {
+                    LocalError::Model(format!(
+                        "model {m:?} is not installed (installed: {})",
+                        catalog.names().join(", ")
+                    ))
+                })?;
+                shared = Some(match shared {
+                    None => info.stems.clone(),
+                    Some(s) => s.into_iter().filter(|x| info.has_stem(x)).collect(),
+                });
+            }
+            let shared = shared.unwrap_or_default();
+            if shared.is_empty() {
+                return Err(LocalError::Usage(
+                    "these models share no stem name: nothing to combine".into(),
+                ));
+            }
+            (format!("ensemble-{}", algorithm.name()), shared)
+        }
+    };
     let stems = match &job.stems {
-        None => info.stems.clone(),
+        None => available.clone(),
         Some(wanted) => {
             if wanted.is_empty() {
                 return Err(LocalError::Usage("--stems names no stem".into()));
             }
             for s in wanted {
-                if !info.has_stem(s) {
+                if !available.contains(s) {
                     return Err(LocalError::Usage(format!(
-                        "model {model} has no stem {s:?} (it has: {})",
-                        info.stems.join(", ")
+                        "{model} has no stem {s:?} (it has: {})",
+                        available.join(", ")
                     )));
                 }
             }
@@ -271,6 +309,7 @@ pub fn plan(job: &LocalJob, catalog: &Catalog) -> Result<Plan, LocalError> {
     }
     Ok(Plan {
         model,
+        ensemble: job.ensemble.clone(),
         stems,
         items,
     })
@@ -300,11 +339,17 @@ pub async fn run(
     let engine = Arc::new(engine);
     let started = std::time::Instant::now();
     {
-        let (engine, model) = (engine.clone(), plan.model.clone());
-        tokio::task::spawn_blocking(move || engine.prepare(&model))
-            .await
-            .map_err(|e| LocalError::Other(e.to_string()))?
-            .map_err(|e| LocalError::Model(format!("{}: {e}", e.code())))?;
+        let models = match &plan.ensemble {
+            Some((models, _)) => models.clone(),
+            None => vec![plan.model.clone()],
+        };
+        for model in models {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || engine.prepare(&model))
+                .await
+                .map_err(|e| LocalError::Other(e.to_string()))?
+                .map_err(|e| LocalError::Model(format!("{}: {e}", e.code())))?;
+        }
     }
     // Loading and warming up the model, reported with the first input it served.
     let mut model_seconds = Some((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
@@ -338,13 +383,14 @@ pub async fn run(
         let result = match path {
             Err(e) => Err(e),
             Ok(path) => {
-                let (engine, model, stems, format, bitrate, sample_rate) = (
+                let (engine, model, stems, format, bitrate, sample_rate, ensemble) = (
                     engine.clone(),
                     plan.model.clone(),
                     plan.stems.clone(),
                     job.format.clone(),
                     job.bitrate,
                     job.sample_rate,
+                    plan.ensemble.clone(),
                 );
                 let dir = tmp.path().to_path_buf();
                 let shown = shown.clone();
@@ -357,7 +403,7 @@ pub async fn run(
                         output_format: Some(format),
                         bitrate,
                         sample_rate,
-                        ensemble: None,
+                        ensemble,
                         stems: Some(stems),
                         max_seconds: 0,
                         max_output_bytes: 0,

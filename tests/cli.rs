@@ -422,3 +422,57 @@ fn formats_rates_and_a_single_stem_on_the_command_line() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
     }
 }
+
+/// `--ensemble` with several `--model`: each model runs once and the stems they share are
+/// combined, named after the ensemble; fewer than two models, or a model given twice, is a
+/// usage error before anything loads.
+#[test]
+fn an_ensemble_on_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mdx");
+    for ext in ["onnx", "json"] {
+        std::fs::copy(
+            fixtures.join(format!("small5.{ext}")),
+            models.join(format!("small5.{ext}")),
+        )
+        .unwrap();
+    }
+    let song = tmp.path().join("song.wav");
+    write_wav(&song, 1.0, 330.0);
+    let out = tmp.path().join("out");
+    let (song_s, out_s) = (song.to_str().unwrap(), out.to_str().unwrap());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["separate", song_s, "-o", out_s, "--json"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_uvr"))
+            .args(&args)
+            .env("MODELS_DIR", &models)
+            .env("SEPARATOR_DEVICE", "cpu")
+            .env_remove("DEFAULT_MODEL")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--ensemble", "max_spec", "-m", "dsp-centre", "-m", "small5"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["ensemble"], "max_spec", "{summary}");
+    assert_eq!(
+        summary["models"],
+        serde_json::json!(["dsp-centre", "small5"])
+    );
+    for stem in ["Vocals", "Instrumental"] {
+        let f = out.join(format!("song_({stem})_ensemble-max_spec.wav"));
+        assert!(f.is_file(), "{}", f.display());
+    }
+    for bad in [
+        &["--ensemble", "average", "-m", "dsp-centre"][..],
+        &["--ensemble", "average", "-m", "small5", "-m", "small5"],
+        &["--ensemble", "median", "-m", "dsp-centre", "-m", "small5"],
+    ] {
+        let o = run(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
+    }
+}

@@ -144,7 +144,10 @@ async fn json_body(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    check_json_content_type(ct)?;
+    if let Err(e) = check_json_content_type(ct) {
+        super::upload::drain_body(payload).await;
+        return Err(e);
+    }
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -291,6 +294,7 @@ async fn upload(
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &st)?;
     if !super::upload::is_multipart(&req) {
+        super::upload::drain_body(payload).await;
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

@@ -90,14 +90,7 @@ pub async fn read_form(
         .is_some_and(|v| v.to_ascii_lowercase().contains("boundary="));
     if !boundary {
         // Nothing can be parsed; read (a bounded part of) the body so the answer arrives.
-        let mut payload = payload;
-        let mut budget: usize = 1 << 20;
-        while let Some(Ok(chunk)) = payload.next().await {
-            budget = budget.saturating_sub(chunk.len());
-            if budget == 0 {
-                break;
-            }
-        }
+        drain_body(payload).await;
         return Err(malformed("the Content-Type has no boundary"));
     }
     let mut written: Option<(String, std::path::PathBuf, u64)> = None;
@@ -133,6 +126,18 @@ pub async fn read_form(
                 let _ = tokio::fs::remove_file(&part).await;
             }
             Err(e)
+        }
+    }
+}
+
+/// Reads and drops (at most 1 MiB of) a body that is refused unread, so that the client gets
+/// the answer on a connection that is not reset under it.
+pub async fn drain_body(mut payload: web::Payload) {
+    let mut budget: usize = 1 << 20;
+    while let Some(Ok(chunk)) = payload.next().await {
+        budget = budget.saturating_sub(chunk.len());
+        if budget == 0 {
+            break;
         }
     }
 }

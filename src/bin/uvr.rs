@@ -69,9 +69,12 @@ struct SeparateArgs {
     /// Where the stems go, as `<input>_(<Stem>)_<model>.<ext>`.
     #[arg(short, long = "output", default_value = ".", value_name = "DIR")]
     output: PathBuf,
-    /// The model (GET /models, `uvr models`).
+    /// The model (GET /models, `uvr models`); with --ensemble, give it once per model.
     #[arg(short, long, env = "DEFAULT_MODEL")]
-    model: Option<String>,
+    model: Vec<String>,
+    /// Combine several models' outputs: average, max_spec or min_spec (UVR's ensembles).
+    #[arg(long, value_name = "ALGORITHM", value_parser = ensemble_algorithm)]
+    ensemble: Option<uvr::separation::ensemble::Algorithm>,
     /// Only these stems (comma list), e.g. `vocals`.
     #[arg(long, value_delimiter = ',', value_name = "STEM,...")]
     stems: Option<Vec<String>>,
@@ -169,6 +172,11 @@ fn models(json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `--ensemble`: average, max_spec or min_spec.
+fn ensemble_algorithm(raw: &str) -> Result<uvr::separation::ensemble::Algorithm, String> {
+    raw.parse()
+}
+
 /// `--sample-rate`: 44100, 48000 or `source`.
 fn sample_rate(raw: &str) -> Result<uvr::task::OutputRate, String> {
     use uvr::task::{OutputRate, SourceRate};
@@ -251,7 +259,12 @@ fn separate(args: SeparateArgs) -> ExitCode {
     let job = LocalJob {
         inputs: args.inputs,
         out_dir: args.output,
-        model: args.model,
+        model: if args.ensemble.is_some() {
+            None
+        } else {
+            args.model.last().cloned()
+        },
+        ensemble: args.ensemble.map(|a| (args.model.clone(), a)),
         stems: args.single_stem.map(|s| vec![s]).or(args.stems),
         format: args.format.to_lowercase(),
         bitrate: args.bitrate,
@@ -271,7 +284,7 @@ fn separate(args: SeparateArgs) -> ExitCode {
     let (json, started) = (args.json, Instant::now());
     let progress = move |i: usize, label: &str, p: &Arc<uvr::pipeline::process::Progress>| {
         if show {
-            spawn_progress(i, total, label.to_string(), p.clone());
+            spawn_progress(i, total, started, label.to_string(), p.clone());
         }
     };
     let mut failed = 0usize;
@@ -338,24 +351,52 @@ fn separate(args: SeparateArgs) -> ExitCode {
     }
 }
 
-/// A progress line on the terminal: file i of n, percent, elapsed and remaining time.
-fn spawn_progress(i: usize, n: usize, label: String, p: Arc<uvr::pipeline::process::Progress>) {
+/// Seconds as `12 s` or `3 min 05 s`.
+fn duration(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{} min {:02.0} s", (s / 60.0) as u64, s % 60.0)
+    }
+}
+
+/// The progress line on the terminal, redrawn four times a second: this input (percent,
+/// audio separated, real-time factor, time left) and the whole run (inputs done, time left).
+fn spawn_progress(
+    i: usize,
+    n: usize,
+    run_started: Instant,
+    label: String,
+    p: Arc<uvr::pipeline::process::Progress>,
+) {
     std::thread::spawn(move || {
         let started = Instant::now();
         loop {
             let pct = p.percent.load(Ordering::Relaxed).min(100);
             let elapsed = started.elapsed().as_secs_f64();
-            let eta = if pct > 5 {
-                format!(
-                    "{:.0} s left",
-                    elapsed * f64::from(100 - pct) / f64::from(pct)
+            let audio = p.frames.load(Ordering::Relaxed) as f64 / 44_100.0;
+            let rtf = if audio > 0.0 {
+                format!(", {:.2}x real time", elapsed / audio)
+            } else {
+                String::new()
+            };
+            let (eta, all) = if pct > 5 {
+                let left = elapsed * f64::from(100 - pct) / f64::from(pct);
+                // The run: inputs done plus this one's share, at the pace so far.
+                let done = i as f64 + f64::from(pct) / 100.0;
+                let run = run_started.elapsed().as_secs_f64();
+                let run_left = run * (n as f64 - done) / done;
+                (
+                    format!("{} left", duration(left)),
+                    format!(" | all: {}/{n}, {} left", i, duration(run_left)),
                 )
             } else {
-                "…".into()
+                ("…".into(), format!(" | all: {i}/{n}"))
             };
             eprint!(
-                "\r\x1b[2K[{}/{n}] {label}: {pct:>3}% {elapsed:.0} s, {eta}",
-                i + 1
+                "\r\x1b[2K[{}/{n}] {label}: {pct:>3}%, {audio:.1} s of audio in {}{rtf}, {eta}{all}",
+                i + 1,
+                duration(elapsed)
             );
             let _ = std::io::stderr().flush();
             if pct >= 100 || Arc::strong_count(&p) == 1 {

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -27,10 +27,14 @@ pub struct Progress {
     pub percent: AtomicU8,
     /// Set to make the separation stop at its next checkpoint.
     pub stop: AtomicBool,
+    /// Input frames (44.1 kHz) separated so far, across the models of an ensemble: what
+    /// the real-time factor on a terminal is computed from.
+    pub frames: AtomicU64,
 }
 
 impl Listener for Arc<Progress> {
     fn progress(&mut self, done: u64, total: Option<u64>) -> Control {
+        self.frames.store(done, Ordering::Relaxed);
         if let Some(total) = total.filter(|t| *t > 0) {
             // Downloading counted as the first 5 %, writing as the last 1 %.
             let p = 5 + (done.min(total) * 94 / total) as u8;
@@ -357,6 +361,11 @@ struct Share {
 
 impl Listener for Share {
     fn progress(&mut self, done: u64, total: Option<u64>) -> Control {
+        if let Some(total) = total {
+            self.inner
+                .frames
+                .store(self.index * total + done, Ordering::Relaxed);
+        }
         if let Some(total) = total.filter(|t| *t > 0) {
             let whole = (self.index * total + done.min(total)) * 94 / (self.count * total);
             self.inner.percent.store(5 + whole as u8, Ordering::Relaxed);

@@ -18,27 +18,6 @@ use crate::task::{TaskId, TaskRecord};
 pub const OPENAPI: &str = include_str!("openapi.json");
 const DOCS: &str = include_str!("docs.html");
 
-/// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/generate", web::post().to(generate))
-        .route("/uploads", web::post().to(upload))
-        .route("/tasks/{id}", web::get().to(get_task))
-        .route("/tasks/{id}", web::delete().to(cancel_task))
-        .route("/tasks/{id}/stems/{name}", web::get().to(stem_link))
-        .route("/queue", web::get().to(queue_stats))
-        .route("/models", web::get().to(models))
-        .route("/health", web::get().to(health))
-        .route("/livez", web::get().to(livez))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/openapi.json", web::get().to(openapi))
-        .route("/docs", web::get().to(docs))
-        .route("/files/{task}/{name}", web::get().to(download))
-        .route("/files/{task}/{name}", web::head().to(download))
-        .route("/", web::get().to(index))
-        .default_service(web::to(not_found));
-}
-
 /// The one `Authorization` header of a request; two or more are refused (which one a proxy
 /// in front would honour is anyone's guess).
 fn authorization(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
@@ -57,7 +36,7 @@ fn authorization(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
 /// Checks the caller's credentials. An address that failed `AUTH_FAILURES_PER_MINUTE`
 /// times within the minute is refused before its credentials are looked at, so the right
 /// password found by guessing does not work either until the window has passed.
-fn authenticate<'a>(req: &HttpRequest, st: &'a AppState) -> Result<&'a str, ApiError> {
+pub(super) fn authenticate<'a>(req: &HttpRequest, st: &'a AppState) -> Result<&'a str, ApiError> {
     let header = authorization(req)?;
     check_credentials(req, st, |h| st.credentials.verify(h).is_some(), header)?;
     Ok(st.credentials.username())
@@ -93,7 +72,7 @@ fn check_credentials(
     Err(ApiError::unauthorized())
 }
 
-fn unavailable(what: &str) -> ApiError {
+pub(super) fn unavailable(what: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
@@ -180,7 +159,7 @@ async fn json_body(
     parse_json_body(&body)
 }
 
-async fn generate(
+pub(super) async fn generate(
     req: HttpRequest,
     payload: web::Payload,
     st: web::Data<AppState>,
@@ -285,40 +264,7 @@ async fn generate(
     Ok(resp.insert_header((header::LOCATION, location)).json(body))
 }
 
-/// `POST /uploads`: stores one audio file (a `multipart/form-data` body whose `audio` part is
-/// the file) for a later `POST /generate` with `"audio": "upload://<id>"`.
-async fn upload(
-    req: HttpRequest,
-    payload: web::Payload,
-    st: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &st)?;
-    if !super::upload::is_multipart(&req) {
-        super::upload::drain_body(payload).await;
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the file as multipart/form-data, in a part named audio",
-        ));
-    }
-    let form = super::upload::read_form(&req, payload, &st.uploads).await?;
-    let Some((id, bytes)) = form.upload else {
-        let mut e = ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_field",
-            "the form has no audio file (a part named audio with a file name)",
-        );
-        e.field = Some("audio");
-        return Err(e);
-    };
-    Ok(HttpResponse::Created().json(json!({
-        "upload": format!("{}{id}", crate::pipeline::uploads::SCHEME),
-        "bytes": bytes,
-        "message": "use it as the audio of POST /generate; it is removed when its task ends",
-    })))
-}
-
-fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
     raw.parse().map_err(|_| ApiError::task_not_found(raw))
 }
 
@@ -372,7 +318,7 @@ pub fn task_json(rec: &TaskRecord, position: Option<u64>) -> Value {
     })
 }
 
-async fn get_task(
+pub(super) async fn get_task(
     req: HttpRequest,
     path: web::Path<String>,
     st: web::Data<AppState>,
@@ -383,7 +329,7 @@ async fn get_task(
     Ok(HttpResponse::Ok().json(task_json(&rec, position)))
 }
 
-async fn cancel_task(
+pub(super) async fn cancel_task(
     req: HttpRequest,
     path: web::Path<String>,
     st: web::Data<AppState>,
@@ -401,74 +347,19 @@ async fn cancel_task(
     Ok(HttpResponse::Accepted().json(json!({"task_id": id, "status": status, "message": message})))
 }
 
-/// A fresh signed link to one stored stem of a task, as a redirect: links in the task and
-/// the webhook expire, this route signs a new one for as long as the task is retained and
-/// the stem stored.
-async fn stem_link(
+pub(super) async fn queue_stats(
     req: HttpRequest,
-    path: web::Path<(String, String)>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &st)?;
-    let (raw_id, name) = path.into_inner();
-    let id = parse_id(&raw_id)?;
-    let (rec, _) = st.scheduler.ask(GetTask(id.clone())).await?;
-    let stem = rec
-        .result
-        .as_ref()
-        .and_then(|r| r["stems"].get(&name))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "stem_not_found",
-                format!("task {id} has no stem {name:?} (see result.stems of the task)"),
-            )
-        })?;
-    if stem.get("url").is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stems_not_stored",
-            "the stems are separated but not stored yet; retry shortly",
-        )
-        .retry_after(Duration::from_secs(2)));
-    }
-    let Some(storage) = &st.storage else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "links_unavailable",
-            "this API has no access to the stem store (S3 credentials are not set for it)",
-        ));
-    };
-    let key = stem["key"]
-        .as_str()
-        .map_or_else(|| format!("{id}/{name}.wav"), str::to_string);
-    let stored = storage.exists(&key).await.map_err(|e| {
-        tracing::warn!(task = %id, error = %e, "stem store unreachable");
-        unavailable("the stem store")
-    })?;
-    if !stored {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            "stem_expired",
-            "the stem was deleted after RESULT_URL_TTL",
-        ));
-    }
-    let link = storage.link(&key).await.map_err(|e| {
-        tracing::warn!(task = %id, error = %e, "cannot sign a link");
-        unavailable("the stem store")
-    })?;
-    Ok(HttpResponse::Found()
-        .insert_header((header::LOCATION, link.url.clone()))
-        .json(json!({"url": link.url, "expires_at": link.expires_at})))
-}
-
-async fn queue_stats(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &st)?;
     let stats = st.scheduler.ask(Stats).await?;
     Ok(HttpResponse::Ok().json(stats))
 }
 
-async fn models(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn models(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &st)?;
     Ok(HttpResponse::Ok().json(&*st.catalog))
 }
@@ -478,7 +369,10 @@ const WORKER_WINDOW: Duration = Duration::from_secs(60);
 
 /// `/health`: the overall status and whether Redis is reachable for anyone; the details
 /// (Redis version and memory, queues, workers, models) only with the API credentials.
-async fn health(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn health(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let detailed = match authorization(&req)? {
         None => false,
         Some(_) => {
@@ -534,11 +428,11 @@ async fn health(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
     Ok(HttpResponse::build(status).json(body))
 }
 
-async fn livez() -> HttpResponse {
+pub(super) async fn livez() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-async fn readyz(st: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn readyz(st: web::Data<AppState>) -> HttpResponse {
     let ready = st.ready.load(std::sync::atomic::Ordering::SeqCst);
     let redis = st.scheduler.health().is_healthy();
     let body = json!({"ready": ready && redis, "accepting": ready, "redis": redis});
@@ -549,7 +443,10 @@ async fn readyz(st: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn metrics(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     if let Some(token) = &st.metrics_token {
         let header = authorization(&req)?;
         check_credentials(&req, &st, |h| token.verify(h), header)
@@ -563,7 +460,7 @@ async fn metrics(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         .body(st.metrics.render()))
 }
 
-async fn openapi() -> HttpResponse {
+pub(super) async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(OPENAPI)
@@ -595,7 +492,7 @@ pub fn docs_csp() -> &'static str {
     })
 }
 
-async fn docs() -> HttpResponse {
+pub(super) async fn docs() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::html())
         .insert_header((header::CONTENT_SECURITY_POLICY, docs_csp()))
@@ -603,80 +500,7 @@ async fn docs() -> HttpResponse {
         .body(DOCS)
 }
 
-#[derive(serde::Deserialize)]
-struct LinkQuery {
-    expires: Option<u64>,
-    sig: Option<String>,
-}
-
-/// Serves a stored stem through a signed, expiring link (local storage only), with its
-/// content type, `Range`, `ETag`/`Last-Modified` (conditional requests) and `HEAD`.
-async fn download(
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    query: web::Query<LinkQuery>,
-    st: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let Some(files) = &st.files else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no local storage here",
-        ));
-    };
-    let (task, name) = path.into_inner();
-    let no_such_file = || ApiError::new(StatusCode::NOT_FOUND, "file_not_found", "no such file");
-    let content_type = name
-        .rsplit_once('.')
-        .filter(|(stem, _)| {
-            !stem.is_empty()
-                && name.len() <= 64
-                && stem
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        })
-        .and_then(|(_, ext)| match ext {
-            "wav" => Some("audio/wav"),
-            "flac" => Some("audio/flac"),
-            "mp3" => Some("audio/mpeg"),
-            _ => None,
-        })
-        .ok_or_else(no_such_file)?;
-    let task: TaskId = task.parse().map_err(|_| no_such_file())?;
-    let key = format!("{task}/{name}");
-    let (Some(expires), Some(sig)) = (query.expires, query.sig.as_deref()) else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "link_invalid",
-            "the link is not signed",
-        ));
-    };
-    if !crate::pipeline::storage::verify_link(&files.key, &key, expires, sig) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "link_invalid",
-            "the link signature is wrong or the link has expired",
-        ));
-    }
-    let file_path = files.root.join(task.as_str()).join(&name);
-    let file = web::block(move || actix_files::NamedFile::open(file_path))
-        .await
-        .map_err(|_| unavailable("the file store"))?
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "file_not_found", "the file is gone"))?
-        .set_content_type(content_type.parse().expect("a valid media type"))
-        .set_content_disposition(header::ContentDisposition {
-            disposition: header::DispositionType::Attachment,
-            parameters: vec![header::DispositionParam::Filename(name.clone())],
-        });
-    let mut resp = file.into_response(&req);
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("private, max-age=3600"),
-    );
-    Ok(resp)
-}
-
-async fn index() -> HttpResponse {
+pub(super) async fn index() -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "service": "uvr",
         "version": env!("CARGO_PKG_VERSION"),
@@ -686,7 +510,7 @@ async fn index() -> HttpResponse {
     }))
 }
 
-async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(super) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let known = [
         "/generate",
         "/uploads",

@@ -8,6 +8,7 @@
 
 mod auth;
 mod error;
+mod files;
 mod handlers;
 mod upload;
 
@@ -263,7 +264,7 @@ impl ApiServer {
                         Ok(res)
                     }
                 })
-                .configure(handlers::routes)
+                .configure(routes)
         })
         .workers(cfg.workers)
         .backlog(4096)
@@ -353,4 +354,25 @@ fn route_label(pattern: Option<String>) -> &'static str {
         Some("/") => "/",
         _ => "unmatched",
     }
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/generate", web::post().to(handlers::generate))
+        .route("/uploads", web::post().to(files::upload))
+        .route("/tasks/{id}", web::get().to(handlers::get_task))
+        .route("/tasks/{id}", web::delete().to(handlers::cancel_task))
+        .route("/tasks/{id}/stems/{name}", web::get().to(files::stem_link))
+        .route("/queue", web::get().to(handlers::queue_stats))
+        .route("/models", web::get().to(handlers::models))
+        .route("/health", web::get().to(handlers::health))
+        .route("/livez", web::get().to(handlers::livez))
+        .route("/readyz", web::get().to(handlers::readyz))
+        .route("/metrics", web::get().to(handlers::metrics))
+        .route("/openapi.json", web::get().to(handlers::openapi))
+        .route("/docs", web::get().to(handlers::docs))
+        .route("/files/{task}/{name}", web::get().to(files::download))
+        .route("/files/{task}/{name}", web::head().to(files::download))
+        .route("/", web::get().to(handlers::index))
+        .default_service(web::to(handlers::not_found));
 }

@@ -317,39 +317,56 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
     }
     let mut stems = serde_json::Map::new();
     for (stem, path) in files {
-        let (bytes, sha256) = file_digest(&path)
-            .map_err(|e| JobError::internal(format!("reading {}: {e}", path.display())))?;
-        let file = path
-            .strip_prefix(job.relative_to)
-            .unwrap_or(&path)
-            .to_string_lossy()
-            .to_string();
-        stems.insert(
-            stem,
-            json!({"file": file, "bytes": bytes, "sha256": sha256}),
-        );
+        stems.insert(stem, stem_entry(&path, job.relative_to)?);
     }
     progress.percent.store(100, Ordering::Relaxed);
-    let seconds = started.elapsed().as_secs_f64();
-    let duration = frames as f64 / f64::from(SAMPLE_RATE);
-    Ok(json!({
-        "model": separator.name(),
-        "family": separator.family(),
-        "stems": stems,
-        "format": encoding.name(),
-        "sample_rate": rate,
-        "bitrate": match encoding {
+    Ok(summary(Summary {
+        model: separator.name().to_string(),
+        family: separator.family().to_string(),
+        stems,
+        encoding,
+        rate,
+        frames,
+        source_rate,
+        model_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+    }))
+}
+
+/// What the result of a separation says.
+struct Summary {
+    model: String,
+    family: String,
+    stems: serde_json::Map<String, Value>,
+    encoding: Encoding,
+    rate: u32,
+    frames: u64,
+    source_rate: u32,
+    model_seconds: f64,
+    seconds: f64,
+}
+
+/// The stage result stored on the task record.
+fn summary(s: Summary) -> Value {
+    let duration = s.frames as f64 / f64::from(SAMPLE_RATE);
+    json!({
+        "model": s.model,
+        "family": s.family,
+        "stems": s.stems,
+        "format": s.encoding.name(),
+        "sample_rate": s.rate,
+        "bitrate": match s.encoding {
             Encoding::Mp3 { kbps } => json!(kbps),
             _ => Value::Null,
         },
         "duration_seconds": round3(duration),
-        "source_sample_rate": source_rate,
+        "source_sample_rate": s.source_rate,
         "timings": {
-            "model_seconds": round3(model_seconds),
-            "separation_seconds": round3(seconds),
+            "model_seconds": round3(s.model_seconds),
+            "separation_seconds": round3(s.seconds),
         },
-        "realtime_factor": round3(if duration > 0.0 { seconds / duration } else { 0.0 }),
-    }))
+        "realtime_factor": round3(if duration > 0.0 { s.seconds / duration } else { 0.0 }),
+    })
 }
 
 /// Progress of one model of an ensemble: its share of the whole.
@@ -491,48 +508,39 @@ fn separate_ensemble(
         if let Err(e) = combined {
             return cleanup(Err(JobError::internal(format!("combining {stem}: {e}"))));
         }
-        let (bytes, sha256) = match file_digest(&path) {
-            Ok(d) => d,
-            Err(e) => {
-                return cleanup(Err(JobError::internal(format!(
-                    "reading {}: {e}",
-                    path.display()
-                ))));
-            }
+        match stem_entry(&path, job.relative_to) {
+            Ok(entry) => stems.insert(stem.clone(), entry),
+            Err(e) => return cleanup(Err(e)),
         };
-        let file = path
-            .strip_prefix(job.relative_to)
-            .unwrap_or(&path)
-            .to_string_lossy()
-            .to_string();
-        stems.insert(
-            stem.clone(),
-            json!({"file": file, "bytes": bytes, "sha256": sha256}),
-        );
     }
     progress.percent.store(100, Ordering::Relaxed);
-    let seconds = started.elapsed().as_secs_f64() - model_seconds;
-    let duration = frames as f64 / f64::from(SAMPLE_RATE);
-    cleanup(Ok(json!({
-        "model": format!("ensemble:{}", algorithm.name()),
-        "family": "ensemble",
-        "models": models,
-        "ensemble": algorithm.name(),
-        "stems": stems,
-        "format": encoding.name(),
-        "sample_rate": rate,
-        "bitrate": match encoding {
-            Encoding::Mp3 { kbps } => json!(kbps),
-            _ => Value::Null,
-        },
-        "duration_seconds": round3(duration),
-        "source_sample_rate": source_rate,
-        "timings": {
-            "model_seconds": round3(model_seconds),
-            "separation_seconds": round3(seconds),
-        },
-        "realtime_factor": round3(if duration > 0.0 { seconds / duration } else { 0.0 }),
-    })))
+    let mut result = summary(Summary {
+        model: format!("ensemble:{}", algorithm.name()),
+        family: "ensemble".into(),
+        stems,
+        encoding,
+        rate,
+        frames,
+        source_rate,
+        model_seconds,
+        seconds: started.elapsed().as_secs_f64() - model_seconds,
+    });
+    result["models"] = json!(models);
+    result["ensemble"] = json!(algorithm.name());
+    cleanup(Ok(result))
+}
+
+/// A written stem as the result lists it: its file (relative to the staging directory), size
+/// and SHA-256.
+fn stem_entry(path: &Path, relative_to: &Path) -> Result<Value, JobError> {
+    let (bytes, sha256) = file_digest(path)
+        .map_err(|e| JobError::internal(format!("reading {}: {e}", path.display())))?;
+    let file = path
+        .strip_prefix(relative_to)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .to_string();
+    Ok(json!({"file": file, "bytes": bytes, "sha256": sha256}))
 }
 
 fn round3(x: f64) -> f64 {

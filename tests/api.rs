@@ -1130,3 +1130,92 @@ async fn task_views_show_urls_without_their_secrets() {
         .unwrap();
     assert!(stored.contains("token=s3cret"), "{stored}");
 }
+
+/// `POST /admin/dead/{id}/requeue`: a dead letter goes back to the separation queue from
+/// scratch (attempts and error cleared, the pending failure notice dropped); anything else
+/// is refused.
+#[actix_rt::test]
+async fn a_dead_letter_is_requeued_from_scratch() {
+    use uvr::actors::scheduler::{Claim, Fail};
+    use uvr::queue::Failure;
+    use uvr::task::Stage;
+    let app = spawn_app(&[]);
+    let accepted: Value = app.generate(&seed_body(4)).await.json().await.unwrap();
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+    let requeue = |id: String| {
+        app.client
+            .post(format!("{}/admin/dead/{id}/requeue", app.base))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+    };
+    // Not dead yet.
+    let (s, code, _) = error_of(requeue(id.clone()).await.unwrap()).await;
+    assert_eq!((s, code.as_str()), (409, "not_dead_lettered"));
+    let claimed = app
+        .scheduler
+        .ask(Claim {
+            stage: Stage::Separate,
+            worker: "test".into(),
+            wait: Duration::ZERO,
+        })
+        .await
+        .unwrap()
+        .expect("the task");
+    app.scheduler
+        .ask(Fail {
+            claimed,
+            failure: Failure {
+                code: "audio_corrupt".into(),
+                message: "broken".into(),
+                retryable: false,
+                delay: None,
+            },
+        })
+        .await
+        .unwrap();
+    let stats: Value = app.get("/queue").await.json().await.unwrap();
+    assert_eq!(stats["separate"]["dead"], 1, "{stats}");
+    assert_eq!(
+        stats["deliver"]["waiting"], 1,
+        "the failure notice waits: {stats}"
+    );
+    let t: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    assert_eq!(t["status"], "failed");
+    let resp = requeue(id.clone()).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let t: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    assert_eq!(t["status"], "queued", "{t}");
+    assert_eq!(t["stage"], "separate");
+    assert_eq!(t["attempts"], 0);
+    assert!(t["error"].is_null(), "{t}");
+    assert_eq!(t["priority"], 4);
+    let stats: Value = app.get("/queue").await.json().await.unwrap();
+    assert_eq!(stats["separate"]["dead"], 0, "{stats}");
+    assert_eq!(stats["separate"]["waiting"], 1);
+    assert_eq!(
+        stats["deliver"]["waiting"], 0,
+        "the notice was dropped: {stats}"
+    );
+    let ttl = app
+        .redis
+        .cli(&["PTTL", &format!("uvr_tasks:task:{id}")])
+        .unwrap();
+    assert_eq!(ttl.trim(), "-1", "the record no longer expires");
+    // Once is enough; unknown ids and non-ids are not found.
+    let (s, code, _) = error_of(requeue(id.clone()).await.unwrap()).await;
+    assert_eq!((s, code.as_str()), (409, "not_dead_lettered"));
+    let (s, code, _) = error_of(
+        requeue("0190a2b4-0000-7000-8000-000000000000".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, code.as_str()), (404, "task_not_found"));
+    let anonymous = app
+        .client
+        .post(format!("{}/admin/dead/{id}/requeue", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}

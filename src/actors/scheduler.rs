@@ -96,6 +96,11 @@ pub struct AppendLog {
     pub entry: serde_json::Value,
 }
 
+/// Requeues a dead-lettered task for separation.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), QueueError>")]
+pub struct RequeueDead(pub TaskId);
+
 /// Writes the result so far (stored stems and their links) onto a task record.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), QueueError>")]
@@ -359,6 +364,14 @@ impl Handler<AppendLog> for Scheduler {
     fn handle(&mut self, msg: AppendLog, _: &mut Context<Self>) -> Self::Result {
         let q = self.queue.clone();
         self.run(async move { q.append_log(&msg.id, msg.field, msg.entry, 50).await })
+    }
+}
+
+impl Handler<RequeueDead> for Scheduler {
+    type Result = ResponseFuture<Result<(), QueueError>>;
+    fn handle(&mut self, msg: RequeueDead, _: &mut Context<Self>) -> Self::Result {
+        let q = self.queue.clone();
+        self.run(async move { q.requeue_dead(&msg.0).await })
     }
 }
 

@@ -120,6 +120,11 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match &e {
             QueueError::NotFound(id) => ApiError::task_not_found(id.as_str()),
+            QueueError::NotDeadLettered(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                "not_dead_lettered",
+                format!("task {id} is not a dead letter; only dead letters can be requeued"),
+            ),
             QueueError::IdempotencyKeyReused(id) => ApiError::new(
                 StatusCode::CONFLICT,
                 "idempotency_key_reused",

@@ -347,6 +347,23 @@ pub(super) async fn cancel_task(
     Ok(HttpResponse::Accepted().json(json!({"task_id": id, "status": status, "message": message})))
 }
 
+/// `POST /admin/dead/{id}/requeue`: a dead letter goes back to the separation queue.
+pub(super) async fn requeue_dead(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &st)?;
+    let id = parse_id(&path)?;
+    st.scheduler
+        .ask(crate::actors::scheduler::RequeueDead(id.clone()))
+        .await?;
+    tracing::info!(task = %id, "dead letter requeued");
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/tasks/{id}")))
+        .json(json!({"task_id": id, "status": "queued", "message": "requeued for separation"})))
+}
+
 pub(super) async fn queue_stats(
     req: HttpRequest,
     st: web::Data<AppState>,
@@ -525,14 +542,19 @@ pub(super) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError
         "/",
     ];
     let path = req.path();
-    let task_path = path.strip_prefix("/tasks/").is_some_and(|rest| {
-        let parts: Vec<&str> = rest.split('/').collect();
-        match parts.as_slice() {
-            [id] => !id.is_empty(),
-            [id, "stems", name] => !id.is_empty() && !name.is_empty(),
-            _ => false,
-        }
-    });
+    let requeue_path = path
+        .strip_prefix("/admin/dead/")
+        .and_then(|rest| rest.strip_suffix("/requeue"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+    let task_path = requeue_path
+        || path.strip_prefix("/tasks/").is_some_and(|rest| {
+            let parts: Vec<&str> = rest.split('/').collect();
+            match parts.as_slice() {
+                [id] => !id.is_empty(),
+                [id, "stems", name] => !id.is_empty() && !name.is_empty(),
+                _ => false,
+            }
+        });
     Err(if known.contains(&path) || task_path {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

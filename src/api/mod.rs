@@ -343,6 +343,7 @@ fn route_label(pattern: Option<String>) -> &'static str {
         Some("/tasks/{id}") => "/tasks/{id}",
         Some("/tasks/{id}/stems/{name}") => "/tasks/{id}/stems/{name}",
         Some("/queue") => "/queue",
+        Some("/admin/dead/{id}/requeue") => "/admin/dead/{id}/requeue",
         Some("/models") => "/models",
         Some("/health") => "/health",
         Some("/livez") => "/livez",
@@ -364,6 +365,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/tasks/{id}", web::delete().to(handlers::cancel_task))
         .route("/tasks/{id}/stems/{name}", web::get().to(files::stem_link))
         .route("/queue", web::get().to(handlers::queue_stats))
+        .route(
+            "/admin/dead/{id}/requeue",
+            web::post().to(handlers::requeue_dead),
+        )
         .route("/models", web::get().to(handlers::models))
         .route("/health", web::get().to(handlers::health))
         .route("/livez", web::get().to(handlers::livez))

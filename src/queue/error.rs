@@ -23,6 +23,9 @@ pub enum QueueError {
         /// Tasks waiting when the enqueue was refused.
         depth: u64,
     },
+    /// The task is not a dead letter (so there is nothing to requeue).
+    #[error("task {0} is not dead-lettered")]
+    NotDeadLettered(TaskId),
     /// The idempotency key was used before with a different request.
     #[error("idempotency key already used for task {0} with a different request")]
     IdempotencyKeyReused(TaskId),
@@ -66,6 +69,7 @@ impl QueueError {
             QueueError::Full { .. } => "queue_full",
             QueueError::NotFound(_) => "task_not_found",
             QueueError::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            QueueError::NotDeadLettered(_) => "not_dead_lettered",
             QueueError::StaleLease(_) => "stale_lease",
             QueueError::AlreadyFinished { .. } => "task_finished",
             QueueError::Corrupt(_) => "queue_error",

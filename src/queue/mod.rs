@@ -493,6 +493,43 @@ impl Queue {
         }
     }
 
+    /// Puts a dead-lettered task back into the separation queue, from scratch (attempts,
+    /// error and result cleared, the record no longer expiring). A failure notice not yet
+    /// sent is dropped; while one is being sent the requeue is refused as busy.
+    pub async fn requeue_dead(&self, id: &TaskId) -> Result<(), QueueError> {
+        let reply: String = self
+            .timed(async {
+                let mut conn = self.conn().await?;
+                Ok(self
+                    .scripts
+                    .requeue
+                    .key(self.keys.dead(Stage::Separate))
+                    .key(self.keys.dead(Stage::Deliver))
+                    .key(self.keys.queue(Stage::Deliver))
+                    .key(self.keys.delayed(Stage::Deliver))
+                    .key(self.keys.inflight(Stage::Deliver))
+                    .key(self.keys.record(id))
+                    .key(self.keys.queue(Stage::Separate))
+                    .key(self.keys.clock())
+                    .key(self.keys.waiting(Stage::Separate))
+                    .arg(id.as_str())
+                    .arg(self.cfg.max_attempts)
+                    .arg(self.keys.wake(Stage::Separate))
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        match reply.as_str() {
+            "requeued" => Ok(()),
+            "missing" => Err(QueueError::NotFound(id.clone())),
+            "not_dead" => Err(QueueError::NotDeadLettered(id.clone())),
+            "busy" => Err(QueueError::Unavailable(
+                "its failure notice is being sent; retry shortly".into(),
+            )),
+            _ => Err(protocol("requeue", &[reply])),
+        }
+    }
+
     /// Cancels a task: at once while it waits, by flag while a worker holds it.
     pub async fn cancel(&self, id: &TaskId) -> Result<CancelOutcome, QueueError> {
         let reply: Vec<String> = self

@@ -24,6 +24,7 @@ pub(super) struct Scripts {
     pub reap: Script,
     pub promote: Script,
     pub cancel: Script,
+    pub requeue: Script,
 }
 
 impl Scripts {
@@ -37,6 +38,7 @@ impl Scripts {
             reap: script!("reap.lua"),
             promote: script!("promote.lua"),
             cancel: script!("cancel.lua"),
+            requeue: script!("requeue.lua"),
         }
     }
 }

@@ -630,6 +630,25 @@ async fn openapi_docs_and_unknown_routes() {
     assert_eq!((s, code.as_str()), (404, "not_found"));
     let (s, code, _) = error_of(app.get("/generate").await).await;
     assert_eq!((s, code.as_str()), (405, "method_not_allowed"));
+    // Every 405 says what the path takes (RFC 9110 `Allow`).
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/generate", "POST"),
+        (reqwest::Method::DELETE, "/queue", "GET"),
+        (reqwest::Method::PUT, "/tasks/x", "GET, DELETE"),
+        (reqwest::Method::POST, "/tasks/x/stems/vocals", "GET"),
+        (reqwest::Method::GET, "/uploads", "POST"),
+        (reqwest::Method::DELETE, "/files/t/vocals.wav", "GET, HEAD"),
+        (reqwest::Method::GET, "/admin/dead/x/requeue", "POST"),
+    ] {
+        let r = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+    }
 }
 
 #[actix_rt::test]

@@ -26,6 +26,8 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// The `WWW-Authenticate` challenge of a 401 (HTTP Basic unless set).
     pub challenge: Option<&'static str>,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -38,7 +40,14 @@ impl ApiError {
             field: None,
             retry_after: None,
             challenge: None,
+            allow: None,
         }
+    }
+
+    /// Sets the `Allow` header a 405 carries.
+    pub fn allow(mut self, methods: &'static str) -> Self {
+        self.allow = Some(methods);
+        self
     }
 
     /// Sets the `WWW-Authenticate` challenge a 401 carries.
@@ -97,6 +106,9 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status);
         if let Some(s) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, s.to_string()));
+        }
+        if let Some(methods) = self.allow {
+            resp.insert_header((header::ALLOW, HeaderValue::from_static(methods)));
         }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The unread rest of the body is still on the wire: the connection cannot be

@@ -527,46 +527,53 @@ pub(super) async fn index() -> HttpResponse {
     }))
 }
 
-pub(super) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let known = [
-        "/generate",
-        "/uploads",
-        "/queue",
-        "/models",
-        "/health",
-        "/livez",
-        "/readyz",
-        "/metrics",
-        "/openapi.json",
-        "/docs",
-        "/",
-    ];
-    let path = req.path();
-    let requeue_path = path
-        .strip_prefix("/admin/dead/")
-        .and_then(|rest| rest.strip_suffix("/requeue"))
-        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
-    let task_path = requeue_path
-        || path.strip_prefix("/tasks/").is_some_and(|rest| {
-            let parts: Vec<&str> = rest.split('/').collect();
-            match parts.as_slice() {
-                [id] => !id.is_empty(),
-                [id, "stems", name] => !id.is_empty() && !name.is_empty(),
-                _ => false,
+/// The methods a known path takes (for 405's `Allow`), or `None` for an unknown path.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    let single = |rest: &str| !rest.is_empty() && !rest.contains('/');
+    match path {
+        "/generate" | "/uploads" => Some("POST"),
+        "/queue" | "/models" | "/health" | "/livez" | "/readyz" | "/metrics" | "/openapi.json"
+        | "/docs" | "/" => Some("GET"),
+        _ => {
+            if let Some(rest) = path.strip_prefix("/tasks/") {
+                let parts: Vec<&str> = rest.split('/').collect();
+                return match parts.as_slice() {
+                    [id] if !id.is_empty() => Some("GET, DELETE"),
+                    [id, "stems", name] if !id.is_empty() && !name.is_empty() => Some("GET"),
+                    _ => None,
+                };
             }
-        });
-    Err(if known.contains(&path) || task_path {
-        ApiError::new(
+            if let Some(rest) = path.strip_prefix("/files/") {
+                let parts: Vec<&str> = rest.split('/').collect();
+                return (parts.len() == 2 && parts.iter().all(|p| !p.is_empty()))
+                    .then_some("GET, HEAD");
+            }
+            path.strip_prefix("/admin/dead/")
+                .and_then(|rest| rest.strip_suffix("/requeue"))
+                .is_some_and(single)
+                .then_some("POST")
+        }
+    }
+}
+
+/// No route: 405 with `Allow` (RFC 9110) for a known path, 404 otherwise.
+pub(super) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let path = req.path();
+    Err(match allowed_methods(path) {
+        Some(allow) => ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{} is not allowed on {path}", req.method()),
+            format!(
+                "{} is not allowed on {path} (allowed: {allow})",
+                req.method()
+            ),
         )
-    } else {
-        ApiError::new(
+        .allow(allow),
+        None => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no route {path}"),
-        )
+        ),
     })
 }
 

@@ -50,6 +50,13 @@ impl ApiError {
         self
     }
 
+    /// 422 for the request field `field`.
+    pub fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
+        e.field = Some(field);
+        e
+    }
+
     /// Sets the `WWW-Authenticate` challenge a 401 carries.
     pub fn www_authenticate(mut self, challenge: &'static str) -> Self {
         self.challenge = Some(challenge);
@@ -177,11 +184,7 @@ impl From<IntakeError> for ApiError {
                 field,
                 code,
                 message,
-            } => {
-                let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
-                err.field = Some(field);
-                err
-            }
+            } => ApiError::invalid(field, code, message),
             IntakeError::RateLimited { retry_after } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",

@@ -31,13 +31,11 @@ pub async fn upload(
     }
     let form = super::upload::read_form(&req, payload, &st.uploads).await?;
     let Some((id, bytes)) = form.upload else {
-        let mut e = ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(ApiError::invalid(
+            "audio",
             "missing_field",
             "the form has no audio file (a part named audio with a file name)",
-        );
-        e.field = Some("audio");
-        return Err(e);
+        ));
     };
     Ok(HttpResponse::Created().json(json!({
         "upload": format!("{}{id}", crate::pipeline::uploads::SCHEME),

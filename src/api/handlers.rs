@@ -175,13 +175,11 @@ pub(super) async fn generate(
         if let Some(reference) = body.get("audio").and_then(Value::as_str)
             && st.uploads.resolve(reference).is_some_and(|p| !p.is_file())
         {
-            let mut e = ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(ApiError::invalid(
+                "audio",
                 "unknown_upload",
                 "no such upload (it expired, or was used by a task that has ended)",
-            );
-            e.field = Some("audio");
-            return Err(e);
+            ));
         }
         (body, None)
     };

@@ -51,12 +51,6 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-fn invalid(field: &'static str, code: &'static str, message: &str) -> ApiError {
-    let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
-    e.field = Some(field);
-    e
-}
-
 /// A text field's JSON value: integers for the numeric fields when they are integers,
 /// a list for `stems` (comma-separated), text otherwise (so a wrong type is still reported
 /// by the request's validation).
@@ -76,8 +70,7 @@ fn field_value(name: &str, text: String) -> Value {
     }
 }
 
-/// Reads a form, storing its `audio` file under `uploads`. When `file_only`, the form must be
-/// just the file (`POST /uploads`).
+/// Reads a form, storing its `audio` file under `uploads`.
 pub async fn read_form(
     req: &HttpRequest,
     payload: web::Payload,
@@ -177,7 +170,7 @@ async fn read_parts(
             .is_some();
         if name == "audio" && is_file {
             if written.is_some() || fields.contains_key("audio") {
-                return Err(invalid(
+                return Err(ApiError::invalid(
                     "audio",
                     "duplicate_field",
                     "send one audio file (or one audio URL) per request",
@@ -218,7 +211,11 @@ async fn read_parts(
             }
             file.flush().await.map_err(malformed)?;
             if bytes == 0 {
-                return Err(invalid("audio", "empty_upload", "the audio file is empty"));
+                return Err(ApiError::invalid(
+                    "audio",
+                    "empty_upload",
+                    "the audio file is empty",
+                ));
             }
             if let Some(w) = written.as_mut() {
                 w.2 = bytes;
@@ -238,7 +235,7 @@ async fn read_parts(
         let text = String::from_utf8(text)
             .map_err(|_| malformed(format!("field {name:?} is not UTF-8 text")))?;
         if name == "audio" && (written.is_some() || fields.contains_key("audio")) {
-            return Err(invalid(
+            return Err(ApiError::invalid(
                 "audio",
                 "duplicate_field",
                 "send one audio file (or one audio URL) per request",

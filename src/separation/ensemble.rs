@@ -158,17 +158,29 @@ impl Source {
     /// t·hop + n_fft`, original `t·hop − n_fft/2 ..`), into `out`.
     fn frame(&mut self, t: usize, out: &mut [[f32; N_FFT]; 2]) -> io::Result<()> {
         let start = (t * HOP) as i64 - (N_FFT / 2) as i64;
-        let idx: Vec<usize> = (0..N_FFT as i64)
-            .map(|k| reflect(start + k, self.len))
-            .collect();
-        let lo = *idx.iter().min().expect("n_fft > 0");
-        let hi = *idx.iter().max().expect("n_fft > 0") + 1;
+        let end = start + N_FFT as i64;
+        // One contiguous read covering every (reflected) index of the frame.
+        let n = N_FFT as i64;
+        let (lo, hi) = if start >= 0 && end <= self.len {
+            (start, end)
+        } else if self.len <= 2 * n {
+            (0, self.len)
+        } else if start < 0 {
+            // Negative indices reflect onto 1..=-start.
+            (0, end.max(1 - start))
+        } else {
+            // Indices past the end reflect down to 2(len-1) - (end-1).
+            (start.min(2 * (self.len - 1) - (end - 1)), self.len)
+        };
+        let (lo, hi) = (lo as usize, hi as usize);
         self.raw.resize((hi - lo) * 8, 0);
         self.file.read_exact_at(&mut self.raw, (lo * 8) as u64)?;
-        for (k, &i) in idx.iter().enumerate() {
-            let b = &self.raw[(i - lo) * 8..(i - lo) * 8 + 8];
-            out[0][k] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            out[1][k] = f32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let [left, right] = out;
+        for (k, (l, r)) in left.iter_mut().zip(right.iter_mut()).enumerate() {
+            let i = reflect(start + k as i64, self.len) - lo;
+            let b = &self.raw[i * 8..i * 8 + 8];
+            *l = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            *r = f32::from_le_bytes([b[4], b[5], b[6], b[7]]);
         }
         Ok(())
     }
@@ -216,48 +228,12 @@ fn spectral(
     ];
     let mut scratch_f = fwd.make_scratch_vec();
     let mut scratch_i = inv.make_scratch_vec();
-    // Overlap-add accumulators, from padded position `base` on.
-    let mut acc: Vec<Frame> = Vec::new();
-    let mut wsum: Vec<f32> = Vec::new();
-    let mut base: usize = 0;
-    let mut emitted: usize = 0; // original samples handed to the sink
-    let mut block: Vec<Frame> = Vec::new();
-    let scale = 1.0 / N_FFT as f32;
-    let mut emit = |upto_padded: usize,
-                    acc: &mut Vec<Frame>,
-                    wsum: &mut Vec<f32>,
-                    base: &mut usize,
-                    emitted: &mut usize,
-                    block: &mut Vec<Frame>|
-     -> io::Result<()> {
-        // Padded positions [base, upto) are final; the output is padded [n_fft/2, n_fft/2 +
-        // out_len).
-        let upto = upto_padded.min(N_FFT / 2 + out_len);
-        if upto <= *base {
-            return Ok(());
-        }
-        let n = upto - *base;
-        block.clear();
-        for j in 0..n {
-            let p = *base + j;
-            if p < N_FFT / 2 {
-                continue;
-            }
-            let w = wsum[j];
-            let f = acc[j];
-            block.push(if w > f32::MIN_POSITIVE {
-                [f[0] / w, f[1] / w]
-            } else {
-                f
-            });
-        }
-        *emitted += block.len();
-        sink(block)?;
-        acc.drain(..n);
-        wsum.drain(..n);
-        *base = upto;
-        Ok(())
+    let mut ola = OverlapAdd {
+        end: N_FFT / 2 + out_len,
+        ..OverlapAdd::default()
     };
+    let mut inv_in = vec![Complex32::default(); bins];
+    let scale = 1.0 / N_FFT as f32;
     for t in 0..n_frames {
         for (src, buf) in sources.iter_mut().zip(bufs.iter_mut()) {
             src.frame(t, buf)?;
@@ -282,46 +258,28 @@ fn spectral(
             }
         }
         // Frame t lands on padded positions t·hop .. t·hop + n_fft.
-        let start = t * HOP;
-        let need = start + N_FFT - base;
-        if acc.len() < need {
-            acc.resize(need, [0.0; 2]);
-            wsum.resize(need, 0.0);
-        }
-        for ch in 0..2 {
-            let mut bins_c = best[ch].clone();
+        let at = ola.reserve(t * HOP);
+        for (ch, spectrum) in best.iter().enumerate() {
+            inv_in.copy_from_slice(spectrum);
             // A real signal's DC and Nyquist bins are real.
-            bins_c[0].im = 0.0;
-            bins_c[bins - 1].im = 0.0;
-            inv.process_with_scratch(&mut bins_c, &mut time, &mut scratch_i)
+            inv_in[0].im = 0.0;
+            inv_in[bins - 1].im = 0.0;
+            inv.process_with_scratch(&mut inv_in, &mut time, &mut scratch_i)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            for i in 0..N_FFT {
-                acc[start - base + i][ch] += time[i] * scale * window[i];
+            for ((a, x), w) in ola.acc[at..at + N_FFT].iter_mut().zip(&time).zip(&window) {
+                a[ch] += x * scale * w;
             }
         }
-        for i in 0..N_FFT {
-            wsum[start - base + i] += window[i] * window[i];
+        for (s, w) in ola.wsum[at..at + N_FFT].iter_mut().zip(&window) {
+            *s += w * w;
         }
         // Positions before the next frame's start are complete.
-        emit(
-            (t + 1) * HOP,
-            &mut acc,
-            &mut wsum,
-            &mut base,
-            &mut emitted,
-            &mut block,
-        )?;
+        ola.emit((t + 1) * HOP, sink)?;
     }
-    emit(
-        usize::MAX,
-        &mut acc,
-        &mut wsum,
-        &mut base,
-        &mut emitted,
-        &mut block,
-    )?;
+    ola.emit(usize::MAX, sink)?;
     // UVR pads the shorter inverse with zeros to the input's length.
-    let mut left = frames as usize - emitted;
+    let mut block = Vec::new();
+    let mut left = frames as usize - ola.emitted;
     while left > 0 {
         let n = left.min(BLOCK);
         block.clear();
@@ -330,6 +288,65 @@ fn spectral(
         left -= n;
     }
     Ok(())
+}
+
+/// The inverse STFT's overlap-add, from padded position `base` on, emitting finished
+/// samples normalised by the summed squared window; the first n_fft/2 padded positions and
+/// everything from `end` on are trimmed, as librosa's `istft` trims them.
+#[derive(Default)]
+struct OverlapAdd {
+    acc: Vec<Frame>,
+    wsum: Vec<f32>,
+    base: usize,
+    end: usize,
+    /// Original samples handed to the sink.
+    emitted: usize,
+    block: Vec<Frame>,
+}
+
+impl OverlapAdd {
+    /// Makes room for a frame at padded position `start`; returns its offset in `acc`.
+    fn reserve(&mut self, start: usize) -> usize {
+        let need = start + N_FFT - self.base;
+        if self.acc.len() < need {
+            self.acc.resize(need, [0.0; 2]);
+            self.wsum.resize(need, 0.0);
+        }
+        start - self.base
+    }
+
+    /// Hands padded positions `base .. upto` (they are final) to the sink.
+    fn emit(
+        &mut self,
+        upto: usize,
+        sink: &mut dyn FnMut(&[Frame]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let upto = upto.min(self.end);
+        if upto <= self.base {
+            return Ok(());
+        }
+        let n = upto - self.base;
+        let skip = (N_FFT / 2).saturating_sub(self.base).min(n);
+        self.block.clear();
+        self.block.extend(
+            self.acc[skip..n]
+                .iter()
+                .zip(&self.wsum[skip..n])
+                .map(|(f, &w)| {
+                    if w > f32::MIN_POSITIVE {
+                        [f[0] / w, f[1] / w]
+                    } else {
+                        *f
+                    }
+                }),
+        );
+        self.emitted += self.block.len();
+        sink(&self.block)?;
+        self.acc.drain(..n);
+        self.wsum.drain(..n);
+        self.base = upto;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

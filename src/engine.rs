@@ -71,18 +71,6 @@ impl Engine {
         self
     }
 
-    /// An engine that only knows the built-in separator (tests, `uvr separate` without models).
-    pub fn builtin() -> Self {
-        Self::new(
-            Arc::new(
-                crate::models::Catalog::scan(std::path::Path::new("/nonexistent"), None)
-                    .expect("builtin catalogue"),
-            ),
-            crate::mdx::device::DeviceChoice::Cpu,
-            Default::default(),
-        )
-    }
-
     /// The catalogue the engine serves.
     pub fn catalog(&self) -> &crate::models::Catalog {
         &self.catalog

@@ -37,10 +37,11 @@ pub struct RestartPolicy {
 /// The policy of each actor.
 pub fn policy(actor: &str) -> RestartPolicy {
     match actor {
-        // The Scheduler holds no state of its own; restarting it is cheap.
+        // The Scheduler and the Intake hold no work of their own (their state is in Redis):
+        // they serve again at once, and only the budget applies.
         "scheduler" | "intake" => RestartPolicy {
-            backoff: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
+            backoff: Duration::ZERO,
+            backoff_max: Duration::ZERO,
             budget: 20,
             window: Duration::from_secs(60),
             on_exhausted: Exhausted::ExitProcess(70),

@@ -1,38 +1,10 @@
-//! The ONNX reader and the MDX-Net graph checks that need no device: arbitrary bytes through
-//! [`uvr::mdx::onnx::parse`], then [`uvr::mdx::plan::plan`].
-//!
-//! Beyond "no panic": a plan only reads values computed before it, and every weight it
-//! hands to the device fills its shape.
+//! Fuzz target: the ONNX reader and the MDX-Net graph checks (`fuzz/checks/onnx.rs`).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use uvr::mdx::onnx;
-use uvr::mdx::plan::{self, PlanOp};
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(graph) = onnx::parse(data) else {
-        return;
-    };
-    let Ok(plan) = plan::plan(&graph) else {
-        return;
-    };
-    assert_eq!(plan.steps.len(), graph.nodes.len());
-    assert_eq!(plan.uses.len(), plan.steps.len() + 1);
-    assert!(plan.output < plan.uses.len());
-    for (i, step) in plan.steps.iter().enumerate() {
-        assert_eq!(step.out, i + 1);
-        for x in step.op.inputs() {
-            assert!(x < step.out, "step {i} reads slot {x} before it is written");
-        }
-        let weights = match &step.op {
-            PlanOp::Conv { w, .. } | PlanOp::ConvT { w, .. } => Some((w, 4)),
-            PlanOp::MatMul { w, .. } => Some((w, 2)),
-            _ => None,
-        };
-        if let Some((w, rank)) = weights {
-            assert_eq!(w.dims.len(), rank);
-            assert_eq!(plan::element_count(&w.dims), Some(w.data.len()));
-        }
-    }
-});
+#[path = "../checks/onnx.rs"]
+mod check;
+
+fuzz_target!(|data: &[u8]| check::check(data));

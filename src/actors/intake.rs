@@ -17,6 +17,7 @@ use crate::models::Catalog;
 use crate::net::{UrlError, UrlPolicy};
 use crate::queue::{NewTask, QueueError};
 use crate::separation::ensemble::{ALGORITHMS, Algorithm};
+use crate::supervise::{self, RestartTracker, Verdict};
 use crate::task::{OutputRate, Priority, SourceRate, TaskId, TaskRequest};
 
 /// Submits a job: the parsed JSON body of `POST /generate`.
@@ -129,6 +130,7 @@ pub struct Intake {
     cfg: IntakeConfig,
     scheduler: SchedulerHandle,
     buckets: HashMap<String, Bucket>,
+    tracker: RestartTracker,
 }
 
 impl Intake {
@@ -138,6 +140,7 @@ impl Intake {
             cfg,
             scheduler,
             buckets: HashMap::new(),
+            tracker: RestartTracker::new("intake", supervise::policy("intake")),
         }
     }
 
@@ -174,15 +177,15 @@ impl Actor for Intake {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::actors::scheduler::MAILBOX_CAPACITY);
-        metrics::actor_started("intake");
+        // Counts the start against the restart budget (the process exits when it is spent);
+        // the Intake holds no work of its own, so it serves again at once.
+        if self.tracker.on_start() == Verdict::GiveUp {
+            ctx.stop();
+        }
     }
 }
 
-impl Supervised for Intake {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        metrics::actor_restarted("intake");
-    }
-}
+impl Supervised for Intake {}
 
 impl Handler<Submit> for Intake {
     type Result = ResponseFuture<Result<Accepted, IntakeError>>;

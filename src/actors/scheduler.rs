@@ -22,6 +22,7 @@ use crate::queue::{
     CancelOutcome, Claimed, Enqueued, Failure, LeaseState, Maintenance, NewTask, Outcome, Queue,
     QueueError, QueueStats, RedisInfo, WorkerInfo,
 };
+use crate::supervise::{self, RestartTracker, Verdict};
 use crate::task::{Stage, TaskId, TaskRecord};
 
 /// Adds a new task to the separation stage.
@@ -183,6 +184,7 @@ pub struct Scheduler {
     queue: Queue,
     health: Arc<RedisHealth>,
     maintaining: Arc<AtomicBool>,
+    tracker: RestartTracker,
 }
 
 impl Scheduler {
@@ -192,6 +194,7 @@ impl Scheduler {
             queue,
             health,
             maintaining: Arc::new(AtomicBool::new(false)),
+            tracker: RestartTracker::new("scheduler", supervise::policy("scheduler")),
         }
     }
 
@@ -223,7 +226,12 @@ impl Actor for Scheduler {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        metrics::actor_started("scheduler");
+        // Counts the start against the restart budget (the process exits when it is spent);
+        // the Scheduler's state is in Redis, so it serves again at once.
+        if self.tracker.on_start() == Verdict::GiveUp {
+            ctx.stop();
+            return;
+        }
         // Health monitor: probe every second while healthy, back off while not.
         let queue = self.queue.clone();
         let health = self.health.clone();
@@ -280,7 +288,6 @@ impl Actor for Scheduler {
 
 impl Supervised for Scheduler {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        metrics::actor_restarted("scheduler");
         self.maintaining.store(false, Ordering::Release);
         tracing::warn!("scheduler restarting");
     }
@@ -447,11 +454,6 @@ impl SchedulerHandle {
         let health = Arc::new(RedisHealth::default());
         let addr = Scheduler::start_supervised(queue, health.clone());
         Self { addr, health }
-    }
-
-    /// The actor's address.
-    pub fn addr(&self) -> &Addr<Scheduler> {
-        &self.addr
     }
 
     /// The shared Redis health view.

@@ -1,5 +1,6 @@
-//! Load-time graph rewrite: batch norms (per-channel affine maps) that alone read a
-//! convolution's output are folded into that convolution's weights and bias.
+//! Load-time graph rewrites: batch norms (per-channel affine maps) that alone read a
+//! convolution's output are folded into that convolution's weights and bias, and ReLUs that
+//! alone read a convolution's output are fused into it.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -34,6 +35,40 @@ pub(super) fn fold_affines(plan: &mut Plan<'_>) {
             continue;
         }
         // The convolution now writes the affine map's result; its old slot is unused.
+        plan.steps[j].out = plan.steps[i].out;
+        plan.uses[x] = 0;
+        removed[i] = true;
+    }
+    let mut k = 0;
+    plan.steps.retain(|_| {
+        k += 1;
+        !removed[k - 1]
+    });
+}
+
+/// Fuses every ReLU that alone reads a (transposed) convolution's output into it (run after
+/// [`fold_affines`], so `Conv → BatchNorm → Relu` becomes one operation).
+pub(super) fn fuse_relus(plan: &mut Plan<'_>) {
+    let mut producer: HashMap<usize, usize> = HashMap::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        producer.insert(s.out, i);
+    }
+    let mut removed = vec![false; plan.steps.len()];
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..plan.steps.len() {
+        let PlanOp::Relu { x } = plan.steps[i].op else {
+            continue;
+        };
+        if plan.uses[x] != 1 || x == plan.output {
+            continue;
+        }
+        let Some(&j) = producer.get(&x) else {
+            continue;
+        };
+        let (PlanOp::Conv { relu, .. } | PlanOp::ConvT { relu, .. }) = &mut plan.steps[j].op else {
+            continue;
+        };
+        *relu = true;
         plan.steps[j].out = plan.steps[i].out;
         plan.uses[x] = 0;
         removed[i] = true;
@@ -129,6 +164,50 @@ mod tests {
         assert_eq!(p.uses[p.output], 1);
     }
 
+    /// Every ReLU after a (transposed) convolution is fused into it; those after a MatMul
+    /// stay, and the graph output is never fused away.
+    #[test]
+    fn relus_after_convolutions_are_fused() {
+        let geo = Geometry {
+            dim_f: 32,
+            dim_t: 8,
+            g: 4,
+            stages: 2,
+            l: 2,
+            bn: 2,
+        };
+        let g = convtdfnet(&geo, 1);
+        let mut p = plan(&g).unwrap();
+        fold_affines(&mut p);
+        let before = p.steps.len();
+        fuse_relus(&mut p);
+        let count = |op: &str| g.nodes.iter().filter(|n| n.op_type == op).count();
+        let fused = p
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.op,
+                    PlanOp::Conv { relu: true, .. } | PlanOp::ConvT { relu: true, .. }
+                )
+            })
+            .count();
+        // Every Conv but the last (the output projection) and every ConvTranspose (through
+        // its folded batch norm) is followed by a ReLU.
+        assert_eq!(fused, count("Conv") - 1 + count("ConvTranspose"));
+        assert_eq!(p.steps.len(), before - fused);
+        for s in &p.steps {
+            if let PlanOp::Relu { x } = s.op {
+                assert!(
+                    !p.steps.iter().any(|c| c.out == x
+                        && matches!(c.op, PlanOp::Conv { .. } | PlanOp::ConvT { .. })),
+                    "a ReLU left after a convolution"
+                );
+            }
+        }
+        assert_eq!(p.uses[p.output], 1);
+    }
+
     /// The exported reference graphs lose every batch norm that follows a transposed
     /// convolution.
     #[test]
@@ -181,6 +260,7 @@ mod tests {
             b: Some(Cow::Borrowed(&b)),
             geometry,
             output_padding: [0, 0],
+            relu: false,
         };
         assert!(fold_into(&mut op, &scale, &shift));
         let PlanOp::ConvT { w: fw, b: fb, .. } = &op else {
@@ -208,6 +288,7 @@ mod tests {
             w: Cow::Borrowed(&w),
             b: None,
             geometry,
+            relu: false,
         };
         assert!(fold_into(&mut op, &scale, &shift));
         let PlanOp::Conv { w: fw, b: fb, .. } = &op else {

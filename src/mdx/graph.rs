@@ -18,6 +18,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 pub use super::plan::GraphError;
 
+use super::direct::{CpuConv, DirectConv};
 use super::onnx::{Graph, Initializer};
 use super::plan::{ConvGeometry, PlanOp};
 
@@ -27,12 +28,19 @@ enum Op {
         w: Tensor<4>,
         b: Option<Tensor<1>>,
         opts: ConvOptions<2>,
+        relu: bool,
+    },
+    /// A (transposed) convolution run by [`CpuConv`] on the CPU backend.
+    Direct {
+        x: usize,
+        conv: CpuConv,
     },
     ConvT {
         x: usize,
         w: Tensor<4>,
         b: Option<Tensor<1>>,
         opts: ConvTransposeOptions<2>,
+        relu: bool,
     },
     Affine {
         x: usize,
@@ -69,6 +77,10 @@ impl Op {
     fn name(&self) -> &'static str {
         match self {
             Op::Conv { .. } => "Conv",
+            Op::Direct { conv, .. } => match conv {
+                CpuConv::Transposed { .. } => "ConvTranspose",
+                _ => "Conv",
+            },
             Op::ConvT { .. } => "ConvTranspose",
             Op::Affine { .. } => "BatchNorm",
             Op::MatMul { .. } => "MatMul",
@@ -128,6 +140,52 @@ fn matrix(init: &Initializer, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(init.data.clone(), [d[0], d[1]]), device)
 }
 
+/// The CPU's own kernel for a convolution it can run: one group, dilation 1, and stride 1 or
+/// non-overlapping patches (stride = kernel, no padding).
+fn direct(
+    cpu: bool,
+    w: &Initializer,
+    b: Option<&Initializer>,
+    g: &ConvGeometry,
+    relu: bool,
+) -> Option<CpuConv> {
+    if !cpu || g.dilation != [1, 1] || g.groups != 1 {
+        return None;
+    }
+    let d = [w.dims[0], w.dims[1], w.dims[2], w.dims[3]];
+    let b = b.map(|b| b.data.as_slice());
+    if g.stride == [1, 1] {
+        DirectConv::new(&w.data, d, b, g.padding, relu).map(CpuConv::Direct)
+    } else if g.stride == [d[2], d[3]] && g.padding == [0, 0] {
+        CpuConv::patches(&w.data, d, b, relu)
+    } else {
+        None
+    }
+}
+
+/// The CPU's kernel for a transposed convolution whose stride equals its kernel (no
+/// padding, no output padding, one group, dilation 1).
+fn direct_transposed(
+    cpu: bool,
+    w: &Initializer,
+    b: Option<&Initializer>,
+    g: &ConvGeometry,
+    output_padding: [usize; 2],
+    relu: bool,
+) -> Option<CpuConv> {
+    let d = [w.dims[0], w.dims[1], w.dims[2], w.dims[3]];
+    if !cpu
+        || g.dilation != [1, 1]
+        || g.groups != 1
+        || g.padding != [0, 0]
+        || output_padding != [0, 0]
+        || g.stride != [d[2], d[3]]
+    {
+        return None;
+    }
+    CpuConv::transposed(&w.data, d, b.map(|b| b.data.as_slice()), relu)
+}
+
 fn conv_options(g: &ConvGeometry) -> ConvOptions<2> {
     ConvOptions::new(g.stride, g.padding, g.dilation, g.groups)
 }
@@ -139,16 +197,28 @@ impl MdxNet {
     pub fn compile(graph: &Graph, device: &Device) -> Result<Self, GraphError> {
         let mut plan = super::plan::plan(graph)?;
         super::fold::fold_affines(&mut plan);
+        super::fold::fuse_relus(&mut plan);
+        let cpu = *device == Device::flex();
         let steps = plan
             .steps
             .into_iter()
             .map(|s| {
                 let op = match s.op {
-                    PlanOp::Conv { x, w, b, geometry } => Op::Conv {
+                    PlanOp::Conv {
                         x,
-                        w: tensor4(&w, device),
-                        b: b.map(|b| tensor1(&b, device)),
-                        opts: conv_options(&geometry),
+                        w,
+                        b,
+                        geometry,
+                        relu,
+                    } => match direct(cpu, &w, b.as_deref(), &geometry, relu) {
+                        Some(conv) => Op::Direct { x, conv },
+                        None => Op::Conv {
+                            x,
+                            w: tensor4(&w, device),
+                            b: b.map(|b| tensor1(&b, device)),
+                            opts: conv_options(&geometry),
+                            relu,
+                        },
                     },
                     PlanOp::ConvT {
                         x,
@@ -156,17 +226,29 @@ impl MdxNet {
                         b,
                         geometry,
                         output_padding,
-                    } => Op::ConvT {
-                        x,
-                        w: tensor4(&w, device),
-                        b: b.map(|b| tensor1(&b, device)),
-                        opts: ConvTransposeOptions::new(
-                            geometry.stride,
-                            geometry.padding,
-                            output_padding,
-                            geometry.dilation,
-                            geometry.groups,
-                        ),
+                        relu,
+                    } => match direct_transposed(
+                        cpu,
+                        &w,
+                        b.as_deref(),
+                        &geometry,
+                        output_padding,
+                        relu,
+                    ) {
+                        Some(conv) => Op::Direct { x, conv },
+                        None => Op::ConvT {
+                            x,
+                            w: tensor4(&w, device),
+                            b: b.map(|b| tensor1(&b, device)),
+                            opts: ConvTransposeOptions::new(
+                                geometry.stride,
+                                geometry.padding,
+                                output_padding,
+                                geometry.dilation,
+                                geometry.groups,
+                            ),
+                            relu,
+                        },
                     },
                     PlanOp::Affine { x, scale, shift } => {
                         let c = scale.len();
@@ -254,11 +336,38 @@ impl MdxNet {
         for s in &self.steps {
             let started = std::time::Instant::now();
             let y = match &s.op {
-                Op::Conv { x, w, b, opts } => {
-                    conv2d(take(&mut values, *x), w.clone(), b.clone(), opts.clone())
+                Op::Conv {
+                    x,
+                    w,
+                    b,
+                    opts,
+                    relu: fused,
+                } => {
+                    let y = conv2d(take(&mut values, *x), w.clone(), b.clone(), opts.clone());
+                    if *fused { relu(y) } else { y }
                 }
-                Op::ConvT { x, w, b, opts } => {
-                    conv_transpose2d(take(&mut values, *x), w.clone(), b.clone(), opts.clone())
+                Op::Direct { x, conv } => {
+                    let x = take(&mut values, *x);
+                    let dims = x.dims();
+                    let out = conv
+                        .out_dims(dims)
+                        .expect("activations at least the kernel's size");
+                    let data = x
+                        .into_data()
+                        .try_into_vec::<f32>()
+                        .expect("f32 activations");
+                    Tensor::from_data(TensorData::new(conv.run(&data, dims), out), &self.device)
+                }
+                Op::ConvT {
+                    x,
+                    w,
+                    b,
+                    opts,
+                    relu: fused,
+                } => {
+                    let y =
+                        conv_transpose2d(take(&mut values, *x), w.clone(), b.clone(), opts.clone());
+                    if *fused { relu(y) } else { y }
                 }
                 Op::Affine { x, scale, shift } => {
                     take(&mut values, *x) * scale.clone() + shift.clone()

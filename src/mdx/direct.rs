@@ -1,0 +1,679 @@
+//! Direct 2-D convolution on the CPU for the MDX-Net graph's stride-1 convolutions (the 3×3
+//! convolutions of every TFC block, about three quarters of the network's arithmetic, and the
+//! 1×1 convolutions at its ends).
+//!
+//! Burn's CPU backend runs a convolution as im2col + GEMM after copying the input to NHWC on
+//! one thread; here the activations stay NCHW and each output row is computed in place from
+//! the input rows it reads: a register block of 4 output channels × 3 SIMD vectors of
+//! columns accumulates `Σ ci, ky, kx  w[co, ci, ky, kx] · x[ci, y + ky, x + kx]` with fused
+//! multiply-adds, the weights packed at load time so the 4 channels' taps are adjacent. The
+//! instruction set is chosen at run time (AVX-512, AVX2 + FMA, NEON, or scalar) through
+//! `pulp`; output rows run in parallel on rayon's pool. A ReLU that alone reads the
+//! convolution is applied in the same pass.
+//!
+//! The result is the same sum as the reference's, in a different order: equal up to float
+//! rounding, which the fixture tests bound.
+
+use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
+
+/// Output channels per register block.
+const CB: usize = 4;
+/// SIMD vectors of output columns per register block.
+const NV: usize = 3;
+/// Output columns per cache segment: the input rows a segment reads stay in cache while
+/// every channel block of the segment runs.
+const SEGMENT: usize = 192;
+
+/// A stride-1, dilation-1, single-group convolution with its weights packed for the CPU.
+#[derive(Debug, Clone)]
+pub struct DirectConv {
+    cin: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    ph: usize,
+    pw: usize,
+    relu: bool,
+    /// `[cout / CB][cin][kh][kw][CB]`, output channels zero-padded to a multiple of `CB`.
+    packed: Vec<f32>,
+    /// One per output channel, zero-padded like `packed`.
+    bias: Vec<f32>,
+}
+
+impl DirectConv {
+    /// Packs `w` (`[cout, cin, kh, kw]`, row-major) with optional `bias`; `None` when the
+    /// geometry is outside what this kernel runs (padding of a kernel's size or more).
+    pub fn new(
+        w: &[f32],
+        dims: [usize; 4],
+        bias: Option<&[f32]>,
+        padding: [usize; 2],
+        relu: bool,
+    ) -> Option<Self> {
+        let [cout, cin, kh, kw] = dims;
+        let [ph, pw] = padding;
+        if cout == 0 || cin == 0 || kh == 0 || kw == 0 || ph >= kh || pw >= kw {
+            return None;
+        }
+        if w.len() != cout * cin * kh * kw || bias.is_some_and(|b| b.len() != cout) {
+            return None;
+        }
+        let blocks = cout.div_ceil(CB);
+        let taps = kh * kw;
+        let mut packed = vec![0.0; blocks * cin * taps * CB];
+        for co in 0..cout {
+            let (cb, c) = (co / CB, co % CB);
+            for ci in 0..cin {
+                for t in 0..taps {
+                    packed[((cb * cin + ci) * taps + t) * CB + c] = w[(co * cin + ci) * taps + t];
+                }
+            }
+        }
+        let mut b = vec![0.0; blocks * CB];
+        if let Some(bias) = bias {
+            b[..cout].copy_from_slice(bias);
+        }
+        Some(Self {
+            cin,
+            cout,
+            kh,
+            kw,
+            ph,
+            pw,
+            relu,
+            packed,
+            bias: b,
+        })
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.cout
+    }
+
+    /// The output's `[height, width]` for an input of `[h, w]` (`None`: the input is smaller
+    /// than the kernel allows).
+    pub fn out_size(&self, h: usize, w: usize) -> Option<[usize; 2]> {
+        let oh = (h + 2 * self.ph).checked_sub(self.kh)? + 1;
+        let ow = (w + 2 * self.pw).checked_sub(self.kw)? + 1;
+        Some([oh, ow])
+    }
+
+    /// Convolves `x` (`[n, cin, h, w]`, row-major) into a new `[n, cout, oh, ow]` buffer.
+    ///
+    /// # Panics
+    /// When `x` does not hold `n · cin · h · w` values or the input is smaller than the kernel
+    /// (the graph compiler checks both).
+    pub fn run(&self, x: &[f32], [n, cin, h, w]: [usize; 4]) -> Vec<f32> {
+        assert_eq!(cin, self.cin, "input channels");
+        assert_eq!(x.len(), n * cin * h * w, "input length");
+        let [oh, ow] = self
+            .out_size(h, w)
+            .expect("input at least the kernel's size");
+        let mut out = vec![0.0f32; n * self.cout * oh * ow];
+        if out.is_empty() {
+            return out;
+        }
+        // One task per output row of one item, holding that row of every output channel.
+        let mut rows: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::with_capacity(n * oh);
+        for (item, planes) in out.chunks_mut(self.cout * oh * ow).enumerate() {
+            let first = rows.len();
+            for y in 0..oh {
+                rows.push((item, y, Vec::with_capacity(self.cout)));
+            }
+            for plane in planes.chunks_mut(oh * ow) {
+                for (y, row) in plane.chunks_mut(ow).enumerate() {
+                    rows[first + y].2.push(row);
+                }
+            }
+        }
+        rows.into_par_iter().for_each(|(item, y, mut outs)| {
+            let input = &x[item * cin * h * w..(item + 1) * cin * h * w];
+            dispatch(Row {
+                conv: self,
+                input,
+                h,
+                w,
+                y,
+                outs: &mut outs,
+            });
+        });
+        out
+    }
+}
+
+/// A convolution the CPU runs with [`DirectConv`]: directly (stride 1), or, when the stride
+/// equals the kernel (the encoder's downsampling) or a transposed convolution's stride equals
+/// its kernel (the decoder's upsampling), as a 1×1 convolution between a rearrangement of the
+/// input's patches into channels and back.
+#[derive(Debug, Clone)]
+pub enum CpuConv {
+    /// Stride 1.
+    Direct(DirectConv),
+    /// Non-overlapping `k` patches (stride = kernel, no padding): space-to-depth, then a 1×1
+    /// convolution over `cin · kh · kw` channels.
+    Patches {
+        /// The 1×1 convolution.
+        conv: DirectConv,
+        /// The kernel (= stride).
+        k: [usize; 2],
+    },
+    /// A transposed convolution with stride = kernel and no padding: a 1×1 convolution into
+    /// `cout · kh · kw` channels, then depth-to-space.
+    Transposed {
+        /// The 1×1 convolution.
+        conv: DirectConv,
+        /// The kernel (= stride).
+        k: [usize; 2],
+    },
+}
+
+impl CpuConv {
+    /// A stride-`k` convolution over `k` patches, from `w` = `[cout, cin, kh, kw]`.
+    pub fn patches(
+        w: &[f32],
+        [cout, cin, kh, kw]: [usize; 4],
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Option<Self> {
+        // `[cout, cin, kh, kw]` row-major is already `[cout, cin · kh · kw, 1, 1]`, in the
+        // channel order space-to-depth produces.
+        let conv = DirectConv::new(w, [cout, cin * kh * kw, 1, 1], bias, [0, 0], relu)?;
+        Some(Self::Patches { conv, k: [kh, kw] })
+    }
+
+    /// A transposed convolution with stride `k`, from `w` = `[cin, cout, kh, kw]`.
+    pub fn transposed(
+        w: &[f32],
+        [cin, cout, kh, kw]: [usize; 4],
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Option<Self> {
+        if w.len() != cin * cout * kh * kw || bias.is_some_and(|b| b.len() != cout) {
+            return None;
+        }
+        let taps = kh * kw;
+        // Output channel (co, ky, kx) of the 1×1 convolution reads w[ci, co, ky, kx].
+        let mut w1 = vec![0.0; cout * taps * cin];
+        for ci in 0..cin {
+            for o in 0..cout * taps {
+                w1[o * cin + ci] = w[ci * cout * taps + o];
+            }
+        }
+        let b1: Option<Vec<f32>> = bias.map(|b| {
+            b.iter()
+                .flat_map(|&v| std::iter::repeat_n(v, taps))
+                .collect()
+        });
+        let conv = DirectConv::new(&w1, [cout * taps, cin, 1, 1], b1.as_deref(), [0, 0], relu)?;
+        Some(Self::Transposed { conv, k: [kh, kw] })
+    }
+
+    /// The output's shape for an input of `[n, c, h, w]` (`None`: too small for the kernel).
+    pub fn out_dims(&self, [n, _, h, w]: [usize; 4]) -> Option<[usize; 4]> {
+        match self {
+            Self::Direct(conv) => {
+                let [oh, ow] = conv.out_size(h, w)?;
+                Some([n, conv.out_channels(), oh, ow])
+            }
+            Self::Patches { conv, k } => {
+                (h >= k[0] && w >= k[1]).then(|| [n, conv.out_channels(), h / k[0], w / k[1]])
+            }
+            Self::Transposed { conv, k } => {
+                Some([n, conv.out_channels() / (k[0] * k[1]), h * k[0], w * k[1]])
+            }
+        }
+    }
+
+    /// Runs on `x` (`[n, c, h, w]`, row-major); the result has [`out_dims`](Self::out_dims).
+    pub fn run(&self, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
+        match self {
+            Self::Direct(conv) => conv.run(x, dims),
+            Self::Patches { conv, k } => {
+                let (patches, pdims) = space_to_depth(x, dims, *k);
+                conv.run(&patches, pdims)
+            }
+            Self::Transposed { conv, k } => {
+                let [n, _, h, w] = dims;
+                let y = conv.run(x, dims);
+                depth_to_space(&y, [n, conv.out_channels(), h, w], *k)
+            }
+        }
+    }
+}
+
+/// `[n, c, h, w]` → `[n, c·kh·kw, h/kh, w/kw]`: channel `(ci, ky, kx)` holds
+/// `x[ci, y·kh + ky, x·kw + kx]` (rows and columns past the last whole patch are dropped,
+/// as a stride-k convolution drops them).
+fn space_to_depth(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    [kh, kw]: [usize; 2],
+) -> (Vec<f32>, [usize; 4]) {
+    let (oh, ow) = (h / kh, w / kw);
+    let mut out = vec![0.0; n * c * kh * kw * oh * ow];
+    if !out.is_empty() {
+        out.par_chunks_mut(kh * kw * oh * ow)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let src = &x[plane * h * w..(plane + 1) * h * w];
+                for (t, dst) in dst.chunks_mut(oh * ow).enumerate() {
+                    let (ky, kx) = (t / kw, t % kw);
+                    for (y, dst) in dst.chunks_mut(ow).enumerate() {
+                        let row = &src[(y * kh + ky) * w..];
+                        for (xo, d) in dst.iter_mut().enumerate() {
+                            *d = row[xo * kw + kx];
+                        }
+                    }
+                }
+            });
+    }
+    (out, [n, c * kh * kw, oh, ow])
+}
+
+/// `[n, c·kh·kw, h, w]` → `[n, c, h·kh, w·kw]`, the inverse of [`space_to_depth`].
+fn depth_to_space(y: &[f32], [n, ck, h, w]: [usize; 4], [kh, kw]: [usize; 2]) -> Vec<f32> {
+    let (oh, ow) = (h * kh, w * kw);
+    let c = ck / (kh * kw);
+    let mut out = vec![0.0; n * c * oh * ow];
+    if !out.is_empty() {
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let src = &y[plane * kh * kw * h * w..(plane + 1) * kh * kw * h * w];
+                for (t, src) in src.chunks(h * w).enumerate() {
+                    let (ky, kx) = (t / kw, t % kw);
+                    for (yi, src) in src.chunks(w).enumerate() {
+                        let row = &mut dst[(yi * kh + ky) * ow..(yi * kh + ky + 1) * ow];
+                        for (xi, v) in src.iter().enumerate() {
+                            row[xi * kw + kx] = *v;
+                        }
+                    }
+                }
+            });
+    }
+    out
+}
+
+/// The best instruction set this CPU has: pulp's detection, plus AVX2 + FMA on x86-64 where
+/// pulp was built without its `x86-v3` level.
+fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
+    let arch = pulp::Arch::new();
+    #[cfg(target_arch = "x86_64")]
+    if matches!(arch, pulp::Arch::Scalar)
+        && let Some(simd) = pulp::x86::V3::try_new()
+    {
+        return Simd::vectorize(simd, op);
+    }
+    arch.dispatch(op)
+}
+
+/// One output row (`y`) of every output channel of one item.
+struct Row<'a, 'o> {
+    conv: &'a DirectConv,
+    /// `[cin, h, w]`.
+    input: &'a [f32],
+    h: usize,
+    w: usize,
+    y: usize,
+    /// `cout` rows of `ow` values.
+    outs: &'a mut [&'o mut [f32]],
+}
+
+impl WithSimd for Row<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(mut self, simd: S) -> Self::Output {
+        let c = self.conv;
+        let ow = self.outs[0].len();
+        // Input rows in range for this output row: ky in ky0..ky1.
+        let ky0 = c.ph.saturating_sub(self.y);
+        let ky1 = c.kh.min(self.h + c.ph - self.y);
+        // Columns whose taps all fall inside the input: vectorised; the rest: scalar.
+        let inner_start = c.pw.min(ow);
+        let inner_end = (self.w + c.pw + 1)
+            .saturating_sub(c.kw)
+            .clamp(inner_start, ow);
+        let lanes = S::F32_LANES;
+        let block = NV * lanes;
+        let mut x = inner_start;
+        while x < inner_end {
+            let seg_end = (x + SEGMENT.max(block)).min(inner_end);
+            for cb in 0..c.cout.div_ceil(CB) {
+                let mut bx = x;
+                while bx + block <= seg_end {
+                    self.block::<S>(simd, cb, bx, ky0, ky1);
+                    bx += block;
+                }
+                while bx + lanes <= seg_end {
+                    self.vector::<S>(simd, cb, bx, ky0, ky1);
+                    bx += lanes;
+                }
+                for col in bx..seg_end {
+                    self.scalar(cb, col, ky0, ky1);
+                }
+            }
+            x = seg_end;
+        }
+        for col in (0..inner_start).chain(inner_end..ow) {
+            for cb in 0..c.cout.div_ceil(CB) {
+                self.scalar(cb, col, ky0, ky1);
+            }
+        }
+    }
+}
+
+impl Row<'_, '_> {
+    /// The weights of channel block `cb`, input channel `ci`, kernel row `ky`:
+    /// `[kw][CB]`.
+    #[inline(always)]
+    fn taps(&self, cb: usize, ci: usize, ky: usize) -> &[f32] {
+        let c = self.conv;
+        let start = ((cb * c.cin + ci) * c.kh + ky) * c.kw * CB;
+        &c.packed[start..start + c.kw * CB]
+    }
+
+    /// Input row `iy` of channel `ci`, from column `x0` for `len` values.
+    #[inline(always)]
+    fn input_row(&self, ci: usize, iy: usize, x0: usize, len: usize) -> &[f32] {
+        let start = (ci * self.h + iy) * self.w + x0;
+        &self.input[start..start + len]
+    }
+
+    /// Writes channel `co`'s value (bias included) at `col`, with the ReLU if fused.
+    #[inline(always)]
+    fn store(&mut self, co: usize, col: usize, v: f32) {
+        if co < self.conv.cout {
+            self.outs[co][col] = if self.conv.relu { v.max(0.0) } else { v };
+        }
+    }
+
+    /// `CB` channels × `NV` vectors of columns from `x0`.
+    #[inline(always)]
+    fn block<S: Simd>(&mut self, simd: S, cb: usize, x0: usize, ky0: usize, ky1: usize) {
+        let c = self.conv;
+        let lanes = S::F32_LANES;
+        let mut acc = [[simd.splat_f32s(0.0); NV]; CB];
+        for (k, acc) in acc.iter_mut().enumerate() {
+            *acc = [simd.splat_f32s(c.bias[cb * CB + k]); NV];
+        }
+        let span = NV * lanes + c.kw - 1;
+        for ci in 0..c.cin {
+            for ky in ky0..ky1 {
+                let row = self.input_row(ci, self.y + ky - c.ph, x0 - c.pw, span);
+                let taps = self.taps(cb, ci, ky);
+                for kx in 0..c.kw {
+                    let (v, _) = S::as_simd_f32s(&row[kx..kx + NV * lanes]);
+                    let t = &taps[kx * CB..kx * CB + CB];
+                    for k in 0..CB {
+                        let wv = simd.splat_f32s(t[k]);
+                        for j in 0..NV {
+                            acc[k][j] = simd.mul_add_f32s(wv, v[j], acc[k][j]);
+                        }
+                    }
+                }
+            }
+        }
+        let zero = simd.splat_f32s(0.0);
+        for (k, acc) in acc.iter().enumerate() {
+            let co = cb * CB + k;
+            if co >= c.cout {
+                break;
+            }
+            let out = &mut self.outs[co][x0..x0 + NV * lanes];
+            let (dst, _) = S::as_mut_simd_f32s(out);
+            for j in 0..NV {
+                dst[j] = if c.relu {
+                    simd.max_f32s(acc[j], zero)
+                } else {
+                    acc[j]
+                };
+            }
+        }
+    }
+
+    /// `CB` channels × one vector of columns from `x0`.
+    #[inline(always)]
+    fn vector<S: Simd>(&mut self, simd: S, cb: usize, x0: usize, ky0: usize, ky1: usize) {
+        let c = self.conv;
+        let lanes = S::F32_LANES;
+        let mut acc = [simd.splat_f32s(0.0); CB];
+        for (k, acc) in acc.iter_mut().enumerate() {
+            *acc = simd.splat_f32s(c.bias[cb * CB + k]);
+        }
+        for ci in 0..c.cin {
+            for ky in ky0..ky1 {
+                let row = self.input_row(ci, self.y + ky - c.ph, x0 - c.pw, lanes + c.kw - 1);
+                let taps = self.taps(cb, ci, ky);
+                for kx in 0..c.kw {
+                    let (v, _) = S::as_simd_f32s(&row[kx..kx + lanes]);
+                    for k in 0..CB {
+                        let wv = simd.splat_f32s(taps[kx * CB + k]);
+                        acc[k] = simd.mul_add_f32s(wv, v[0], acc[k]);
+                    }
+                }
+            }
+        }
+        let zero = simd.splat_f32s(0.0);
+        for (k, acc) in acc.iter().enumerate() {
+            let co = cb * CB + k;
+            if co >= c.cout {
+                break;
+            }
+            let (dst, _) = S::as_mut_simd_f32s(&mut self.outs[co][x0..x0 + lanes]);
+            dst[0] = if c.relu {
+                simd.max_f32s(*acc, zero)
+            } else {
+                *acc
+            };
+        }
+    }
+
+    /// `CB` channels at one column, with the taps that fall outside the input skipped (zero
+    /// padding).
+    fn scalar(&mut self, cb: usize, col: usize, ky0: usize, ky1: usize) {
+        let c = self.conv;
+        let mut acc = [0.0f32; CB];
+        for (k, acc) in acc.iter_mut().enumerate() {
+            *acc = c.bias[cb * CB + k];
+        }
+        let kx0 = c.pw.saturating_sub(col);
+        let kx1 = c.kw.min(self.w + c.pw - col);
+        for ci in 0..c.cin {
+            for ky in ky0..ky1 {
+                let taps = self.taps(cb, ci, ky);
+                let iy = self.y + ky - c.ph;
+                for kx in kx0..kx1 {
+                    let v = self.input[(ci * self.h + iy) * self.w + col + kx - c.pw];
+                    for k in 0..CB {
+                        acc[k] += taps[kx * CB + k] * v;
+                    }
+                }
+            }
+        }
+        for (k, v) in acc.into_iter().enumerate() {
+            self.store(cb * CB + k, col, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution by its definition, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &[f32],
+        [n, cin, h, w]: [usize; 4],
+        wt: &[f32],
+        [cout, _, kh, kw]: [usize; 4],
+        bias: &[f32],
+        [ph, pw]: [usize; 2],
+        relu: bool,
+    ) -> Vec<f32> {
+        let (oh, ow) = (h + 2 * ph + 1 - kh, w + 2 * pw + 1 - kw);
+        let mut out = vec![0.0; n * cout * oh * ow];
+        for b in 0..n {
+            for co in 0..cout {
+                for y in 0..oh {
+                    for xo in 0..ow {
+                        let mut s = f64::from(bias[co]);
+                        for ci in 0..cin {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let (iy, ix) = (y + ky, xo + kx);
+                                    if iy < ph || ix < pw || iy - ph >= h || ix - pw >= w {
+                                        continue;
+                                    }
+                                    let xv = x[((b * cin + ci) * h + iy - ph) * w + ix - pw];
+                                    let wv = wt[((co * cin + ci) * kh + ky) * kw + kx];
+                                    s += f64::from(xv) * f64::from(wv);
+                                }
+                            }
+                        }
+                        let s = s as f32;
+                        out[((b * cout + co) * oh + y) * ow + xo] =
+                            if relu { s.max(0.0) } else { s };
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.max(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s as f32 / u32::MAX as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_geometry_matches_the_definition() {
+        // Widths below, at and above a register block and a cache segment; channel counts
+        // that are and are not a multiple of the channel block; 3×3 "same", 1×1, and
+        // asymmetric kernels with and without padding.
+        let cases: &[([usize; 4], [usize; 4], [usize; 2], bool)] = &[
+            ([2, 3, 5, 37], [6, 3, 3, 3], [1, 1], true),
+            ([1, 4, 9, 3], [5, 4, 3, 3], [1, 1], false),
+            ([1, 2, 4, 1], [4, 2, 3, 3], [1, 1], true),
+            ([2, 7, 3, 200], [9, 7, 1, 1], [0, 0], false),
+            ([1, 5, 6, 401], [8, 5, 3, 3], [1, 1], true),
+            ([1, 3, 7, 50], [2, 3, 2, 5], [0, 2], false),
+            ([1, 2, 5, 30], [3, 2, 3, 3], [0, 0], true),
+        ];
+        for (i, &(xd, wd, pad, relu)) in cases.iter().enumerate() {
+            let x = values(xd.iter().product(), 11 + i as u32);
+            let w = values(wd.iter().product(), 23 + i as u32);
+            let b = values(wd[0], 31 + i as u32);
+            let conv = DirectConv::new(&w, wd, Some(&b), pad, relu).unwrap();
+            let got = conv.run(&x, xd);
+            let want = reference(&x, xd, &w, wd, &b, pad, relu);
+            assert_eq!(got.len(), want.len(), "case {i}: length");
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "case {i}: largest difference {worst}");
+            if relu {
+                assert!(got.iter().all(|v| *v >= 0.0), "case {i}: ReLU applied");
+            }
+        }
+    }
+
+    fn worst(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len(), "length");
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max)
+    }
+
+    #[test]
+    fn non_overlapping_patches_match_a_strided_convolution() {
+        // [n, cin, h, w] with a row and a column past the last whole patch.
+        let (xd, wd) = ([2usize, 3, 7, 41], [5usize, 3, 2, 2]);
+        let x = values(xd.iter().product(), 3);
+        let w = values(wd.iter().product(), 5);
+        let b = values(5, 7);
+        let conv = CpuConv::patches(&w, wd, Some(&b), true).unwrap();
+        let od = conv.out_dims(xd).unwrap();
+        assert_eq!(od, [2, 5, 3, 20]);
+        let got = conv.run(&x, xd);
+        let mut want = vec![0.0f32; od.iter().product()];
+        for n in 0..2 {
+            for co in 0..5 {
+                for y in 0..3 {
+                    for xo in 0..20 {
+                        let mut s = f64::from(b[co]);
+                        for ci in 0..3 {
+                            for ky in 0..2 {
+                                for kx in 0..2 {
+                                    let xv = x[((n * 3 + ci) * 7 + 2 * y + ky) * 41 + 2 * xo + kx];
+                                    let wv = w[((co * 3 + ci) * 2 + ky) * 2 + kx];
+                                    s += f64::from(xv) * f64::from(wv);
+                                }
+                            }
+                        }
+                        want[((n * 5 + co) * 3 + y) * 20 + xo] = (s as f32).max(0.0);
+                    }
+                }
+            }
+        }
+        assert!(worst(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn a_transposed_convolution_with_stride_equal_to_its_kernel_matches_its_definition() {
+        let (xd, wd) = ([2usize, 4, 3, 19], [4usize, 3, 2, 2]);
+        let x = values(xd.iter().product(), 13);
+        let w = values(wd.iter().product(), 17);
+        let b = values(3, 19);
+        for relu in [false, true] {
+            let conv = CpuConv::transposed(&w, wd, Some(&b), relu).unwrap();
+            let od = conv.out_dims(xd).unwrap();
+            assert_eq!(od, [2, 3, 6, 38]);
+            let got = conv.run(&x, xd);
+            let mut want = vec![0.0f32; od.iter().product()];
+            for n in 0..2 {
+                for co in 0..3 {
+                    for y in 0..6 {
+                        for xo in 0..38 {
+                            let (yi, ky, xi, kx) = (y / 2, y % 2, xo / 2, xo % 2);
+                            let mut s = f64::from(b[co]);
+                            for ci in 0..4 {
+                                let xv = x[((n * 4 + ci) * 3 + yi) * 19 + xi];
+                                let wv = w[((ci * 3 + co) * 2 + ky) * 2 + kx];
+                                s += f64::from(xv) * f64::from(wv);
+                            }
+                            let s = s as f32;
+                            want[((n * 3 + co) * 6 + y) * 38 + xo] =
+                                if relu { s.max(0.0) } else { s };
+                        }
+                    }
+                }
+            }
+            assert!(worst(&got, &want) < 1e-5, "relu {relu}");
+        }
+    }
+
+    #[test]
+    fn geometries_it_cannot_run_are_declined() {
+        let w = vec![0.0; 9];
+        assert!(DirectConv::new(&w, [1, 1, 3, 3], None, [3, 1], false).is_none());
+        assert!(DirectConv::new(&w, [1, 1, 3, 3], Some(&[0.0, 0.0]), [1, 1], false).is_none());
+        assert!(DirectConv::new(&w[..8], [1, 1, 3, 3], None, [1, 1], false).is_none());
+        let conv = DirectConv::new(&w, [1, 1, 3, 3], None, [0, 0], false).unwrap();
+        assert_eq!(conv.out_size(2, 5), None);
+        assert_eq!(conv.out_size(3, 5), Some([1, 3]));
+    }
+}

@@ -82,7 +82,7 @@ fn run_burn(
     };
     let m = Arc::new(load(model, &device.device));
     let opts = DemixOptions {
-        batch,
+        batch: Some(batch),
         ..DemixOptions::default()
     };
     let warm = Instant::now();

@@ -32,7 +32,7 @@ fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 
 /// Every file of `dir`, sorted, with its bytes; at least one.
 fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_file())

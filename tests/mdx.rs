@@ -76,7 +76,7 @@ fn check_device(choice: DeviceChoice, models: &[&str]) {
             let opts = DemixOptions {
                 overlap: de["overlap"].as_f64().unwrap() as f32,
                 denoise: de["denoise"].as_bool().unwrap(),
-                batch: 3,
+                batch: Some(3),
             };
             let mut sep = MdxSeparator::new(model.clone(), opts);
             let mut sink = VecSink::default();

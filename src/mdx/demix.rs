@@ -254,7 +254,7 @@ pub fn demix(
     };
     let padded_total = |n: usize| trim + n + gen_size + trim - (n % gen_size);
     let total_in = input.total_frames();
-    let batch = opts.batch.max(1);
+    let batch = opts.batch_for(net.fixed_shapes());
     let spec_len = sp.spec_len();
     let mut st = State {
         // The mixture: `trim` zeros, the input, then zeros up to `total` once the length is

@@ -4,9 +4,12 @@
 //!
 //! Burn's CPU backend runs a convolution as im2col + GEMM after copying the input to NHWC on
 //! one thread; here the activations stay NCHW and each output row is computed in place from
-//! the input rows it reads: a register block of 4 output channels × 3 SIMD vectors of
-//! columns accumulates `Σ ci, ky, kx  w[co, ci, ky, kx] · x[ci, y + ky, x + kx]` with fused
-//! multiply-adds, the weights packed at load time so the 4 channels' taps are adjacent. The
+//! the input rows it reads: those rows are copied, a segment of columns at a time, into a
+//! small zero-padded buffer (which also supplies the padding, and keeps rows whose width is a
+//! power of two from falling into one cache set), and a register block of 6 output channels
+//! × 2 SIMD vectors of columns accumulates `Σ ci, ky, kx  w[co, ci, ky, kx] ·
+//! x[ci, y + ky, x + kx]` from it with fused multiply-adds, the weights packed at load time so
+//! the 6 channels' taps are adjacent. The
 //! instruction set is chosen at run time (AVX-512, AVX2 + FMA, NEON, or scalar) through
 //! `pulp`; output rows run in parallel on rayon's pool. A ReLU that alone reads the
 //! convolution is applied in the same pass.
@@ -18,12 +21,13 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 /// Output channels per register block.
-const CB: usize = 4;
-/// SIMD vectors of output columns per register block.
-const NV: usize = 3;
-/// Output columns per cache segment: the input rows a segment reads stay in cache while
-/// every channel block of the segment runs.
-const SEGMENT: usize = 192;
+const CB: usize = 6;
+/// SIMD vectors of output columns per register block: 6 × 2 accumulators, 2 input vectors
+/// and a broadcast weight fill AVX2's 16 registers without spilling.
+const NV: usize = 2;
+/// Values of packed input per segment of output columns (128 KiB): the input rows a segment
+/// reads stay in L2 while every channel block of the segment runs.
+const SEGMENT_VALUES: usize = 32 * 1024;
 
 /// A stride-1, dilation-1, single-group convolution with its weights packed for the CPU.
 #[derive(Debug, Clone)]
@@ -328,44 +332,82 @@ impl WithSimd for Row<'_, '_> {
     fn with_simd<S: Simd>(mut self, simd: S) -> Self::Output {
         let c = self.conv;
         let ow = self.outs[0].len();
-        // Input rows in range for this output row: ky in ky0..ky1.
-        let ky0 = c.ph.saturating_sub(self.y);
-        let ky1 = c.kh.min(self.h + c.ph - self.y);
-        // Columns whose taps all fall inside the input: vectorised; the rest: scalar.
-        let inner_start = c.pw.min(ow);
-        let inner_end = (self.w + c.pw + 1)
-            .saturating_sub(c.kw)
-            .clamp(inner_start, ow);
         let lanes = S::F32_LANES;
         let block = NV * lanes;
-        let mut x = inner_start;
-        while x < inner_end {
-            let seg_end = (x + SEGMENT.max(block)).min(inner_end);
-            for cb in 0..c.cout.div_ceil(CB) {
-                let mut bx = x;
-                while bx + block <= seg_end {
-                    self.block::<S>(simd, cb, bx, ky0, ky1);
-                    bx += block;
-                }
-                while bx + lanes <= seg_end {
-                    self.vector::<S>(simd, cb, bx, ky0, ky1);
-                    bx += lanes;
-                }
-                for col in bx..seg_end {
-                    self.scalar(cb, col, ky0, ky1);
-                }
+        // Columns per segment: the packed input of a segment (cin · kh rows) stays in L2.
+        let seg = (SEGMENT_VALUES / (c.cin * c.kh) / block * block).max(block);
+        let seg = seg.min(ow.next_multiple_of(lanes));
+        // Packed rows, `stride` apart: wide enough for the last vector's taps, and not a
+        // multiple of 4 KiB (rows of power-of-two widths would all fall into one cache set).
+        let stride = (seg + c.kw - 1).next_multiple_of(lanes) + lanes;
+        let mut packed = vec![0.0f32; c.cin * c.kh * stride];
+        let mut xs = 0;
+        while xs < ow {
+            let len = seg.min(ow - xs);
+            self.pack(&mut packed, stride, xs);
+            // The kernel widths of the MDX graphs get unrolled code; any other runs the same
+            // code with the width read at run time.
+            match c.kw {
+                1 => self.segment::<S, 1>(simd, &packed, stride, xs, len),
+                3 => self.segment::<S, 3>(simd, &packed, stride, xs, len),
+                _ => self.segment::<S, 0>(simd, &packed, stride, xs, len),
             }
-            x = seg_end;
-        }
-        for col in (0..inner_start).chain(inner_end..ow) {
-            for cb in 0..c.cout.div_ceil(CB) {
-                self.scalar(cb, col, ky0, ky1);
-            }
+            xs += len;
         }
     }
 }
 
 impl Row<'_, '_> {
+    /// Copies the input this row reads for output columns `xs..` into `packed`
+    /// (`[cin][kh][stride]`): packed column `j` of kernel row `ky` holds input column
+    /// `xs + j - pw` of row `y + ky - ph`, zero outside the input (the padding).
+    fn pack(&self, packed: &mut [f32], stride: usize, xs: usize) {
+        let c = self.conv;
+        for (r, dst) in packed.chunks_mut(stride).enumerate() {
+            let (ci, ky) = (r / c.kh, r % c.kh);
+            let iy = (self.y + ky).checked_sub(c.ph).filter(|&iy| iy < self.h);
+            let Some(iy) = iy else {
+                dst.fill(0.0);
+                continue;
+            };
+            let row = &self.input[(ci * self.h + iy) * self.w..(ci * self.h + iy + 1) * self.w];
+            // Packed column j reads input column xs + j - pw: j from `lead` reads column
+            // `first`, for `count` columns.
+            let lead = c.pw.saturating_sub(xs).min(stride);
+            let first = (xs + lead).saturating_sub(c.pw);
+            let count = (stride - lead).min(self.w.saturating_sub(first));
+            dst[..lead].fill(0.0);
+            dst[lead..lead + count].copy_from_slice(&row[first..first + count]);
+            dst[lead + count..].fill(0.0);
+        }
+    }
+
+    /// Every channel block over output columns `xs..xs + len`, from the packed input;
+    /// `KW` is the kernel width (0: read from the convolution).
+    #[inline(always)]
+    fn segment<S: Simd, const KW: usize>(
+        &mut self,
+        simd: S,
+        packed: &[f32],
+        stride: usize,
+        xs: usize,
+        len: usize,
+    ) {
+        let lanes = S::F32_LANES;
+        let block = NV * lanes;
+        for cb in 0..self.conv.cout.div_ceil(CB) {
+            let mut bx = 0;
+            while bx + block <= len {
+                self.block::<S, KW>(simd, packed, stride, cb, xs, bx);
+                bx += block;
+            }
+            while bx < len {
+                self.vector::<S>(simd, packed, stride, cb, xs, bx, (len - bx).min(lanes));
+                bx += lanes;
+            }
+        }
+    }
+
     /// The weights of channel block `cb`, input channel `ci`, kernel row `ky`:
     /// `[kw][CB]`.
     #[inline(always)]
@@ -375,68 +417,72 @@ impl Row<'_, '_> {
         &c.packed[start..start + c.kw * CB]
     }
 
-    /// Input row `iy` of channel `ci`, from column `x0` for `len` values.
+    /// `CB` channels × `NV` vectors of output columns `xs + bx ..`; `KW` as in
+    /// [`segment`](Self::segment).
     #[inline(always)]
-    fn input_row(&self, ci: usize, iy: usize, x0: usize, len: usize) -> &[f32] {
-        let start = (ci * self.h + iy) * self.w + x0;
-        &self.input[start..start + len]
-    }
-
-    /// Writes channel `co`'s value (bias included) at `col`, with the ReLU if fused.
-    #[inline(always)]
-    fn store(&mut self, co: usize, col: usize, v: f32) {
-        if co < self.conv.cout {
-            self.outs[co][col] = if self.conv.relu { v.max(0.0) } else { v };
-        }
-    }
-
-    /// `CB` channels × `NV` vectors of columns from `x0`.
-    #[inline(always)]
-    fn block<S: Simd>(&mut self, simd: S, cb: usize, x0: usize, ky0: usize, ky1: usize) {
+    fn block<S: Simd, const KW: usize>(
+        &mut self,
+        simd: S,
+        packed: &[f32],
+        stride: usize,
+        cb: usize,
+        xs: usize,
+        bx: usize,
+    ) {
         let c = self.conv;
         let lanes = S::F32_LANES;
         let mut acc = [[simd.splat_f32s(0.0); NV]; CB];
         for (k, acc) in acc.iter_mut().enumerate() {
             *acc = [simd.splat_f32s(c.bias[cb * CB + k]); NV];
         }
-        let span = NV * lanes + c.kw - 1;
+        let kw = if KW == 0 { c.kw } else { KW };
+        let span = NV * lanes + kw - 1;
         for ci in 0..c.cin {
-            for ky in ky0..ky1 {
-                let row = self.input_row(ci, self.y + ky - c.ph, x0 - c.pw, span);
+            for ky in 0..c.kh {
+                let start = (ci * c.kh + ky) * stride + bx;
+                let row = &packed[start..start + span];
                 let taps = self.taps(cb, ci, ky);
-                for kx in 0..c.kw {
+                let taps = &taps[..kw * CB];
+                for kx in 0..kw {
                     let (v, _) = S::as_simd_f32s(&row[kx..kx + NV * lanes]);
                     let t = &taps[kx * CB..kx * CB + CB];
-                    for k in 0..CB {
-                        let wv = simd.splat_f32s(t[k]);
-                        for j in 0..NV {
-                            acc[k][j] = simd.mul_add_f32s(wv, v[j], acc[k][j]);
+                    for (acc, &t) in acc.iter_mut().zip(t) {
+                        let wv = simd.splat_f32s(t);
+                        for (acc, &v) in acc.iter_mut().zip(v) {
+                            *acc = simd.mul_add_f32s(wv, v, *acc);
                         }
                     }
                 }
             }
         }
         let zero = simd.splat_f32s(0.0);
+        let x0 = xs + bx;
         for (k, acc) in acc.iter().enumerate() {
             let co = cb * CB + k;
             if co >= c.cout {
                 break;
             }
-            let out = &mut self.outs[co][x0..x0 + NV * lanes];
-            let (dst, _) = S::as_mut_simd_f32s(out);
-            for j in 0..NV {
-                dst[j] = if c.relu {
-                    simd.max_f32s(acc[j], zero)
-                } else {
-                    acc[j]
-                };
+            let (dst, _) = S::as_mut_simd_f32s(&mut self.outs[co][x0..x0 + NV * lanes]);
+            for (d, &a) in dst.iter_mut().zip(acc) {
+                *d = if c.relu { simd.max_f32s(a, zero) } else { a };
             }
         }
     }
 
-    /// `CB` channels × one vector of columns from `x0`.
+    /// `CB` channels × one vector of output columns `xs + bx ..`, of which `valid` are
+    /// stored (the row's last, partial vector).
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn vector<S: Simd>(&mut self, simd: S, cb: usize, x0: usize, ky0: usize, ky1: usize) {
+    fn vector<S: Simd>(
+        &mut self,
+        simd: S,
+        packed: &[f32],
+        stride: usize,
+        cb: usize,
+        xs: usize,
+        bx: usize,
+        valid: usize,
+    ) {
         let c = self.conv;
         let lanes = S::F32_LANES;
         let mut acc = [simd.splat_f32s(0.0); CB];
@@ -444,57 +490,32 @@ impl Row<'_, '_> {
             *acc = simd.splat_f32s(c.bias[cb * CB + k]);
         }
         for ci in 0..c.cin {
-            for ky in ky0..ky1 {
-                let row = self.input_row(ci, self.y + ky - c.ph, x0 - c.pw, lanes + c.kw - 1);
+            for ky in 0..c.kh {
+                let start = (ci * c.kh + ky) * stride + bx;
+                let row = &packed[start..start + lanes + c.kw - 1];
                 let taps = self.taps(cb, ci, ky);
                 for kx in 0..c.kw {
                     let (v, _) = S::as_simd_f32s(&row[kx..kx + lanes]);
-                    for k in 0..CB {
-                        let wv = simd.splat_f32s(taps[kx * CB + k]);
-                        acc[k] = simd.mul_add_f32s(wv, v[0], acc[k]);
+                    for (acc, &t) in acc.iter_mut().zip(&taps[kx * CB..kx * CB + CB]) {
+                        *acc = simd.mul_add_f32s(simd.splat_f32s(t), v[0], *acc);
                     }
                 }
             }
         }
         let zero = simd.splat_f32s(0.0);
+        let x0 = xs + bx;
         for (k, acc) in acc.iter().enumerate() {
             let co = cb * CB + k;
             if co >= c.cout {
                 break;
             }
-            let (dst, _) = S::as_mut_simd_f32s(&mut self.outs[co][x0..x0 + lanes]);
-            dst[0] = if c.relu {
+            let v = if c.relu {
                 simd.max_f32s(*acc, zero)
             } else {
                 *acc
             };
-        }
-    }
-
-    /// `CB` channels at one column, with the taps that fall outside the input skipped (zero
-    /// padding).
-    fn scalar(&mut self, cb: usize, col: usize, ky0: usize, ky1: usize) {
-        let c = self.conv;
-        let mut acc = [0.0f32; CB];
-        for (k, acc) in acc.iter_mut().enumerate() {
-            *acc = c.bias[cb * CB + k];
-        }
-        let kx0 = c.pw.saturating_sub(col);
-        let kx1 = c.kw.min(self.w + c.pw - col);
-        for ci in 0..c.cin {
-            for ky in ky0..ky1 {
-                let taps = self.taps(cb, ci, ky);
-                let iy = self.y + ky - c.ph;
-                for kx in kx0..kx1 {
-                    let v = self.input[(ci * self.h + iy) * self.w + col + kx - c.pw];
-                    for k in 0..CB {
-                        acc[k] += taps[kx * CB + k] * v;
-                    }
-                }
-            }
-        }
-        for (k, v) in acc.into_iter().enumerate() {
-            self.store(cb * CB + k, col, v);
+            let values: &[f32] = pulp::bytemuck::cast_slice(std::slice::from_ref(&v));
+            self.outs[co][x0..x0 + valid].copy_from_slice(&values[..valid]);
         }
     }
 }
@@ -561,7 +582,8 @@ mod tests {
         // Widths below, at and above a register block and a cache segment; channel counts
         // that are and are not a multiple of the channel block; 3×3 "same", 1×1, and
         // asymmetric kernels with and without padding.
-        let cases: &[([usize; 4], [usize; 4], [usize; 2], bool)] = &[
+        type Case = ([usize; 4], [usize; 4], [usize; 2], bool);
+        let cases: &[Case] = &[
             ([2, 3, 5, 37], [6, 3, 3, 3], [1, 1], true),
             ([1, 4, 9, 3], [5, 4, 3, 3], [1, 1], false),
             ([1, 2, 4, 1], [4, 2, 3, 3], [1, 1], true),

@@ -352,11 +352,9 @@ impl MdxNet {
                     let out = conv
                         .out_dims(dims)
                         .expect("activations at least the kernel's size");
-                    let data = x
-                        .into_data()
-                        .try_into_vec::<f32>()
-                        .expect("f32 activations");
-                    Tensor::from_data(TensorData::new(conv.run(&data, dims), out), &self.device)
+                    let data = x.into_data();
+                    let input = data.as_slice::<f32>().expect("f32 activations");
+                    Tensor::from_data(TensorData::new(conv.run(input, dims), out), &self.device)
                 }
                 Op::ConvT {
                     x,

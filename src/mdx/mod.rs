@@ -217,7 +217,7 @@ impl MdxModel {
     /// before the first job; on a GPU a job pads its last batch to that shape. The input is a
     /// low-level signal, not silence, so nothing is tuned on a degenerate all-zero case.
     pub fn warm_up(&self, opts: &DemixOptions) {
-        let b = opts.batch.max(1);
+        let b = opts.batch_for(self.net.fixed_shapes());
         let spec: Vec<f32> = (0..b * 4 * self.net.dim_f * self.net.dim_t)
             .map(|i| ((i % 97) as f32 - 48.0) * 1e-3)
             .collect();

@@ -109,7 +109,11 @@ pub fn engine(
     let opts = crate::mdx::DemixOptions {
         overlap,
         denoise: env.boolean("MDX_DENOISE", false)?,
-        batch: env.ranged("MDX_BATCH", 4usize, 1..=64)?,
+        batch: env
+            .get("MDX_BATCH")
+            .is_some()
+            .then(|| env.ranged("MDX_BATCH", 4usize, 1..=64))
+            .transpose()?,
     };
     let cache_dir = env.string("SEPARATOR_CACHE_DIR", "data/cache");
     let tuning = crate::mdx::device::Tuning {

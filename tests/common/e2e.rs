@@ -428,7 +428,7 @@ impl Seaweed {
             "admin.port.grpc",
         ];
         let free = free_ports(flags.len());
-        let ports = flags
+        let ports: Vec<String> = flags
             .iter()
             .zip(&free)
             .map(|(f, p)| format!("-{f}={p}"))

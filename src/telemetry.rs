@@ -1,5 +1,8 @@
-//! Logging set-up shared by the binaries: `RUST_LOG` filters (default `info`), and
-//! `LOG_FORMAT=json` switches to one JSON object per line.
+//! Logging set-up shared by the binaries: `RUST_LOG` filters (default `info`),
+//! `LOG_FORMAT=json` switches to one JSON object per line, and colours are used only when
+//! the output is a terminal.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -9,7 +12,9 @@ pub fn init() {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        // Colours only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::stdout().is_terminal());
     let _ = if json {
         builder.json().try_init()
     } else {
@@ -25,6 +30,7 @@ pub fn init_stderr(default: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

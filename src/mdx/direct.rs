@@ -398,11 +398,12 @@ impl Row<'_, '_> {
         for cb in 0..self.conv.cout.div_ceil(CB) {
             let mut bx = 0;
             while bx + block <= len {
-                self.block::<S, KW>(simd, packed, stride, cb, xs, bx);
+                self.block::<S, KW, NV>(simd, packed, stride, cb, xs, bx, block);
                 bx += block;
             }
             while bx < len {
-                self.vector::<S>(simd, packed, stride, cb, xs, bx, (len - bx).min(lanes));
+                let valid = (len - bx).min(lanes);
+                self.block::<S, KW, 1>(simd, packed, stride, cb, xs, bx, valid);
                 bx += lanes;
             }
         }
@@ -417,10 +418,12 @@ impl Row<'_, '_> {
         &c.packed[start..start + c.kw * CB]
     }
 
-    /// `CB` channels × `NV` vectors of output columns `xs + bx ..`; `KW` as in
-    /// [`segment`](Self::segment).
+    /// `CB` channels × `N` vectors of output columns `xs + bx ..`, of which the first
+    /// `valid` are stored (fewer than `N` vectors' worth only for a row's last, partial
+    /// vector); `KW` as in [`segment`](Self::segment).
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn block<S: Simd, const KW: usize>(
+    fn block<S: Simd, const KW: usize, const N: usize>(
         &mut self,
         simd: S,
         packed: &[f32],
@@ -428,25 +431,24 @@ impl Row<'_, '_> {
         cb: usize,
         xs: usize,
         bx: usize,
+        valid: usize,
     ) {
         let c = self.conv;
         let lanes = S::F32_LANES;
-        let mut acc = [[simd.splat_f32s(0.0); NV]; CB];
+        let mut acc = [[simd.splat_f32s(0.0); N]; CB];
         for (k, acc) in acc.iter_mut().enumerate() {
-            *acc = [simd.splat_f32s(c.bias[cb * CB + k]); NV];
+            *acc = [simd.splat_f32s(c.bias[cb * CB + k]); N];
         }
         let kw = if KW == 0 { c.kw } else { KW };
-        let span = NV * lanes + kw - 1;
+        let span = N * lanes + kw - 1;
         for ci in 0..c.cin {
             for ky in 0..c.kh {
                 let start = (ci * c.kh + ky) * stride + bx;
                 let row = &packed[start..start + span];
-                let taps = self.taps(cb, ci, ky);
-                let taps = &taps[..kw * CB];
+                let taps = &self.taps(cb, ci, ky)[..kw * CB];
                 for kx in 0..kw {
-                    let (v, _) = S::as_simd_f32s(&row[kx..kx + NV * lanes]);
-                    let t = &taps[kx * CB..kx * CB + CB];
-                    for (acc, &t) in acc.iter_mut().zip(t) {
+                    let (v, _) = S::as_simd_f32s(&row[kx..kx + N * lanes]);
+                    for (acc, &t) in acc.iter_mut().zip(&taps[kx * CB..kx * CB + CB]) {
                         let wv = simd.splat_f32s(t);
                         for (acc, &v) in acc.iter_mut().zip(v) {
                             *acc = simd.mul_add_f32s(wv, v, *acc);
@@ -462,60 +464,14 @@ impl Row<'_, '_> {
             if co >= c.cout {
                 break;
             }
-            let (dst, _) = S::as_mut_simd_f32s(&mut self.outs[co][x0..x0 + NV * lanes]);
-            for (d, &a) in dst.iter_mut().zip(acc) {
-                *d = if c.relu { simd.max_f32s(a, zero) } else { a };
-            }
-        }
-    }
-
-    /// `CB` channels × one vector of output columns `xs + bx ..`, of which `valid` are
-    /// stored (the row's last, partial vector).
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn vector<S: Simd>(
-        &mut self,
-        simd: S,
-        packed: &[f32],
-        stride: usize,
-        cb: usize,
-        xs: usize,
-        bx: usize,
-        valid: usize,
-    ) {
-        let c = self.conv;
-        let lanes = S::F32_LANES;
-        let mut acc = [simd.splat_f32s(0.0); CB];
-        for (k, acc) in acc.iter_mut().enumerate() {
-            *acc = simd.splat_f32s(c.bias[cb * CB + k]);
-        }
-        for ci in 0..c.cin {
-            for ky in 0..c.kh {
-                let start = (ci * c.kh + ky) * stride + bx;
-                let row = &packed[start..start + lanes + c.kw - 1];
-                let taps = self.taps(cb, ci, ky);
-                for kx in 0..c.kw {
-                    let (v, _) = S::as_simd_f32s(&row[kx..kx + lanes]);
-                    for (acc, &t) in acc.iter_mut().zip(&taps[kx * CB..kx * CB + CB]) {
-                        *acc = simd.mul_add_f32s(simd.splat_f32s(t), v[0], *acc);
-                    }
-                }
-            }
-        }
-        let zero = simd.splat_f32s(0.0);
-        let x0 = xs + bx;
-        for (k, acc) in acc.iter().enumerate() {
-            let co = cb * CB + k;
-            if co >= c.cout {
-                break;
-            }
-            let v = if c.relu {
-                simd.max_f32s(*acc, zero)
+            let acc = acc.map(|a| if c.relu { simd.max_f32s(a, zero) } else { a });
+            let out = &mut self.outs[co][x0..x0 + valid];
+            if valid == N * lanes {
+                S::as_mut_simd_f32s(out).0.copy_from_slice(&acc);
             } else {
-                *acc
-            };
-            let values: &[f32] = pulp::bytemuck::cast_slice(std::slice::from_ref(&v));
-            self.outs[co][x0..x0 + valid].copy_from_slice(&values[..valid]);
+                let values: &[f32] = pulp::bytemuck::cast_slice(&acc);
+                out.copy_from_slice(&values[..valid]);
+            }
         }
     }
 }

@@ -13,62 +13,54 @@ use super::plan::{Plan, PlanOp};
 /// the activations fewer per fold, and the same function up to float rounding.
 /// (UVR's exported graphs keep a batch norm after every ConvTranspose.)
 pub(super) fn fold_affines(plan: &mut Plan<'_>) {
-    let mut producer: HashMap<usize, usize> = HashMap::new();
-    for (i, s) in plan.steps.iter().enumerate() {
-        producer.insert(s.out, i);
-    }
-    let mut removed = vec![false; plan.steps.len()];
-    // By index: step `i` is read while another step, `j`, is rewritten.
-    #[allow(clippy::needless_range_loop)]
-    for i in 0..plan.steps.len() {
-        let PlanOp::Affine { x, scale, shift } = &plan.steps[i].op else {
-            continue;
-        };
-        let (x, scale, shift) = (*x, scale.clone(), shift.clone());
-        if plan.uses[x] != 1 || x == plan.output {
-            continue;
-        }
-        let Some(&j) = producer.get(&x) else {
-            continue;
-        };
-        if !fold_into(&mut plan.steps[j].op, &scale, &shift) {
-            continue;
-        }
-        // The convolution now writes the affine map's result; its old slot is unused.
-        plan.steps[j].out = plan.steps[i].out;
-        plan.uses[x] = 0;
-        removed[i] = true;
-    }
-    let mut k = 0;
-    plan.steps.retain(|_| {
-        k += 1;
-        !removed[k - 1]
+    merge_into_producers(plan, |consumer, producer| match consumer {
+        PlanOp::Affine { scale, shift, .. } => fold_into(producer, scale, shift),
+        _ => false,
     });
 }
 
 /// Fuses every ReLU that alone reads a (transposed) convolution's output into it (run after
 /// [`fold_affines`], so `Conv → BatchNorm → Relu` becomes one operation).
 pub(super) fn fuse_relus(plan: &mut Plan<'_>) {
+    merge_into_producers(plan, |consumer, producer| match (consumer, producer) {
+        (PlanOp::Relu { .. }, PlanOp::Conv { relu, .. } | PlanOp::ConvT { relu, .. }) => {
+            *relu = true;
+            true
+        }
+        _ => false,
+    });
+}
+
+/// Removes every one-input step whose input is read by it alone (and is not the graph
+/// output) when `merge` folds it into the step that produced that input; the producer then
+/// writes the removed step's slot.
+fn merge_into_producers<'g>(
+    plan: &mut Plan<'g>,
+    mut merge: impl FnMut(&PlanOp<'g>, &mut PlanOp<'g>) -> bool,
+) {
     let mut producer: HashMap<usize, usize> = HashMap::new();
     for (i, s) in plan.steps.iter().enumerate() {
         producer.insert(s.out, i);
     }
     let mut removed = vec![false; plan.steps.len()];
+    // By index: step `i` is read while an earlier step, `j`, is rewritten.
     #[allow(clippy::needless_range_loop)]
     for i in 0..plan.steps.len() {
-        let PlanOp::Relu { x } = plan.steps[i].op else {
+        let &[x] = plan.steps[i].op.inputs().as_slice() else {
             continue;
         };
         if plan.uses[x] != 1 || x == plan.output {
             continue;
         }
-        let Some(&j) = producer.get(&x) else {
+        // Producers come before their readers (the plan is in execution order).
+        let Some(&j) = producer.get(&x).filter(|&&j| j < i) else {
             continue;
         };
-        let (PlanOp::Conv { relu, .. } | PlanOp::ConvT { relu, .. }) = &mut plan.steps[j].op else {
+        let (before, from_i) = plan.steps.split_at_mut(i);
+        if !merge(&from_i[0].op, &mut before[j].op) {
             continue;
-        };
-        *relu = true;
+        }
+        // The producer now writes the merged step's result; its old slot is unused.
         plan.steps[j].out = plan.steps[i].out;
         plan.uses[x] = 0;
         removed[i] = true;

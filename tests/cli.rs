@@ -316,7 +316,10 @@ fn healthcheck_follows_readyz() {
             let mut buf = [0u8; 512];
             let n = s.read(&mut buf).unwrap();
             assert!(String::from_utf8_lossy(&buf[..n]).starts_with(&format!("GET {asked} ")));
-            write!(s, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").unwrap();
+            // One write: `write!` would send the pieces separately, and the client may hang
+            // up as soon as it has the status line (12 bytes), resetting the later pieces.
+            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            let _ = s.write_all(answer.as_bytes());
         });
         let port = port.to_string();
         let mut args = vec!["healthcheck", "--port", &port];

@@ -1073,16 +1073,28 @@ async fn exit_within(svc: &mut Service, timeout: Duration) -> Option<std::proces
     }
 }
 
-#[actix_rt::test]
-async fn sigterm_lets_the_uploader_finish_the_webhook_in_hand_then_exit_0() {
-    let _one = SERIAL.lock().await;
+/// One task whose first webhook is open at the receiver (handled per `plan`): the
+/// deployment (API and processor in one process, `extra` settings), the receiver, an
+/// uploader named `uploader`, the API client and the task id.
+async fn webhook_in_hand(
+    plan: HookAction,
+    extra: &[(&str, &str)],
+    uploader: &str,
+) -> (
+    Peer,
+    HookReceiver,
+    Deployment,
+    Service,
+    Service,
+    Api,
+    String,
+) {
     let peer = Peer::start();
     let hooks = HookReceiver::start();
-    // The receiver takes the delivery and answers 200 two seconds later.
-    hooks.set_plan(vec![HookAction::Slow(Duration::from_secs(2), 200)]);
-    let dep = Deployment::new(&[("WEBHOOK_TIMEOUT_SECONDS", "30")]);
-    let _api = dep.spawn("api,processor", "api");
-    let mut uploader = dep.spawn("uploader", "uploader");
+    hooks.set_plan(vec![plan]);
+    let dep = Deployment::new(extra);
+    let api_svc = dep.spawn("api,processor", "api");
+    let up = dep.spawn("uploader", uploader);
     let api = Api::new(&dep.base());
     let id = api
         .submit(&peer.put("t.wav", test_wav(1.0, 44_100)), &hooks.url())
@@ -1092,6 +1104,19 @@ async fn sigterm_lets_the_uploader_finish_the_webhook_in_hand_then_exit_0() {
     })
     .await;
     assert!(open, "the webhook never arrived");
+    (peer, hooks, dep, api_svc, up, api, id)
+}
+
+#[actix_rt::test]
+async fn sigterm_lets_the_uploader_finish_the_webhook_in_hand_then_exit_0() {
+    let _one = SERIAL.lock().await;
+    // The receiver takes the delivery and answers 200 two seconds later.
+    let (_peer, hooks, _dep, _api, mut uploader, api, id) = webhook_in_hand(
+        HookAction::Slow(Duration::from_secs(2), 200),
+        &[("WEBHOOK_TIMEOUT_SECONDS", "30")],
+        "uploader",
+    )
+    .await;
     let signalled = Instant::now();
     sigterm(&uploader);
     // It does not stop while the request is open...
@@ -1119,22 +1144,13 @@ async fn sigterm_lets_the_uploader_finish_the_webhook_in_hand_then_exit_0() {
 #[actix_rt::test]
 async fn a_second_sigterm_stops_at_once_and_the_lease_brings_the_task_back() {
     let _one = SERIAL.lock().await;
-    let peer = Peer::start();
-    let hooks = HookReceiver::start();
     // The first delivery stalls (no answer for ten minutes); later ones get 200.
-    hooks.set_plan(vec![HookAction::Slow(Duration::from_secs(600), 200)]);
-    let dep = Deployment::new(&[("LEASE_SECONDS", "1.5"), ("WEBHOOK_TIMEOUT_SECONDS", "120")]);
-    let _api = dep.spawn("api,processor", "api");
-    let mut first = dep.spawn("uploader", "uploader-1");
-    let api = Api::new(&dep.base());
-    let id = api
-        .submit(&peer.put("t.wav", test_wav(1.0, 44_100)), &hooks.url())
-        .await;
-    let open = eventually(Duration::from_secs(60), || async {
-        !hooks.hits().is_empty()
-    })
+    let (_peer, hooks, dep, _api, mut first, api, id) = webhook_in_hand(
+        HookAction::Slow(Duration::from_secs(600), 200),
+        &[("LEASE_SECONDS", "1.5"), ("WEBHOOK_TIMEOUT_SECONDS", "120")],
+        "uploader-1",
+    )
     .await;
-    assert!(open, "the webhook never arrived");
     sigterm(&first);
     assert!(
         exit_within(&mut first, Duration::from_millis(800))

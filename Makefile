@@ -10,6 +10,12 @@ test: deps
 	CUBECL_AUTOTUNE_LEVEL=minimal $(CARGO) test --locked --all-targets
 	# Without the neural engine (no Burn): the library's own tests.
 	$(CARGO) test --locked --no-default-features --lib
+	# A reduced load run: MAX_QUEUE_DEPTH and the rate limit under concurrent clients, and
+	# flat memory under sustained submissions (`make load` runs the full size).
+	CUBECL_AUTOTUNE_LEVEL=minimal LOAD_SECONDS=30 LOAD_RATE=4 LOAD_SAMPLE_SECONDS=2 \
+		LOAD_RETENTION_SECONDS=5 OVERLOAD_SECONDS=6 OVERLOAD_CLIENTS=32 \
+		$(CARGO) test --locked --test load -- --ignored --test-threads=1 \
+		sustained_load overload_queue_full overload_rate_limited
 	# The Docker deployment against the Compose Specification and its rules (no engine needed).
 	python3 scripts/check_compose.py --self-test
 

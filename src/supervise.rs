@@ -156,4 +156,73 @@ mod tests {
         assert_eq!(t.on_start(), Verdict::GiveUp);
         assert_eq!(t.starts, 5);
     }
+
+    /// The child half of [`a_spent_budget_exits_the_process_with_70`]: an actor under actix's
+    /// `Supervisor` that stops as soon as it has started (as a worker does after a panicked
+    /// task), its starts counted against the policy of the actor it stands for.
+    struct Crashing {
+        tracker: RestartTracker,
+    }
+
+    impl actix::Actor for Crashing {
+        type Context = actix::Context<Self>;
+
+        fn started(&mut self, ctx: &mut Self::Context) {
+            println!("crashing actor started");
+            if let Verdict::ResumeAfter(_) = self.tracker.on_start() {
+                actix::ActorContext::stop(ctx);
+            }
+        }
+    }
+
+    impl actix::Supervised for Crashing {}
+
+    const CHILD: &str = "UVR_SUPERVISE_TEST_CHILD";
+    const NAME: &str = "supervise::tests::a_spent_budget_exits_the_process_with_70";
+
+    /// Each actor's supervised restarts past its budget end the process with status 70 (the
+    /// orchestrator then restarts it whole): the first start, `budget` restarts, and the one
+    /// that spends the budget. Run in a child process (this test binary again).
+    #[test]
+    fn a_spent_budget_exits_the_process_with_70() {
+        if let Ok(actor) = std::env::var(CHILD) {
+            let actor: &'static str = Box::leak(actor.into_boxed_str());
+            let system = actix::System::new();
+            // The address is kept, as the service keeps its actors' (actix restarts only an
+            // actor someone can still reach).
+            let _addr = system.block_on(async move {
+                actix::Supervisor::start(move |_| Crashing {
+                    tracker: RestartTracker::new(actor, policy(actor)),
+                })
+            });
+            system.run().unwrap();
+            unreachable!("a spent budget exits the process");
+        }
+        for actor in ["scheduler", "intake", "separator", "uploader"] {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD, actor)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("{actor}: still running after 60 s of restarts");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+            assert_eq!(status.code(), Some(70), "{actor}: {status:?}");
+            // (Counted in the whole output: libtest's "test ... " shares the first line.)
+            let starts = out.matches("crashing actor started").count();
+            assert_eq!(starts as u32, policy(actor).budget + 2, "{actor}");
+        }
+    }
 }

@@ -667,10 +667,16 @@ async fn shutdown_turns_readiness_off_before_it_stops_accepting() {
     );
     let shutdown = app.shutdown.clone();
     let stopping = actix_rt::spawn(async move { shutdown.graceful().await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let resp = app.client.get(&readyz).send().await.unwrap();
-    assert_eq!(resp.status(), 503, "not ready while draining");
-    let body: Value = resp.json().await.unwrap();
+    // Polled until the drain shows (the first answers may still come from before it).
+    let mut draining = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while draining.is_none() && std::time::Instant::now() < deadline {
+        let resp = app.client.get(&readyz).send().await.unwrap();
+        if resp.status() == 503 {
+            draining = Some(resp.json::<Value>().await.unwrap());
+        }
+    }
+    let body = draining.expect("not ready while draining");
     assert_eq!(body["accepting"], false);
     stopping.await.unwrap();
     assert!(
@@ -1237,4 +1243,158 @@ async fn a_dead_letter_is_requeued_from_scratch() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401);
+}
+
+/// Client keys (README "Client keys"): a client's key submits under the client's name and
+/// sees only its own tasks (another client's task is `404 task_not_found`, as if it did not
+/// exist, for reading, cancelling and stem links); the administrator sees every task; the
+/// administrator's routes and health details are not a key's; a key deleted from the file
+/// stops working without a restart, and the other keys go on.
+#[actix_rt::test]
+async fn client_keys_see_only_their_tasks_and_are_revoked_by_editing_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    let (alpha, alpha_line) = uvr::api::keys::generate("alpha");
+    let (beta, beta_line) = uvr::api::keys::generate("beta");
+    std::fs::write(&file, format!("{alpha_line}\n{beta_line}\n")).unwrap();
+    let app = spawn_app(&[("API_KEYS_FILE", file.to_str().unwrap())]);
+    let send = |method: reqwest::Method, path: &str, key: &str| {
+        app.client
+            .request(method, format!("{}{path}", app.base))
+            .bearer_auth(key)
+    };
+    let submit = |key: &str| {
+        send(reqwest::Method::POST, "/generate", key)
+            .json(&seed_body(3))
+            .send()
+    };
+    let mut ids = Vec::new();
+    for key in [&alpha, &beta] {
+        let resp = submit(key).await.unwrap();
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.unwrap();
+        ids.push(body["task_id"].as_str().unwrap().to_string());
+    }
+    let (a, b) = (&ids[0], &ids[1]);
+    let status = |method: reqwest::Method, path: String, key: String| {
+        let req = send(method, &path, &key);
+        async move { req.send().await.unwrap() }
+    };
+    // Each client sees its own task, and not the other's.
+    let own = status(reqwest::Method::GET, format!("/tasks/{a}"), alpha.clone()).await;
+    assert_eq!(own.status(), 200);
+    let own: Value = own.json().await.unwrap();
+    assert_eq!(own["task_id"], a.as_str());
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/tasks/{b}")),
+        (reqwest::Method::DELETE, format!("/tasks/{b}")),
+        (reqwest::Method::GET, format!("/tasks/{b}/stems/vocals")),
+    ] {
+        let resp = status(method.clone(), path.clone(), alpha.clone()).await;
+        let (code, error, _) = error_of(resp).await;
+        assert_eq!(
+            (code, error.as_str()),
+            (404, "task_not_found"),
+            "{method} {path}"
+        );
+    }
+    let (rec, _) = app
+        .scheduler
+        .ask(uvr::actors::scheduler::GetTask(b.parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(
+        rec.status,
+        uvr::task::Status::Queued,
+        "not cancelled by alpha"
+    );
+    assert_eq!(rec.request.owner.as_deref(), Some("beta"));
+    // HTTP Basic with the client's name and key works too; another name with it does not.
+    let basic = app
+        .client
+        .get(format!("{}/tasks/{b}", app.base))
+        .basic_auth("beta", Some(&beta))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 200);
+    let wrong = app
+        .client
+        .get(format!("{}/tasks/{b}", app.base))
+        .basic_auth("alpha", Some(&beta))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    // The administrator sees both.
+    for id in [a, b] {
+        assert_eq!(app.get(&format!("/tasks/{id}")).await.status(), 200);
+    }
+    // The administrator's routes are not a key's; /health shows a key the public view.
+    let requeue = status(
+        reqwest::Method::POST,
+        format!("/admin/dead/{a}/requeue"),
+        alpha.clone(),
+    )
+    .await;
+    let (code, error, _) = error_of(requeue).await;
+    assert_eq!((code, error.as_str()), (403, "forbidden"));
+    let health: Value = status(reqwest::Method::GET, "/health".into(), alpha.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(health.get("workers").is_none(), "{health}");
+    let admin_health: Value = app.get("/health").await.json().await.unwrap();
+    assert!(admin_health.get("workers").is_some(), "{admin_health}");
+    // Revoke beta by deleting its line: refused within seconds, alpha goes on.
+    std::fs::write(&file, format!("{alpha_line}\n")).unwrap();
+    let revoked = common::eventually(Duration::from_secs(5), || {
+        let req = send(reqwest::Method::GET, &format!("/tasks/{b}"), &beta);
+        async move { req.send().await.unwrap().status() == 401 }
+    })
+    .await;
+    assert!(revoked, "beta's key still works after its line was deleted");
+    let after = status(reqwest::Method::GET, format!("/tasks/{a}"), alpha.clone()).await;
+    assert_eq!(after.status(), 200);
+    let wrong_key = status(
+        reqwest::Method::GET,
+        format!("/tasks/{a}"),
+        format!("{alpha}x"),
+    )
+    .await;
+    assert_eq!(wrong_key.status(), 401);
+}
+
+/// A keys file that does not parse, or names the administrator as a client, stops the
+/// start-up with the variable and the line.
+#[actix_rt::test]
+async fn a_bad_keys_file_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    let (_, line) = uvr::api::keys::generate("admin");
+    for (text, why) in [
+        (
+            "alpha not-a-digest\n".to_string(),
+            "line 1: the digest must start with sha256:",
+        ),
+        (format!("{line}\n"), "administrator"),
+    ] {
+        std::fs::write(&file, &text).unwrap();
+        let env = uvr::config::Env::from_pairs([
+            ("API_PASSWORD", PASSWORD),
+            ("API_USERNAME", USER),
+            ("API_KEYS_FILE", file.to_str().unwrap()),
+            ("STORAGE_URL", "file:///tmp/uvr-test-unused-storage"),
+            ("LINK_SIGNING_KEY", "test-link-signing-key-0123456789abcdef"),
+        ]);
+        let catalog = std::sync::Arc::new(
+            uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
+        );
+        let err =
+            uvr::api::ApiConfig::from_env(&env, uvr::task::Priority::new(3).unwrap(), catalog)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("API_KEYS_FILE") && err.contains(why), "{err}");
+    }
 }

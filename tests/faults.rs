@@ -35,7 +35,7 @@ use common::e2e::{
     Deployment, HookAction, HookHit, HookReceiver, PASSWORD, Peer, Proxy, S3_KEY, S3_SECRET,
     Seaweed, Service, WEBHOOK_SECRET, test_wav, verify_signature,
 };
-use common::{RedisServer, eventually, free_port};
+use common::{RedisServer, eventually};
 use serde_json::{Value, json};
 
 /// One scenario at a time (see the module documentation).
@@ -622,20 +622,15 @@ async fn redis_killed_during_submissions(fsync: &'static str) {
     let scenario = format!("redis SIGKILL+restart, appendfsync {fsync}");
     let peer = Peer::start();
     let hooks = HookReceiver::start();
-    let mut dep = Deployment {
-        redis: RedisServer::start_with(Some(fsync)),
-        dir: tempfile::tempdir().unwrap(),
-        api_port: free_port(),
-        extra: [
+    let mut dep = Deployment::on(
+        RedisServer::start_with(Some(fsync)),
+        &[
             ("LEASE_SECONDS", "2"),
             ("REDIS_TIMEOUT", "1"),
             ("PROCESSOR_CONCURRENCY", "2"),
             ("WEBHOOK_RETRY_MAX_SECONDS", "1"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-    };
+        ],
+    );
     let _api = dep.spawn("api", "api");
     let _workers = dep.spawn("processor,uploader", "workers");
     let api = Api::new(&dep.base());

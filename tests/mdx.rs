@@ -46,10 +46,16 @@ fn check_device(choice: DeviceChoice, models: &[&str]) {
     let (clip, clip_shape) = load(&reference["clip"]);
     let n = clip_shape[1];
     let frames = planar_to_frames(&clip, n);
-    for (name, entry) in reference["models"].as_object().unwrap() {
-        if !models.contains(&name.as_str()) {
-            continue;
-        }
+    let fixtures = reference["models"].as_object().unwrap();
+    for name in models {
+        let entry = fixtures
+            .get(*name)
+            .unwrap_or_else(|| panic!("no reference fixtures for the model {name}"));
+        assert!(
+            !entry["forward"].as_array().unwrap().is_empty()
+                && !entry["demix"].as_array().unwrap().is_empty(),
+            "{name}: the fixtures hold forward passes and demixes"
+        );
         let model = Arc::new(MdxModel::load(&dir().join(format!("{name}.onnx")), &device).unwrap());
         // 1. Forward passes: max abs error < 1e-4.
         for fe in entry["forward"].as_array().unwrap() {

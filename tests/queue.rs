@@ -115,21 +115,48 @@ async fn score_is_the_seeds_formula_and_unique_within_a_millisecond() {
     assert_eq!(first.trim(), p5.id.as_str(), "priority 5 jumps the queue");
 }
 
+/// Runs reaper passes until one requeues a task; returns when. Fails after `timeout`.
+async fn requeued_within(s: &SchedulerHandle, timeout: Duration) -> Instant {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let requeued = s.ask(Maintain).await.unwrap().requeued;
+        if requeued > 0 {
+            assert_eq!(requeued, 1);
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lease ran out within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[actix_rt::test]
 async fn a_worker_that_dies_is_redelivered_after_its_lease_and_its_token_goes_stale() {
     let redis = RedisServer::start();
-    let s = scheduler(&redis.config(&[
-        ("LEASE_SECONDS", "0.3"),
-        ("REAPER_INTERVAL_SECONDS", "3600"),
-    ]));
+    let lease = Duration::from_secs(2);
+    let s =
+        scheduler(&redis.config(&[("LEASE_SECONDS", "2"), ("REAPER_INTERVAL_SECONDS", "3600")]));
     let id = enqueue(&s, 3).await;
+    let claimed_at = Instant::now();
     let dead = claim(&s, Stage::Separate, "dies").await.unwrap();
     assert_eq!(dead.record.attempts, 1);
     assert!(claim(&s, Stage::Separate, "other").await.is_none());
-    // Before the lease runs out the reaper leaves it alone.
+    // Before the lease runs out the reaper leaves it alone (checked well inside the lease).
     assert_eq!(s.ask(Maintain).await.unwrap().requeued, 0);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(s.ask(Maintain).await.unwrap().requeued, 1);
+    assert!(
+        claimed_at.elapsed() < lease / 2,
+        "the check ran inside the lease"
+    );
+    // Once it has run out, the reaper takes the task back: not before the lease, and
+    // within a few passes after it.
+    let requeued_at = requeued_within(&s, lease + Duration::from_secs(10)).await;
+    assert!(
+        requeued_at.duration_since(claimed_at) >= lease,
+        "requeued after {:?}, inside the {lease:?} lease",
+        requeued_at.duration_since(claimed_at)
+    );
     let (rec, pos) = s.ask(GetTask(id.clone())).await.unwrap();
     assert_eq!(rec.status, Status::Queued);
     assert_eq!(rec.error_code.as_deref(), Some("lease_expired"));
@@ -168,14 +195,16 @@ async fn a_worker_that_dies_is_redelivered_after_its_lease_and_its_token_goes_st
 #[actix_rt::test]
 async fn heartbeats_keep_the_lease_and_record_progress() {
     let redis = RedisServer::start();
-    let s = scheduler(&redis.config(&[
-        ("LEASE_SECONDS", "0.3"),
-        ("REAPER_INTERVAL_SECONDS", "3600"),
-    ]));
+    let lease = Duration::from_secs(1);
+    let s =
+        scheduler(&redis.config(&[("LEASE_SECONDS", "1"), ("REAPER_INTERVAL_SECONDS", "3600")]));
     let id = enqueue(&s, 3).await;
+    let claimed_at = Instant::now();
     let c = claim(&s, Stage::Separate, "w").await.unwrap();
-    for p in [10, 40, 70] {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    // Heartbeats every 400 ms keep the task past its lease. Each reaper pass runs right
+    // after a heartbeat, so it sees a renewed lease however late the timer fires.
+    for p in [10, 30, 50, 70] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let st = s
             .ask(Heartbeat {
                 claimed: c.clone(),
@@ -186,19 +215,25 @@ async fn heartbeats_keep_the_lease_and_record_progress() {
         assert_eq!(st, LeaseState::Held);
         assert_eq!(s.ask(Maintain).await.unwrap().requeued, 0);
     }
+    assert!(claimed_at.elapsed() > lease, "held past the first lease");
     let (rec, _) = s.ask(GetTask(id)).await.unwrap();
     assert_eq!(rec.progress, 70);
     assert_eq!(rec.status, Status::Processing);
     assert_eq!(rec.worker.as_deref(), Some("w"));
+    // Without heartbeats the lease runs out: what kept it was the heartbeats.
+    let last = Instant::now();
+    let requeued_at = requeued_within(&s, lease + Duration::from_secs(10)).await;
+    assert!(requeued_at.duration_since(last) >= lease / 2);
 }
 
 #[actix_rt::test]
 async fn failures_retry_with_backoff_then_dead_letter() {
     let redis = RedisServer::start();
+    let base = Duration::from_secs(1);
     let s = scheduler(&redis.config(&[
         ("MAX_ATTEMPTS", "3"),
-        ("RETRY_BASE_SECONDS", "0.2"),
-        ("RETRY_MAX_SECONDS", "0.4"),
+        ("RETRY_BASE_SECONDS", "1"),
+        ("RETRY_MAX_SECONDS", "2"),
         ("REAPER_INTERVAL_SECONDS", "3600"),
     ]));
     let id = enqueue(&s, 4).await;
@@ -211,6 +246,7 @@ async fn failures_retry_with_backoff_then_dead_letter() {
     for attempt in 1..=3u32 {
         let c = claim(&s, Stage::Separate, "w").await.unwrap();
         assert_eq!(c.record.attempts, attempt);
+        let failed_at = Instant::now();
         let out = s
             .ask(Fail {
                 claimed: c,
@@ -222,11 +258,24 @@ async fn failures_retry_with_backoff_then_dead_letter() {
             assert_eq!(out, Outcome::Retrying);
             let stats = s.ask(Stats).await.unwrap();
             assert_eq!((stats.separate.delayed, stats.separate.waiting), (1, 0));
-            // Not yet due: backoff is at least half of base * 2^(attempt-1).
+            // The backoff is between half and all of base * 2^(attempt-1), capped at the
+            // maximum: not due at once, due within the cap.
+            let least = base * (1 << (attempt - 1)) / 2;
             assert_eq!(s.ask(Maintain).await.unwrap().promoted, 0);
             assert!(claim(&s, Stage::Separate, "w").await.is_none());
-            tokio::time::sleep(Duration::from_millis(450)).await;
-            assert_eq!(s.ask(Maintain).await.unwrap().promoted, 1);
+            assert!(
+                failed_at.elapsed() < least,
+                "the checks ran inside the backoff"
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if s.ask(Maintain).await.unwrap().promoted == 1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "never promoted");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(failed_at.elapsed() >= least, "promoted before its backoff");
         } else {
             assert_eq!(out, Outcome::DeadLettered);
         }

@@ -350,3 +350,90 @@ async fn failovers_during_a_stream_of_tasks_lose_none() {
     );
     assert!(all_done && missing.is_empty(), "lost: {missing:#?}");
 }
+
+/// The value of the counter `name` in the Prometheus text `text` (0 when absent).
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A demoted master that keeps its clients answers writes with `READONLY`. The queue's pool
+/// replays the command on a fresh connection to the master the sentinel names now: the
+/// write lands there, once, and the replay is counted. The demotion is done by hand (the
+/// sentinel is re-pointed at the new master at once) so that the pooled connection is
+/// certain to reach the old master after it became a replica.
+#[actix_rt::test]
+async fn a_write_answered_readonly_is_replayed_on_the_new_master() {
+    let metrics = uvr::metrics::install();
+    let dir = tempfile::tempdir().unwrap();
+    let old = Node::data(dir.path(), None);
+    let nodes = vec![Node::data(dir.path(), Some(old.port))];
+    let new = &nodes[0];
+    let sentinel = Node::sentinel(dir.path(), old.port);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            all_follow(&sentinel, &nodes, old.port)
+        })
+        .await,
+        "the replica syncs and the sentinel discovers it"
+    );
+    let cfg = Config::from(&Env::from_pairs([
+        ("REDIS_SENTINELS", format!("127.0.0.1:{}", sentinel.port)),
+        ("REDIS_SENTINEL_MASTER", "mymaster".into()),
+        ("REDIS_TIMEOUT", "2".into()),
+    ]))
+    .unwrap();
+    let s = SchedulerHandle::start(Queue::connect(&cfg).unwrap());
+    let task = |key: &str| NewTask {
+        request: request(),
+        idempotency_key: Some(key.into()),
+        max_depth: 0,
+    };
+    let first = s.ask(Enqueue(task("before"))).await.unwrap().id;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            new.cli(&["ZCARD", "uvr_tasks"])
+                .is_some_and(|n| n.trim() == "1")
+        })
+        .await,
+        "the first task reached the replica"
+    );
+    let replays_before = counter(&metrics.render(), "uvr_redis_readonly_replays_total");
+
+    // The replica takes over; the old master follows it, keeping its client connections.
+    assert_eq!(new.cli(&["REPLICAOF", "NO", "ONE"]).unwrap().trim(), "OK");
+    let port = new.port.to_string();
+    assert_eq!(
+        old.cli(&["REPLICAOF", "127.0.0.1", &port]).unwrap().trim(),
+        "OK"
+    );
+    assert!(
+        old.cli(&["SET", "probe", "1"])
+            .is_some_and(|o| o.contains("READONLY")),
+        "the old master refuses writes now"
+    );
+    sentinel.cli(&["SENTINEL", "REMOVE", "mymaster"]).unwrap();
+    sentinel
+        .cli(&["SENTINEL", "MONITOR", "mymaster", "127.0.0.1", &port, "1"])
+        .unwrap();
+    assert_eq!(master_port(&sentinel), Some(new.port));
+
+    // The next write goes out on the pooled connection to the old master.
+    let second = s.ask(Enqueue(task("after"))).await.unwrap().id;
+    let replays = counter(&metrics.render(), "uvr_redis_readonly_replays_total") - replays_before;
+    assert!(
+        replays >= 1.0,
+        "the READONLY answer was replayed ({replays})"
+    );
+    let record = format!("uvr_tasks:task:{second}");
+    assert_eq!(new.cli(&["EXISTS", &record]).unwrap().trim(), "1");
+    assert_eq!(
+        new.cli(&["ZCARD", "uvr_tasks"]).unwrap().trim(),
+        "2",
+        "both tasks wait on the new master, the replayed one once"
+    );
+    assert_ne!(first, second);
+    let (rec, _) = s.ask(GetTask(second)).await.unwrap();
+    assert_eq!(rec.status, Status::Queued);
+}

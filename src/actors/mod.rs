@@ -5,7 +5,8 @@
 //!   backpressure, then hands tasks to the Scheduler.
 //! - [`separator`]: claims separation tasks, separates them on dedicated threads.
 //! - [`uploader`]: claims separated tasks, stores stems, signs links, calls webhooks.
-//! - [`worker`]: the claim loop and lease keeping the two workers share.
+//! - [`worker`]: the worker actor both are (a [`worker::Job`] each): claim loops, lease
+//!   keeping, restart budget, draining, outcome reporting.
 //! - [`messages`]: messages shared by more than one actor (`Drain`, `Restart`).
 
 pub mod intake;

@@ -12,87 +12,51 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use actix::prelude::*;
-
 use crate::actors::scheduler::{Ack, Fail, SchedulerHandle};
-use crate::actors::worker::{self, Ended, LoopControl, LoopSpec};
+use crate::actors::worker::{self, Ended, Job, WorkerActor};
 use crate::pipeline::process::{self, Progress};
 use crate::pipeline::{JobError, ProcessorConfig};
 use crate::queue::{Claimed, Failure, Outcome, QueueError};
-use crate::supervise::{self, RestartTracker, Verdict};
 use crate::task::Stage;
 
 pub use crate::actors::messages::{Drain, Restart};
 
 /// The Separator actor.
-pub struct SeparatorActor {
-    scheduler: SchedulerHandle,
-    cfg: Arc<ProcessorConfig>,
-    client: reqwest::Client,
-    worker: String,
-    tracker: RestartTracker,
-    ctl: LoopControl,
-}
+pub type SeparatorActor = WorkerActor<Separation>;
 
 impl SeparatorActor {
     /// A separator claiming for `worker` (an id unique to this process).
     pub fn new(scheduler: SchedulerHandle, cfg: ProcessorConfig, worker: String) -> Self {
         let client = crate::audio::fetch::client(&cfg.fetch, None);
-        Self {
+        let job = Separation {
             scheduler,
             cfg: Arc::new(cfg),
             client,
-            worker,
-            tracker: RestartTracker::new("separator", supervise::policy("separator")),
-            ctl: LoopControl::default(),
-        }
-    }
-
-    /// Starts it under a supervisor.
-    pub fn start_supervised(self) -> Addr<Self> {
-        actix::Supervisor::start(move |_| self)
+        };
+        Self::with_job(job, worker)
     }
 }
 
-impl Actor for SeparatorActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let delay = match self.tracker.on_start() {
-            Verdict::ResumeAfter(d) => d,
-            Verdict::GiveUp => return,
-        };
-        let env = Env {
-            scheduler: self.scheduler.clone(),
-            cfg: self.cfg.clone(),
-            client: self.client.clone(),
-        };
-        let spec = LoopSpec {
-            scheduler: self.scheduler.clone(),
-            ctl: self.ctl.clone(),
-            stage: Stage::Separate,
-            worker: self.worker.clone(),
-            concurrency: self.cfg.concurrency,
-            delay,
-            info: env.describe(),
-        };
-        worker::spawn_loops(ctx, spec, move |c| {
-            let env = env.clone();
-            async move { env.task(c).await }
-        });
-    }
-}
-
-crate::worker_actor_common!(SeparatorActor);
-
+/// The Separator's job: download, separate, write the stems, report.
 #[derive(Clone)]
-struct Env {
+pub struct Separation {
     scheduler: SchedulerHandle,
     cfg: Arc<ProcessorConfig>,
     client: reqwest::Client,
 }
 
-impl Env {
+impl Job for Separation {
+    const ACTOR: &'static str = "separator";
+    const STAGE: Stage = Stage::Separate;
+
+    fn scheduler(&self) -> &SchedulerHandle {
+        &self.scheduler
+    }
+
+    fn concurrency(&self) -> usize {
+        self.cfg.concurrency
+    }
+
     fn describe(&self) -> serde_json::Value {
         let device = self
             .cfg
@@ -108,6 +72,12 @@ impl Env {
         })
     }
 
+    async fn run(&self, claimed: Claimed) -> Ended {
+        self.task(claimed).await
+    }
+}
+
+impl Separation {
     async fn task(&self, claimed: Claimed) -> Ended {
         let id = claimed.id().clone();
         let started = Instant::now();
@@ -152,19 +122,14 @@ impl Env {
             Ok(Some(mut result)) => {
                 result["timings"]["processing_seconds"] =
                     serde_json::json!((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
-                let r = self
-                    .scheduler
-                    .ask(Ack {
-                        claimed: claimed.clone(),
-                        result: Some(result),
-                        failed: false,
-                    })
-                    .await;
-                if let Ok(o) = &r {
-                    crate::metrics::outcome("separate", *o);
-                    if *o == Outcome::Cancelled {
-                        let _ = tokio::fs::remove_dir_all(&attempt_dir).await;
-                    }
+                let ack = Ack {
+                    claimed: claimed.clone(),
+                    result: Some(result),
+                    failed: false,
+                };
+                let r = worker::report(&self.scheduler, "separate", ack).await;
+                if matches!(r, Ok(Outcome::Cancelled)) {
+                    let _ = tokio::fs::remove_dir_all(&attempt_dir).await;
                 }
                 r.map(|_| ())
             }
@@ -190,19 +155,17 @@ impl Env {
         let dir =
             process::task_dir(&self.cfg.staging_dir, claimed.id()).join(claimed.token.to_string());
         let _ = tokio::fs::remove_dir_all(&dir).await;
-        let o = self
-            .scheduler
-            .ask(Fail {
-                claimed: claimed.clone(),
-                failure: Failure {
-                    code: e.code.to_string(),
-                    message: e.message,
-                    retryable: e.retryable,
-                    delay: e.retry_after,
-                },
-            })
-            .await?;
-        crate::metrics::outcome("separate", o);
-        Ok(())
+        let fail = Fail {
+            claimed: claimed.clone(),
+            failure: Failure {
+                code: e.code.to_string(),
+                message: e.message,
+                retryable: e.retryable,
+                delay: e.retry_after,
+            },
+        };
+        worker::report(&self.scheduler, "separate", fail)
+            .await
+            .map(|_| ())
     }
 }

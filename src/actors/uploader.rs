@@ -16,35 +16,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::prelude::*;
 use serde_json::{Value, json};
 
 use crate::actors::scheduler::{Ack, AppendLog, Fail, SaveResult, SchedulerHandle};
-use crate::actors::worker::{self, Ended, LoopControl, LoopSpec};
+use crate::actors::worker::{self, Ended, Job, WorkerActor};
 use crate::pipeline::process::{Progress, task_dir};
 use crate::pipeline::storage::Storage;
 use crate::pipeline::{JobError, UploaderConfig, webhook};
 use crate::queue::{Claimed, Failure, Outcome};
-use crate::supervise::{self, RestartTracker, Verdict};
 use crate::task::{Stage, Status};
 
 pub use crate::actors::messages::{Drain, Restart};
 
 /// The Uploader actor.
-pub struct UploaderActor {
-    env: Env,
-    worker: String,
-    tracker: RestartTracker,
-    ctl: LoopControl,
-}
-
-#[derive(Clone)]
-struct Env {
-    scheduler: SchedulerHandle,
-    cfg: Arc<UploaderConfig>,
-    storage: Storage,
-    client: reqwest::Client,
-}
+pub type UploaderActor = WorkerActor<Delivery>;
 
 impl UploaderActor {
     /// An uploader claiming as `worker`.
@@ -55,55 +40,49 @@ impl UploaderActor {
         worker: String,
     ) -> Self {
         let client = crate::audio::fetch::client(&cfg.fetch, Some(cfg.webhook.timeout));
-        Self {
-            env: Env {
-                scheduler,
-                cfg: Arc::new(cfg),
-                storage,
-                client,
-            },
-            worker,
-            tracker: RestartTracker::new("uploader", supervise::policy("uploader")),
-            ctl: LoopControl::default(),
-        }
-    }
-
-    /// Starts it under a supervisor.
-    pub fn start_supervised(self) -> Addr<Self> {
-        actix::Supervisor::start(move |_| self)
+        let job = Delivery {
+            scheduler,
+            cfg: Arc::new(cfg),
+            storage,
+            client,
+        };
+        Self::with_job(job, worker)
     }
 }
 
-impl Actor for UploaderActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let delay = match self.tracker.on_start() {
-            Verdict::ResumeAfter(d) => d,
-            Verdict::GiveUp => return,
-        };
-        let spec = LoopSpec {
-            scheduler: self.env.scheduler.clone(),
-            ctl: self.ctl.clone(),
-            stage: Stage::Deliver,
-            worker: self.worker.clone(),
-            concurrency: self.env.cfg.concurrency,
-            delay,
-            info: serde_json::json!({
-                "role": "uploader",
-                "version": env!("CARGO_PKG_VERSION"),
-                "storage": self.env.storage.kind(),
-            }),
-        };
-        let env = self.env.clone();
-        worker::spawn_loops(ctx, spec, move |c| {
-            let env = env.clone();
-            async move { env.deliver(c).await }
-        });
-    }
+/// The Uploader's job: store the stems, sign their links, call the webhook, report.
+#[derive(Clone)]
+pub struct Delivery {
+    scheduler: SchedulerHandle,
+    cfg: Arc<UploaderConfig>,
+    storage: Storage,
+    client: reqwest::Client,
 }
 
-crate::worker_actor_common!(UploaderActor);
+impl Job for Delivery {
+    const ACTOR: &'static str = "uploader";
+    const STAGE: Stage = Stage::Deliver;
+
+    fn scheduler(&self) -> &SchedulerHandle {
+        &self.scheduler
+    }
+
+    fn concurrency(&self) -> usize {
+        self.cfg.concurrency
+    }
+
+    fn describe(&self) -> Value {
+        json!({
+            "role": "uploader",
+            "version": env!("CARGO_PKG_VERSION"),
+            "storage": self.storage.kind(),
+        })
+    }
+
+    async fn run(&self, claimed: Claimed) -> Ended {
+        self.deliver(claimed).await
+    }
+}
 
 /// What a delivery attempt decided.
 enum Next {
@@ -113,7 +92,7 @@ enum Next {
     Retry(JobError),
 }
 
-impl Env {
+impl Delivery {
     async fn deliver(&self, claimed: Claimed) -> Ended {
         let id = claimed.id().clone();
         let progress = Progress::default();
@@ -131,16 +110,13 @@ impl Env {
         }
         let report = match next {
             Next::Finish(result) => {
-                let r = self
-                    .scheduler
-                    .ask(Ack {
-                        claimed: claimed.clone(),
-                        result: Some(result),
-                        failed,
-                    })
-                    .await;
+                let ack = Ack {
+                    claimed: claimed.clone(),
+                    result: Some(result),
+                    failed,
+                };
+                let r = worker::report(&self.scheduler, "deliver", ack).await;
                 if let Ok(o) = r {
-                    crate::metrics::outcome("deliver", o);
                     if matches!(o, Outcome::Finished | Outcome::Cancelled) {
                         let _ =
                             tokio::fs::remove_dir_all(task_dir(&self.cfg.staging_dir, &id)).await;
@@ -162,18 +138,18 @@ impl Env {
                 );
                 let delay = e.retry_after.map_or(backoff, |ra| ra.max(backoff));
                 tracing::info!(task = %id, code = e.code, error = %e.message, ?delay, "delivery will be retried");
-                self.scheduler
-                    .ask(Fail {
-                        claimed: claimed.clone(),
-                        failure: Failure {
-                            code: e.code.to_string(),
-                            message: e.message,
-                            retryable: e.retryable,
-                            delay: Some(delay),
-                        },
-                    })
+                let fail = Fail {
+                    claimed: claimed.clone(),
+                    failure: Failure {
+                        code: e.code.to_string(),
+                        message: e.message,
+                        retryable: e.retryable,
+                        delay: Some(delay),
+                    },
+                };
+                worker::report(&self.scheduler, "deliver", fail)
                     .await
-                    .map(|o| crate::metrics::outcome("deliver", o))
+                    .map(|_| ())
             }
         };
         if let Err(e) = report {

@@ -1,4 +1,6 @@
-//! The claim loop and lease keeping shared by the Separator and Uploader actors.
+//! The worker actor the Separator and the Uploader are made of: [`WorkerActor`] runs a
+//! [`Job`] (separation or delivery) in claim loops, under its restart budget, with lease
+//! keeping ([`with_lease`]), draining and outcome reporting ([`report`]) shared.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,9 +9,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::actors::scheduler::{Claim, Heartbeat, RegisterWorker, SchedulerHandle};
+use crate::actors::messages::{Drain, Restart};
+use crate::actors::scheduler::{Claim, Heartbeat, RegisterWorker, Scheduler, SchedulerHandle};
 use crate::pipeline::process::Progress;
-use crate::queue::{Claimed, LeaseState, QueueError};
+use crate::queue::{Claimed, LeaseState, Outcome, QueueError};
+use crate::supervise::{self, RestartTracker, Verdict};
 use crate::task::Stage;
 
 /// How one task ended, for the loop.
@@ -172,47 +176,120 @@ pub async fn with_lease<F: Future>(
     }
 }
 
-/// Implements, for a worker actor with a `ctl: LoopControl` field, what every worker shares:
-/// the supervisor hook, [`Drain`](crate::actors::messages::Drain) and
-/// [`Restart`](crate::actors::messages::Restart).
-#[macro_export]
-#[doc(hidden)]
-macro_rules! worker_actor_common {
-    ($actor:ty) => {
-        impl actix::Supervised for $actor {
-            fn restarting(&mut self, _: &mut Self::Context) {
-                // The loops were dropped with the old context; their tasks come back by
-                // lease expiry.
-                self.ctl
-                    .active
-                    .store(0, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
+/// What a worker actor does with the tasks of its stage: the Separator's separation and the
+/// Uploader's delivery. [`WorkerActor`] supplies the rest (restart budget, claim loops,
+/// draining, restarts on request).
+pub trait Job: Clone + Unpin + 'static {
+    /// The actor's name in restart policies, metrics and logs.
+    const ACTOR: &'static str;
+    /// The stage it claims from.
+    const STAGE: Stage;
 
-        impl actix::Handler<$crate::actors::messages::Drain> for $actor {
-            type Result = actix::ResponseFuture<()>;
-            fn handle(
-                &mut self,
-                _: $crate::actors::messages::Drain,
-                _: &mut actix::Context<Self>,
-            ) -> Self::Result {
-                self.ctl
-                    .draining
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-                let ctl = self.ctl.clone();
-                Box::pin(async move { ctl.idle().await })
-            }
-        }
+    /// The Scheduler it claims from.
+    fn scheduler(&self) -> &SchedulerHandle;
 
-        impl actix::Handler<$crate::actors::messages::Restart> for $actor {
-            type Result = ();
-            fn handle(
-                &mut self,
-                _: $crate::actors::messages::Restart,
-                ctx: &mut actix::Context<Self>,
-            ) {
-                actix::ActorContext::stop(ctx);
-            }
+    /// Claim loops to run.
+    fn concurrency(&self) -> usize;
+
+    /// The self-description registered for each loop's worker id.
+    fn describe(&self) -> serde_json::Value;
+
+    /// Works on one claimed task and reports its outcome to the Scheduler.
+    fn run(&self, claimed: Claimed) -> impl Future<Output = Ended>;
+}
+
+/// A worker actor: `concurrency` claim loops handing the tasks of `J`'s stage to `J`, under
+/// actix's `Supervisor` and the restart policy of `J::ACTOR`.
+pub struct WorkerActor<J: Job> {
+    job: J,
+    worker: String,
+    tracker: RestartTracker,
+    ctl: LoopControl,
+}
+
+impl<J: Job> WorkerActor<J> {
+    /// A worker doing `job`, claiming as `worker` (an id unique to this process; each loop
+    /// appends `-<slot>`).
+    pub fn with_job(job: J, worker: String) -> Self {
+        Self {
+            job,
+            worker,
+            tracker: RestartTracker::new(J::ACTOR, supervise::policy(J::ACTOR)),
+            ctl: LoopControl::default(),
         }
-    };
+    }
+
+    /// Starts it under a supervisor.
+    pub fn start_supervised(self) -> Addr<Self> {
+        actix::Supervisor::start(move |_| self)
+    }
+}
+
+impl<J: Job> Actor for WorkerActor<J> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let delay = match self.tracker.on_start() {
+            Verdict::ResumeAfter(d) => d,
+            Verdict::GiveUp => return,
+        };
+        let spec = LoopSpec {
+            scheduler: self.job.scheduler().clone(),
+            ctl: self.ctl.clone(),
+            stage: J::STAGE,
+            worker: self.worker.clone(),
+            concurrency: self.job.concurrency(),
+            delay,
+            info: self.job.describe(),
+        };
+        let job = self.job.clone();
+        spawn_loops(ctx, spec, move |c| {
+            let job = job.clone();
+            async move { job.run(c).await }
+        });
+    }
+}
+
+impl<J: Job> Supervised for WorkerActor<J> {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        // The loops were dropped with the old context; their tasks come back by lease expiry.
+        self.ctl.active.store(0, Ordering::SeqCst);
+    }
+}
+
+impl<J: Job> Handler<Drain> for WorkerActor<J> {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.ctl.draining.store(true, Ordering::SeqCst);
+        let ctl = self.ctl.clone();
+        Box::pin(async move { ctl.idle().await })
+    }
+}
+
+impl<J: Job> Handler<Restart> for WorkerActor<J> {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Reports a worker's outcome message (`Ack` or `Fail`) to the Scheduler, counting the
+/// outcome for `stage`; the outcome, or why it could not be reported (the lease then runs
+/// out and the task comes back: nothing is lost).
+pub async fn report<M>(
+    scheduler: &SchedulerHandle,
+    stage: &'static str,
+    msg: M,
+) -> Result<Outcome, QueueError>
+where
+    M: Message<Result = Result<Outcome, QueueError>> + Send + 'static,
+    Scheduler: Handler<M>,
+{
+    let r = scheduler.ask(msg).await;
+    if let Ok(o) = r {
+        crate::metrics::outcome(stage, o);
+    }
+    r
 }

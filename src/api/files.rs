@@ -8,9 +8,8 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::handlers::{authenticate, parse_id, unavailable};
+use super::handlers::{authenticate, owned_task, parse_id, unavailable};
 use super::{ApiError, AppState};
-use crate::actors::scheduler::GetTask;
 use crate::task::TaskId;
 
 /// `POST /uploads`: stores one audio file (a `multipart/form-data` body whose `audio` part is
@@ -52,10 +51,10 @@ pub async fn stem_link(
     path: web::Path<(String, String)>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &st)?;
+    let caller = authenticate(&req, &st)?;
     let (raw_id, name) = path.into_inner();
     let id = parse_id(&raw_id)?;
-    let (rec, _) = st.scheduler.ask(GetTask(id.clone())).await?;
+    let (rec, _) = owned_task(&st, &caller, &id).await?;
     let stem = rec
         .result
         .as_ref()

@@ -33,13 +33,68 @@ fn authorization(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
     Ok(first.and_then(|v| v.to_str().ok()))
 }
 
-/// Checks the caller's credentials. An address that failed `AUTH_FAILURES_PER_MINUTE`
-/// times within the minute is refused before its credentials are looked at, so the right
-/// password found by guessing does not work either until the window has passed.
-pub(super) fn authenticate<'a>(req: &HttpRequest, st: &'a AppState) -> Result<&'a str, ApiError> {
+/// Who is calling: the administrator (`API_USERNAME`), who sees every task, or a client of
+/// `API_KEYS_FILE`, who sees its own.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    /// The name tasks are submitted under (their `owner`).
+    pub name: String,
+    /// Whether this is the administrator.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// Whether the caller may see and cancel `rec`.
+    pub fn owns(&self, rec: &TaskRecord) -> bool {
+        self.admin || rec.request.owner.as_deref() == Some(self.name.as_str())
+    }
+
+    /// Refuses a client on the administrator's routes.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route is the administrator's (API_USERNAME), not a client key's",
+        ))
+    }
+}
+
+/// Checks the caller's credentials: the administrator's, or a client key. An address that
+/// failed `AUTH_FAILURES_PER_MINUTE` times within the minute is refused before its
+/// credentials are looked at, so the right password found by guessing does not work either
+/// until the window has passed.
+pub(super) fn authenticate(req: &HttpRequest, st: &AppState) -> Result<Caller, ApiError> {
     let header = authorization(req)?;
-    check_credentials(req, st, |h| st.credentials.verify(h).is_some(), header)?;
-    Ok(st.credentials.username())
+    let mut caller = None;
+    let verify = |h: Option<&str>| {
+        caller = match st.credentials.verify(h) {
+            Some(admin) => Some(Caller {
+                name: admin.to_string(),
+                admin: true,
+            }),
+            None => st.keys.verify(h).map(|name| Caller { name, admin: false }),
+        };
+        caller.is_some()
+    };
+    check_credentials(req, st, verify, header)?;
+    caller.ok_or_else(ApiError::unauthorized)
+}
+
+/// The task `id` when `caller` may see it; another client's task is "not found" to it, as
+/// if it did not exist.
+pub(super) async fn owned_task(
+    st: &AppState,
+    caller: &Caller,
+    id: &TaskId,
+) -> Result<(TaskRecord, Option<u64>), ApiError> {
+    let (rec, position) = st.scheduler.ask(GetTask(id.clone())).await?;
+    if !caller.owns(&rec) {
+        return Err(ApiError::task_not_found(id.as_str()));
+    }
+    Ok((rec, position))
 }
 
 /// Runs `verify` on `header` under the failed-login throttle of the caller's address.
@@ -164,7 +219,7 @@ pub(super) async fn generate(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = authenticate(&req, &st)?.to_string();
+    let user = authenticate(&req, &st)?.name;
     // A form carries the audio file itself (stored as an upload); a JSON body a URL or an
     // earlier upload's reference.
     let (body, stored) = if super::upload::is_multipart(&req) {
@@ -321,9 +376,9 @@ pub(super) async fn get_task(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &st)?;
+    let caller = authenticate(&req, &st)?;
     let id = parse_id(&path)?;
-    let (rec, position) = st.scheduler.ask(GetTask(id)).await?;
+    let (rec, position) = owned_task(&st, &caller, &id).await?;
     Ok(HttpResponse::Ok().json(task_json(&rec, position)))
 }
 
@@ -332,8 +387,9 @@ pub(super) async fn cancel_task(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &st)?;
+    let caller = authenticate(&req, &st)?;
     let id = parse_id(&path)?;
+    owned_task(&st, &caller, &id).await?;
     let outcome = st.scheduler.ask(Cancel(id.clone())).await?;
     let (status, message) = match outcome {
         CancelOutcome::Cancelled => ("cancelled", "task cancelled"),
@@ -351,7 +407,7 @@ pub(super) async fn requeue_dead(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &st)?;
+    authenticate(&req, &st)?.require_admin()?;
     let id = parse_id(&path)?;
     st.scheduler
         .ask(crate::actors::scheduler::RequeueDead(id.clone()))
@@ -388,12 +444,10 @@ pub(super) async fn health(
     req: HttpRequest,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // The details are the administrator's; a client key sees the public view.
     let detailed = match authorization(&req)? {
         None => false,
-        Some(_) => {
-            authenticate(&req, &st)?;
-            true
-        }
+        Some(_) => authenticate(&req, &st)?.admin,
     };
     let (info, stats, workers) = tokio::join!(
         st.scheduler.ask(Info),

@@ -10,6 +10,7 @@ mod auth;
 mod error;
 mod files;
 mod handlers;
+pub mod keys;
 mod upload;
 
 use std::net::{SocketAddr, TcpListener};
@@ -42,8 +43,11 @@ pub struct ApiConfig {
     pub port: u16,
     /// HTTP worker threads (`API_WORKERS`, default: the number of CPUs).
     pub workers: usize,
-    /// Basic-auth credentials (`API_USERNAME` / `API_PASSWORD`).
+    /// Basic-auth credentials (`API_USERNAME` / `API_PASSWORD`): the administrator, who
+    /// sees every task.
     pub credentials: Credentials,
+    /// Client keys (`API_KEYS_FILE`): each client sees only its own tasks.
+    pub keys: Arc<keys::Keyring>,
     /// Failed logins per client address and minute before it is refused
     /// (`AUTH_FAILURES_PER_MINUTE`, default 20; 0 turns throttling off).
     pub auth_failures_per_minute: u32,
@@ -105,6 +109,19 @@ impl ApiConfig {
                 reason: "must not contain ':'".into(),
             });
         }
+        let keys = match env.get("API_KEYS_FILE") {
+            None => keys::Keyring::none(),
+            Some(path) => {
+                let invalid = |e: keys::KeysError| ConfigError::Invalid {
+                    var: "API_KEYS_FILE",
+                    value: path.to_string(),
+                    reason: e.to_string(),
+                };
+                let ring = keys::Keyring::open(std::path::Path::new(&path)).map_err(invalid)?;
+                ring.check_admin_name(&username).map_err(invalid)?;
+                ring
+            }
+        };
         let rate: f64 = env.parse("RATE_LIMIT_PER_SECOND", 100.0)?;
         let burst: f64 = env.parse("RATE_LIMIT_BURST", 200.0)?;
         for (var, v) in [("RATE_LIMIT_PER_SECOND", rate), ("RATE_LIMIT_BURST", burst)] {
@@ -141,6 +158,7 @@ impl ApiConfig {
             port: env.ranged("API_PORT", 8000, 0..=65535)?,
             workers: env.ranged("API_WORKERS", cpus, 1..=256)?,
             credentials: Credentials::new(&username, password),
+            keys: Arc::new(keys),
             auth_failures_per_minute: env.ranged("AUTH_FAILURES_PER_MINUTE", 20, 0..=1_000_000)?,
             metrics_token: metrics_token(env)?,
             max_request_bytes: env.ranged("MAX_REQUEST_BYTES", 65536, 1024..=16 << 20)?,
@@ -192,6 +210,7 @@ pub struct AppState {
     scheduler: SchedulerHandle,
     metrics: PrometheusHandle,
     credentials: Credentials,
+    keys: Arc<keys::Keyring>,
     throttle: Arc<Throttle>,
     metrics_token: Option<BearerToken>,
     catalog: Arc<Catalog>,
@@ -229,6 +248,7 @@ impl ApiServer {
             scheduler,
             metrics: crate::metrics::install(),
             credentials: cfg.credentials.clone(),
+            keys: cfg.keys.clone(),
             throttle: Arc::new(Throttle::per_minute(cfg.auth_failures_per_minute)),
             metrics_token: cfg.metrics_token.clone(),
             catalog: cfg.intake.catalog.clone(),

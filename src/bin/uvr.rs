@@ -1,6 +1,7 @@
 //! `uvr`: the whole service in one process (`uvr` or `uvr serve`; `UVR_ROLES` picks a
 //! subset), `uvr separate` for one-off local separation without Redis, `uvr models` to list
-//! the installed models, `uvr healthcheck` for container health checks.
+//! the installed models, `uvr api-key` to make a client key, `uvr healthcheck` for container
+//! health checks.
 //!
 //! Exit codes: 0 ok, 2 usage (a bad argument or setting), 3 input, 4 model, 5 device,
 //! 1 anything else.
@@ -45,6 +46,12 @@ enum Command {
         /// One JSON object (the API's GET /models).
         #[arg(long)]
         json: bool,
+    },
+    /// Make a client API key: prints the key (give it to the client; it is stored nowhere)
+    /// and the line of API_KEYS_FILE that admits it.
+    ApiKey {
+        /// The client's name: tasks it submits are owned by it (1-64 of A-Z a-z 0-9 . _ -).
+        client: String,
     },
     /// Exit 0 when the API of this host answers /readyz, 1 otherwise (container health
     /// checks).
@@ -125,12 +132,28 @@ fn main() -> ExitCode {
         Command::Serve => serve(),
         Command::Separate(args) => separate(args),
         Command::Models { json } => models(json),
+        Command::ApiKey { client } => api_key(&client),
         Command::Healthcheck {
             port,
             timeout,
             path,
         } => healthcheck(port, timeout, &path),
     }
+}
+
+fn api_key(client: &str) -> ExitCode {
+    if !uvr::api::keys::valid_name(client) {
+        eprintln!("uvr: client names are 1-64 of A-Z a-z 0-9 . _ -");
+        return ExitCode::from(2);
+    }
+    let (key, line) = uvr::api::keys::generate(client);
+    println!("key:  {key}");
+    println!("line: {line}");
+    eprintln!(
+        "Give the key to {client} (Authorization: Bearer <key>); add the line to API_KEYS_FILE. \
+         Only the line's digest is kept: a lost key is replaced, not recovered."
+    );
+    ExitCode::SUCCESS
 }
 
 fn serve() -> ExitCode {

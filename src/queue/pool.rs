@@ -56,18 +56,60 @@ impl Conn {
         self.broken.store(true, Ordering::Relaxed);
     }
 
-    fn watch<T>(&self, r: Result<T, RedisError>) -> Result<T, RedisError> {
-        if let Err(e) = &r
-            && (e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-                || e.is_unrecoverable_error()
-                || e.is_timeout()
-                || is_read_only(e))
-        {
+    /// Flags the connection when `r` shows it is broken or reaches a replica now.
+    fn watch<T>(&self, r: Result<T, RedisError>) -> Result<T, RedisError>
+    where
+        Result<T, RedisError>: Reply,
+    {
+        let broken = match &r {
+            Err(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error()
+                    || e.is_timeout()
+            }
+            Ok(_) => false,
+        };
+        if broken || r.is_read_only() {
             self.broken.store(true, Ordering::Relaxed);
         }
         r
+    }
+}
+
+/// A reply that may say `READONLY`. redis-rs hands a server's error reply back as a value
+/// (`Value::ServerError`), turned into an `Err` only when the caller converts the reply, so
+/// both forms are checked; a pipeline says it when any of its replies does.
+trait Reply {
+    fn is_read_only(&self) -> bool;
+}
+
+fn read_only_value(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::ReadOnly))
+}
+
+impl Reply for Result<Value, RedisError> {
+    fn is_read_only(&self) -> bool {
+        match self {
+            Ok(v) => read_only_value(v),
+            Err(e) => is_read_only(e),
+        }
+    }
+}
+
+impl Reply for Result<(), RedisError> {
+    fn is_read_only(&self) -> bool {
+        self.as_ref().err().is_some_and(is_read_only)
+    }
+}
+
+impl Reply for Result<Vec<Value>, RedisError> {
+    fn is_read_only(&self) -> bool {
+        match self {
+            Ok(values) => values.iter().any(read_only_value),
+            Err(e) => is_read_only(e),
+        }
     }
 }
 
@@ -86,9 +128,12 @@ impl Replay {
     }
 
     /// Whether `r` calls for another replay (and one is left).
-    fn wanted<T>(&mut self, r: &Result<T, RedisError>) -> bool {
+    fn wanted<T>(&mut self, r: &Result<T, RedisError>) -> bool
+    where
+        Result<T, RedisError>: Reply,
+    {
         match r {
-            Err(e) if is_read_only(e) && self.done < READONLY_REPLAYS => {
+            r if r.is_read_only() && self.done < READONLY_REPLAYS => {
                 self.done += 1;
                 tracing::warn!(
                     replay = self.done,
@@ -101,8 +146,11 @@ impl Replay {
         }
     }
 
-    /// After a pause, a connection to whichever server is the master now. It serves only
-    /// the replayed command: the pool replaces the flagged connection itself.
+    /// After a pause, a connection to whichever server is the master now. It replaces the
+    /// demoted one in this operation's handle (a clone: the pool replaces the flagged
+    /// connection itself), so that what the operation sends next goes there too: a script
+    /// new to that server answers `NOSCRIPT`, and redis-rs then loads it through the same
+    /// handle.
     async fn connection(
         &mut self,
         connector: &Connector,
@@ -125,11 +173,8 @@ impl ConnectionLike for Conn {
             let mut r = self.watch(first);
             let mut replay = Replay::new();
             while replay.wanted(&r) {
-                r = replay
-                    .connection(&self.connector)
-                    .await?
-                    .req_packed_command(cmd)
-                    .await;
+                self.inner = replay.connection(&self.connector).await?;
+                r = self.inner.req_packed_command(cmd).await;
             }
             r
         })
@@ -146,11 +191,8 @@ impl ConnectionLike for Conn {
             let mut r = self.watch(first);
             let mut replay = Replay::new();
             while replay.wanted(&r) {
-                r = replay
-                    .connection(&self.connector)
-                    .await?
-                    .req_packed_commands(cmd, offset, count)
-                    .await;
+                self.inner = replay.connection(&self.connector).await?;
+                r = self.inner.req_packed_commands(cmd, offset, count).await;
             }
             r
         })

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -204,16 +205,28 @@ impl Drop for Service {
 pub struct Deployment {
     pub redis: RedisServer,
     pub dir: tempfile::TempDir,
-    pub api_port: u16,
+    /// The API's port. It is chosen before anything starts, because the stems' links are
+    /// built from `API_PORT` by whichever process uploads them (possibly not the API's). If
+    /// the first API finds it taken, the API moves to another; the service's own log says
+    /// which port it bound, and that is what readiness checks.
+    pub api_port: AtomicU16,
+    /// Whether an API of the deployment has started (later ones keep its port).
+    api_started: AtomicBool,
     pub extra: Vec<(String, String)>,
 }
 
 impl Deployment {
     pub fn new(extra: &[(&str, &str)]) -> Self {
+        Self::on(RedisServer::start(), extra)
+    }
+
+    /// A deployment whose Redis is `redis`.
+    pub fn on(redis: RedisServer, extra: &[(&str, &str)]) -> Self {
         Self {
-            redis: RedisServer::start(),
+            redis,
             dir: tempfile::tempdir().unwrap(),
-            api_port: free_port(),
+            api_port: AtomicU16::new(free_port()),
+            api_started: AtomicBool::new(false),
             extra: extra
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -222,7 +235,7 @@ impl Deployment {
     }
 
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        format!("http://127.0.0.1:{}", self.api_port.load(Ordering::SeqCst))
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -231,6 +244,40 @@ impl Deployment {
 
     /// Starts `uvr` with `roles`; waits for the API when it hosts it.
     pub fn spawn(&self, roles: &str, name: &str) -> Service {
+        for _ in 0..5 {
+            let mut svc = self.spawn_once(roles, name);
+            if !roles.contains("api") {
+                return svc;
+            }
+            // Ready when this very process says it listens on the port.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let port = self.api_port.load(Ordering::SeqCst);
+            loop {
+                if let Some(bound) = listening_port(&svc.log_text()) {
+                    assert_eq!(bound, port, "the API bound another port");
+                    self.api_started.store(true, Ordering::SeqCst);
+                    return svc;
+                }
+                let exited = svc.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                let taken = exited.is_some()
+                    && !self.api_started.load(Ordering::SeqCst)
+                    && svc.log_text().contains("Address already in use");
+                if taken {
+                    self.api_port.store(free_port(), Ordering::SeqCst);
+                    break;
+                }
+                assert!(
+                    exited.is_none() && Instant::now() < deadline,
+                    "API did not start ({exited:?}): {}",
+                    svc.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("no free port for the API");
+    }
+
+    fn spawn_once(&self, roles: &str, name: &str) -> Service {
         let log = self.path(&format!("{name}.log"));
         // Logs go to stdout, panics and early errors to stderr: both into one file.
         let log_file = std::fs::File::create(&log).unwrap();
@@ -241,7 +288,7 @@ impl Deployment {
             .env("UVR_ROLES", roles)
             .env("REDIS_URL", self.redis.url())
             .env("API_HOST", "127.0.0.1")
-            .env("API_PORT", self.api_port.to_string())
+            .env("API_PORT", self.api_port.load(Ordering::SeqCst).to_string())
             .env("API_PASSWORD", PASSWORD)
             .env("API_WORKERS", "1")
             .env("ALLOW_PRIVATE_NETWORKS", "true")
@@ -261,38 +308,21 @@ impl Deployment {
         for (k, v) in &self.extra {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
-        let svc = Service {
-            child: Some(child),
+        Service {
+            child: Some(cmd.spawn().unwrap()),
             base: self.base(),
             log,
-        };
-        if roles.contains("api") {
-            // Ready when this process says it listens on the port: something else answering
-            // there (the port was taken between free_port and the bind) must not pass.
-            let addr = format!("127.0.0.1:{}", self.api_port);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut svc = svc;
-            loop {
-                let log = svc.log_text();
-                if log
-                    .lines()
-                    .any(|l| l.contains("API listening") && l.contains(&addr))
-                {
-                    break;
-                }
-                let exited = svc.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                assert!(
-                    exited.is_none() && Instant::now() < deadline,
-                    "API did not start ({exited:?}): {}",
-                    svc.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            return svc;
         }
-        svc
     }
+}
+
+/// The port in a `uvr` log's "API listening addr=127.0.0.1:<port>" line.
+fn listening_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains("API listening"))?;
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))?;
+    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
 }
 
 /// A stereo 16-bit WAV of `seconds` at `rate`: a centred harmonic "voice" over wide noise.
@@ -558,14 +588,21 @@ async fn hook_endpoint(
 }
 
 impl HookReceiver {
-    /// Starts it listening on a free loopback port (inside an actix system).
+    /// Starts it listening on loopback port 0 (the kernel's pick), inside an actix system;
+    /// later [`up`](Self::up) calls take the same port again.
     pub fn start() -> Self {
-        let mut r = Self::start_down();
+        let mut r = Self {
+            port: 0,
+            state: Arc::new(Mutex::new(HookState::default())),
+            handle: None,
+        };
         r.up();
         r
     }
 
     /// Picks a port but does not listen yet: deliveries are refused until [`up`](Self::up).
+    /// The port is one the kernel handed out and took back, so that the URL exists before
+    /// anything listens there.
     pub fn start_down() -> Self {
         Self {
             port: free_port(),
@@ -613,7 +650,10 @@ impl HookReceiver {
             .shutdown_timeout(0)
             .bind(("127.0.0.1", self.port));
             match bound {
-                Ok(s) => break s.run(),
+                Ok(s) => {
+                    self.port = s.addrs()[0].port();
+                    break s.run();
+                }
                 Err(e) => {
                     assert!(
                         Instant::now() < deadline,

@@ -16,6 +16,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     aof: Option<&'static str>,
+    /// A Redis Cluster node (its cluster bus on a port of its own).
+    cluster: bool,
     /// Whether it has run once (a restart keeps the port).
     started: bool,
 }
@@ -55,6 +57,22 @@ impl RedisServer {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             aof: fsync,
+            cluster: false,
+            started: false,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts a node with Redis Cluster enabled and no slots yet (`redis-cli --cluster
+    /// create` joins nodes into a cluster).
+    pub fn start_cluster_node() -> Self {
+        let mut s = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            aof: None,
+            cluster: true,
             started: false,
         };
         s.spawn();
@@ -89,6 +107,13 @@ impl RedisServer {
                     .arg(fsync),
                 None => cmd.arg("--appendonly").arg("no"),
             };
+            if self.cluster {
+                cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                    .arg("--cluster-config-file")
+                    .arg(self.dir.path().join("nodes.conf"))
+                    .arg("--cluster-port")
+                    .arg(free_port().to_string());
+            }
             let mut child = cmd
                 .spawn()
                 .expect("redis-server is installed (apt install redis-server)");
@@ -156,6 +181,30 @@ impl RedisServer {
         ];
         pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Config::from(&Env::from_pairs(pairs)).unwrap()
+    }
+}
+
+impl RedisServer {
+    /// Waits until no task of the deployment on this server is waiting, claimed or due for
+    /// a retry, in either stage. From then on its workers can send nothing more: every
+    /// download and webhook happens while its task is claimed, and nothing is left to claim.
+    /// This, not a pause, is what the suites' "and nothing else happens" checks rest on.
+    /// Panics after `timeout`.
+    pub async fn settled(&self, timeout: Duration) {
+        let queue = uvr::queue::Queue::connect(&self.config(&[])).unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = queue.stats().await.unwrap();
+            let open = [&st.separate, &st.deliver]
+                .iter()
+                .map(|s| s.waiting + s.in_flight + s.delayed)
+                .sum::<u64>();
+            if open == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{open} tasks still open: {st:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

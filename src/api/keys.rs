@@ -1,0 +1,379 @@
+//! Client API keys (`API_KEYS_FILE`): one key per client, each client seeing only its own
+//! tasks, each key revoked by deleting its line.
+//!
+//! The file holds one client per line, `<client> sha256:<hex digest of the key>`, with `#`
+//! comments and blank lines allowed; `uvr api-key <client>` makes a key and its line. Only
+//! digests are stored, so the file does not reveal the keys. A client authenticates with
+//! `Authorization: Bearer <key>`, or HTTP Basic with its name and the key as the password.
+//! The digest of the presented key is compared with every entry in constant time.
+//!
+//! The file is read at start-up (a bad file stops the service) and again whenever its
+//! modification time or size changes, looked at most once a second: a key is revoked, or a
+//! client added, by editing the file, without a restart. A file that no longer parses, or
+//! that cannot be read, leaves no client key valid (the service fails closed) until it is
+//! fixed; the administrator's `API_USERNAME` credential keeps working.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// How often the file is looked at for changes.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The longest client name.
+const NAME_MAX: usize = 64;
+
+/// One client's key, as a digest.
+#[derive(Clone, PartialEq, Eq)]
+struct Entry {
+    client: String,
+    digest: [u8; 32],
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file's modification time and size.
+type Stamp = Option<(SystemTime, u64)>;
+
+/// What the file held when it was last read.
+struct Loaded {
+    entries: Vec<Entry>,
+    /// Modification time and size of the file read.
+    stamp: Stamp,
+    checked: Instant,
+}
+
+/// The client keys of `API_KEYS_FILE` (none when it is not set).
+pub struct Keyring {
+    path: Option<PathBuf>,
+    loaded: Mutex<Loaded>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let clients = self.loaded.lock().map(|l| l.entries.len()).unwrap_or(0);
+        f.debug_struct("Keyring")
+            .field("path", &self.path)
+            .field("clients", &clients)
+            .finish()
+    }
+}
+
+/// Why the keys file was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct KeysError {
+    path: String,
+    reason: String,
+}
+
+impl Keyring {
+    /// No client keys: only the administrator's credential.
+    pub fn none() -> Self {
+        Self {
+            path: None,
+            loaded: Mutex::new(Loaded {
+                entries: Vec::new(),
+                stamp: None,
+                checked: Instant::now(),
+            }),
+        }
+    }
+
+    /// The keys in `path`, which must be readable and valid now.
+    pub fn open(path: &Path) -> Result<Self, KeysError> {
+        let (entries, stamp) = read(path).map_err(|reason| KeysError {
+            path: path.display().to_string(),
+            reason,
+        })?;
+        Ok(Self {
+            path: Some(path.to_path_buf()),
+            loaded: Mutex::new(Loaded {
+                entries,
+                stamp,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// Refuses a client named like the administrator (`API_USERNAME`): a task's owner must
+    /// say who submitted it.
+    pub fn check_admin_name(&self, admin: &str) -> Result<(), KeysError> {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        match loaded.entries.iter().find(|e| e.client == admin) {
+            Some(_) => Err(KeysError {
+                path: self.path_text(),
+                reason: format!("client {admin:?} is the administrator's API_USERNAME"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn path_text(&self) -> String {
+        self.path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// How many client keys are valid now.
+    pub fn len(&self) -> usize {
+        self.refresh();
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len()
+    }
+
+    /// Whether no client key is valid now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The client an `Authorization` header value authenticates: `Bearer <key>`, or `Basic`
+    /// with the client's name and its key.
+    pub fn verify(&self, header: Option<&str>) -> Option<String> {
+        let (scheme, value) = header?.trim().split_once(' ')?;
+        let (name, key) = if scheme.eq_ignore_ascii_case("bearer") {
+            (None, value.trim().as_bytes().to_vec())
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()?;
+            let colon = decoded.iter().position(|b| *b == b':')?;
+            let name = String::from_utf8(decoded[..colon].to_vec()).ok()?;
+            (Some(name), decoded[colon + 1..].to_vec())
+        } else {
+            return None;
+        };
+        self.refresh();
+        let digest: [u8; 32] = Sha256::digest(&key).into();
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        // Every entry is compared, whichever matches.
+        let mut found = None;
+        for e in &loaded.entries {
+            if bool::from(e.digest.ct_eq(&digest)) {
+                found = Some(e.client.clone());
+            }
+        }
+        match (found, name) {
+            (Some(client), Some(name)) if name != client => None,
+            (found, _) => found,
+        }
+    }
+
+    /// Reads the file again when it changed since it was last read (looked at most once a
+    /// second).
+    fn refresh(&self) {
+        let Some(path) = &self.path else { return };
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.checked.elapsed() < RECHECK {
+            return;
+        }
+        loaded.checked = Instant::now();
+        let now = stamp(path);
+        if now.is_some() && now == loaded.stamp {
+            return;
+        }
+        match read(path) {
+            Ok((entries, stamp)) => {
+                tracing::info!(path = %path.display(), clients = entries.len(), "API keys reloaded");
+                loaded.entries = entries;
+                loaded.stamp = stamp;
+            }
+            Err(reason) => {
+                tracing::error!(path = %path.display(), %reason,
+                    "API keys file refused; no client key is valid until it is fixed");
+                loaded.entries.clear();
+                loaded.stamp = now;
+            }
+        }
+    }
+}
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn read(path: &Path) -> Result<(Vec<Entry>, Stamp), String> {
+    let before = stamp(path);
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    Ok((parse(&text)?, before))
+}
+
+/// Parses the file's text.
+fn parse(text: &str) -> Result<Vec<Entry>, String> {
+    let mut entries: Vec<Entry> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = |reason: String| format!("line {}: {reason}", n + 1);
+        let mut words = line.split_whitespace();
+        let (Some(client), Some(digest), None) = (words.next(), words.next(), words.next()) else {
+            return Err(at("expected `<client> sha256:<hex>`".into()));
+        };
+        if !valid_name(client) {
+            return Err(at(format!(
+                "client names are 1-{NAME_MAX} letters, digits, '.', '_' or '-'"
+            )));
+        }
+        let hex = digest
+            .strip_prefix("sha256:")
+            .ok_or_else(|| at("the digest must start with sha256:".into()))?;
+        let digest: [u8; 32] = hex::decode(hex)
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| at("the digest must be 64 hex digits".into()))?;
+        if entries.iter().any(|e| e.client == client) {
+            return Err(at(format!("client {client:?} appears twice")));
+        }
+        if entries.iter().any(|e| e.digest == digest) {
+            return Err(at("this key is another client's too".into()));
+        }
+        entries.push(Entry {
+            client: client.to_string(),
+            digest,
+        });
+    }
+    Ok(entries)
+}
+
+/// Whether `name` can be a client's name.
+pub fn valid_name(name: &str) -> bool {
+    (1..=NAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A new random key (256 bits) for `client`, and the line of the keys file that admits it.
+pub fn generate(client: &str) -> (String, String) {
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut bytes);
+    let key = format!(
+        "uvr_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let line = format!(
+        "{client} sha256:{}",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    );
+    (key, line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(key: &str) -> String {
+        format!("Bearer {key}")
+    }
+
+    fn basic(user: &str, pass: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        )
+    }
+
+    #[test]
+    fn keys_authenticate_their_client_only() {
+        let (ka, la) = generate("alpha");
+        let (kb, lb) = generate("beta");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, format!("# clients\n{la}\n\n{lb}  # the second\n")).unwrap();
+        let ring = Keyring::open(&path).unwrap();
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring.verify(Some(&bearer(&ka))).as_deref(), Some("alpha"));
+        assert_eq!(ring.verify(Some(&bearer(&kb))).as_deref(), Some("beta"));
+        assert_eq!(
+            ring.verify(Some(&basic("beta", &kb))).as_deref(),
+            Some("beta")
+        );
+        // Another client's name with this key, a wrong key, other schemes: nobody.
+        assert_eq!(ring.verify(Some(&basic("alpha", &kb))), None);
+        assert_eq!(ring.verify(Some(&bearer(&format!("{ka}x")))), None);
+        assert_eq!(ring.verify(Some(&format!("Token {ka}"))), None);
+        assert_eq!(ring.verify(None), None);
+        assert!(ring.check_admin_name("admin").is_ok());
+        assert!(ring.check_admin_name("alpha").is_err());
+        // The file itself does not hold the keys.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&ka) && !text.contains(&kb));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_line() {
+        let (_, line) = generate("alpha");
+        let digest = line.split_once(' ').unwrap().1;
+        for (text, why) in [
+            ("alpha", "line 1: expected"),
+            ("alpha sha256:00 extra", "line 1: expected"),
+            ("al/pha sha256:00", "line 1: client names"),
+            ("alpha md5:00", "line 1: the digest must start"),
+            ("alpha sha256:zz", "line 1: the digest must be 64 hex"),
+            ("alpha sha256:0011", "line 1: the digest must be 64 hex"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.starts_with(why), "{text:?}: {err}");
+        }
+        let twice = format!("{line}\n{line}");
+        assert!(
+            parse(&twice)
+                .unwrap_err()
+                .contains("line 2: client \"alpha\" appears twice")
+        );
+        let shared = format!("{line}\nbeta {digest}");
+        assert!(
+            parse(&shared)
+                .unwrap_err()
+                .contains("line 2: this key is another")
+        );
+        assert!(Keyring::open(Path::new("/nonexistent/keys")).is_err());
+    }
+
+    #[test]
+    fn edits_take_effect_and_a_broken_file_fails_closed() {
+        let (ka, la) = generate("alpha");
+        let (kb, lb) = generate("beta");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, format!("{la}\n{lb}\n")).unwrap();
+        let ring = Keyring::open(&path).unwrap();
+        let recheck = || ring.loaded.lock().unwrap().checked -= RECHECK;
+        // Revoke beta.
+        std::fs::write(&path, format!("{la}\n")).unwrap();
+        recheck();
+        assert_eq!(ring.verify(Some(&bearer(&kb))), None);
+        assert_eq!(ring.verify(Some(&bearer(&ka))).as_deref(), Some("alpha"));
+        // A file that does not parse: no client key works.
+        std::fs::write(&path, format!("{la}\nbroken line here\n")).unwrap();
+        recheck();
+        assert_eq!(ring.verify(Some(&bearer(&ka))), None);
+        assert!(ring.is_empty());
+        // Fixed again.
+        std::fs::write(&path, format!("{la}\n{lb}\n")).unwrap();
+        recheck();
+        assert_eq!(ring.verify(Some(&bearer(&kb))).as_deref(), Some("beta"));
+        // A deleted file: none.
+        std::fs::remove_file(&path).unwrap();
+        recheck();
+        assert_eq!(ring.verify(Some(&bearer(&ka))), None);
+    }
+}

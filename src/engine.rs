@@ -18,14 +18,35 @@ use crate::separation::{SeparateError, Separator, dsp};
 /// once onto the selected device and kept. Without the `mdx` feature, neural models are
 /// refused with [`SeparateError::Unavailable`].
 pub struct Engine {
-    catalog: Arc<crate::models::Catalog>,
+    catalog: Arc<crate::models::Library>,
     #[cfg(feature = "mdx")]
     device: std::sync::OnceLock<Result<crate::mdx::device::SelectedDevice, String>>,
     choice: crate::mdx::device::DeviceChoice,
     tuning: crate::mdx::device::Tuning,
     opts: RunOptions,
+    /// Models loaded, by name, with the size and modification time of their files when
+    /// loaded: a file replaced in `MODELS_DIR` is loaded again.
     #[cfg(feature = "mdx")]
-    loaded: Mutex<HashMap<String, Arc<dyn LoadedModel>>>,
+    loaded: Mutex<HashMap<String, Loaded>>,
+}
+
+/// A loaded model and the stamps of the files it was loaded from.
+#[cfg(feature = "mdx")]
+type Loaded = (FileStamps, Arc<dyn LoadedModel>);
+
+/// Size and modification time of each of a model's files.
+#[cfg(feature = "mdx")]
+type FileStamps = Vec<Option<(u64, std::time::SystemTime)>>;
+
+#[cfg(feature = "mdx")]
+fn stamps(info: &crate::models::ModelInfo) -> FileStamps {
+    info.files
+        .iter()
+        .map(|f| {
+            let meta = std::fs::metadata(f).ok()?;
+            Some((meta.len(), meta.modified().ok()?))
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Engine {
@@ -40,7 +61,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine over `catalog`, running MDX-Net models on `choice` with `opts`.
     pub fn new(
-        catalog: Arc<crate::models::Catalog>,
+        catalog: Arc<crate::models::Library>,
         choice: crate::mdx::device::DeviceChoice,
         opts: crate::mdx::DemixOptions,
     ) -> Self {
@@ -71,9 +92,9 @@ impl Engine {
         self
     }
 
-    /// The catalogue the engine serves.
-    pub fn catalog(&self) -> &crate::models::Catalog {
-        &self.catalog
+    /// The catalogue the engine serves now.
+    pub fn catalog(&self) -> Arc<crate::models::Catalog> {
+        self.catalog.current()
     }
 
     /// The device models run on (selected on first use).
@@ -115,12 +136,12 @@ impl Engine {
     }
 
     /// A catalogue model (`None` for the built-in separator).
-    fn model(&self, name: &str) -> Result<Option<&crate::models::ModelInfo>, SeparateError> {
-        let info = self
-            .catalog
+    fn model(&self, name: &str) -> Result<Option<crate::models::ModelInfo>, SeparateError> {
+        let catalog = self.catalog.current();
+        let info = catalog
             .get(name)
             .ok_or_else(|| SeparateError::Model(format!("model {name:?} is not installed")))?;
-        Ok((!info.files.is_empty()).then_some(info))
+        Ok((!info.files.is_empty()).then(|| info.clone()))
     }
 
     /// Loads and warms up `name` ahead of the first job (a no-op for the built-in separator);
@@ -145,7 +166,10 @@ impl Engine {
         let Some(info) = self.model(name)? else {
             return Ok(None);
         };
-        if let Some(m) = lock(&self.loaded).get(name) {
+        let files = stamps(&info);
+        if let Some((at, m)) = lock(&self.loaded).get(name)
+            && *at == files
+        {
             return Ok(Some(m.clone()));
         }
         let family = crate::families::family(info.family).ok_or_else(|| {
@@ -153,7 +177,7 @@ impl Engine {
         })?;
         let device = self.device()?;
         let started = std::time::Instant::now();
-        let model = family.load(info, &device.device)?;
+        let model = family.load(&info, &device.device)?;
         let loaded = started.elapsed();
         let started = std::time::Instant::now();
         model.warm_up(&self.opts);
@@ -168,7 +192,7 @@ impl Engine {
             warm_up_seconds = warm.as_secs_f64(),
             "model loaded"
         );
-        lock(&self.loaded).insert(name.to_string(), model.clone());
+        lock(&self.loaded).insert(name.to_string(), (files, model.clone()));
         Ok(Some(model))
     }
 
@@ -231,7 +255,7 @@ mod tests {
             ],
         };
         Engine::new(
-            Arc::new(catalog),
+            Arc::new(crate::models::Library::fixed(catalog)),
             crate::mdx::device::DeviceChoice::Cpu,
             Default::default(),
         )

@@ -325,8 +325,11 @@ pub async fn run(
     progress: &dyn Fn(usize, &str, &Arc<Progress>),
     report: &mut dyn FnMut(&Outcome),
 ) -> Result<Vec<Outcome>, LocalError> {
-    let engine = crate::pipeline::engine(env, catalog.clone())
-        .map_err(|e| LocalError::Usage(e.to_string()))?;
+    let engine = crate::pipeline::engine(
+        env,
+        Arc::new(crate::models::Library::fixed((*catalog).clone())),
+    )
+    .map_err(|e| LocalError::Usage(e.to_string()))?;
     let has_weights = catalog
         .get(&plan.model)
         .is_some_and(|m| !m.files.is_empty());

@@ -5,6 +5,8 @@
 //! The API validates the `model`, `stems` and `output_format` request fields against it.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -107,6 +109,150 @@ impl Catalog {
     }
 }
 
+/// Why the models directory cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The catalogue cannot be built.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// What a directory holds, as far as a rescan cares: each file's name, size and
+/// modification time.
+type Listing = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+fn listing(dir: &Path) -> Listing {
+    let mut files: Listing = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            meta.is_file()
+                .then(|| (e.path(), meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The catalogue of a models directory, kept current while the service runs: a model added
+/// to `MODELS_DIR`, replaced or removed is seen without a restart. [`current`](Self::current)
+/// looks at the directory at most once per `MODELS_RESCAN_SECONDS`, and scans it again only
+/// when its listing (names, sizes, modification times) changed; the scan runs outside the
+/// lock, so callers meanwhile get the catalogue they had. A rescan that fails (the
+/// `DEFAULT_MODEL` removed) keeps the previous catalogue and logs why.
+pub struct Library {
+    dir: Option<PathBuf>,
+    default: Option<String>,
+    every: Duration,
+    state: Mutex<LibraryState>,
+}
+
+struct LibraryState {
+    catalog: Arc<Catalog>,
+    listing: Listing,
+    checked: Instant,
+    scanning: bool,
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Library")
+            .field("dir", &self.dir)
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Library {
+    /// Scans `dir` now; later, looks again every `every` (never when it is zero).
+    pub fn open(dir: &Path, default: Option<&str>, every: Duration) -> Result<Self, CatalogError> {
+        let before = listing(dir);
+        let catalog = Catalog::scan(dir, default)?;
+        Ok(Self {
+            dir: Some(dir.to_path_buf()),
+            default: default.map(str::to_string),
+            every,
+            state: Mutex::new(LibraryState {
+                catalog: Arc::new(catalog),
+                listing: before,
+                checked: Instant::now(),
+                scanning: false,
+            }),
+        })
+    }
+
+    /// The catalogue of `MODELS_DIR` (default `models`) with `DEFAULT_MODEL`, looked at again
+    /// every `MODELS_RESCAN_SECONDS` (default 10; 0: never).
+    pub fn from_env(env: &crate::config::Env) -> Result<Self, LibraryError> {
+        let dir = env.string("MODELS_DIR", "models");
+        let every = env.seconds("MODELS_RESCAN_SECONDS", Duration::from_secs(10))?;
+        Ok(Self::open(
+            Path::new(&dir),
+            env.get("DEFAULT_MODEL"),
+            every,
+        )?)
+    }
+
+    /// A catalogue that never changes (one-off runs and tests).
+    pub fn fixed(catalog: Catalog) -> Self {
+        Self {
+            dir: None,
+            default: None,
+            every: Duration::ZERO,
+            state: Mutex::new(LibraryState {
+                catalog: Arc::new(catalog),
+                listing: Vec::new(),
+                checked: Instant::now(),
+                scanning: false,
+            }),
+        }
+    }
+
+    /// The catalogue now.
+    pub fn current(&self) -> Arc<Catalog> {
+        let Some(dir) = &self.dir else {
+            return self.lock().catalog.clone();
+        };
+        let mut st = self.lock();
+        if self.every.is_zero() || st.scanning || st.checked.elapsed() < self.every {
+            return st.catalog.clone();
+        }
+        st.checked = Instant::now();
+        let now = listing(dir);
+        if now == st.listing {
+            return st.catalog.clone();
+        }
+        st.scanning = true;
+        drop(st);
+        let scanned = Catalog::scan(dir, self.default.as_deref());
+        let mut st = self.lock();
+        st.scanning = false;
+        match scanned {
+            Ok(catalog) => {
+                tracing::info!(dir = %dir.display(), models = ?catalog.names(),
+                    "models directory changed; catalogue rescanned");
+                st.catalog = Arc::new(catalog);
+                st.listing = now;
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e,
+                    "models directory changed but cannot be used; keeping the previous catalogue");
+                st.listing = now;
+            }
+        }
+        st.catalog.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LibraryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +276,35 @@ mod tests {
         assert_eq!(c.default, "Kim_Vocal_2");
         assert_eq!(c.names(), vec!["Kim_Vocal_2", BUILTIN_DSP]);
         assert!(Catalog::scan(dir.path(), Some("nope")).is_err());
+    }
+
+    #[test]
+    fn the_library_sees_models_come_and_go_and_keeps_a_usable_catalogue() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |n: &str| dir.path().join(n);
+        std::fs::write(file("A.onnx"), b"x").unwrap();
+        let every = Duration::from_millis(1);
+        let lib = Library::open(dir.path(), Some("A"), every).unwrap();
+        let names = || {
+            std::thread::sleep(every * 2);
+            lib.current()
+                .names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(), vec!["A", BUILTIN_DSP]);
+        std::fs::write(file("B.onnx"), b"x").unwrap();
+        assert_eq!(names(), vec!["A", BUILTIN_DSP, "B"]);
+        std::fs::remove_file(file("B.onnx")).unwrap();
+        assert_eq!(names(), vec!["A", BUILTIN_DSP]);
+        // Without its DEFAULT_MODEL the directory cannot be used: the catalogue stays.
+        std::fs::remove_file(file("A.onnx")).unwrap();
+        assert_eq!(names(), vec!["A", BUILTIN_DSP]);
+        // Never rescanned when the interval is zero.
+        let frozen = Library::open(dir.path(), None, Duration::ZERO).unwrap();
+        std::fs::write(file("C.onnx"), b"x").unwrap();
+        assert_eq!(frozen.current().names(), vec![BUILTIN_DSP]);
     }
 
     /// An MDX-Net model's stems are its primary stem and the rest of the mix, named as UVR

@@ -11,7 +11,7 @@ use crate::actors::separator::{Drain, SeparatorActor};
 use crate::actors::uploader::UploaderActor;
 use crate::api::{ApiConfig, ApiServer};
 use crate::config::{Config, ConfigError, Env};
-use crate::models::Catalog;
+use crate::models::Library;
 use crate::pipeline::storage::Storage;
 use crate::pipeline::{ProcessorConfig, UploaderConfig};
 use crate::queue::Queue;
@@ -67,11 +67,7 @@ pub async fn run(env: Env, roles: Vec<Role>) -> anyhow::Result<()> {
     let cfg = Config::from(&env)?;
     tracing::info!(redis = ?cfg.redis, task_queue = %cfg.queue.task_queue,
         result_queue = %cfg.queue.result_queue, ?roles, "starting uvr");
-    let models_dir = env.string("MODELS_DIR", "models");
-    let catalog = Arc::new(Catalog::scan(
-        std::path::Path::new(&models_dir),
-        env.get("DEFAULT_MODEL"),
-    )?);
+    let catalog = Arc::new(Library::from_env(&env)?);
     // Every role's settings are read before anything starts, so a bad one stops the process
     // with nothing to tear down.
     let api_cfg = roles

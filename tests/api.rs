@@ -1388,13 +1388,48 @@ async fn a_bad_keys_file_is_a_configuration_error() {
             ("STORAGE_URL", "file:///tmp/uvr-test-unused-storage"),
             ("LINK_SIGNING_KEY", "test-link-signing-key-0123456789abcdef"),
         ]);
-        let catalog = std::sync::Arc::new(
-            uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
-        );
+        let catalog = common::no_models();
         let err =
             uvr::api::ApiConfig::from_env(&env, uvr::task::Priority::new(3).unwrap(), catalog)
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("API_KEYS_FILE") && err.contains(why), "{err}");
     }
+}
+
+/// A model copied into `MODELS_DIR` while the API runs is offered within the rescan interval,
+/// without a restart, and refused again once removed (README "Models").
+#[actix_rt::test]
+async fn models_added_to_the_models_dir_are_offered_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(&[
+        ("MODELS_DIR", dir.path().to_str().unwrap()),
+        ("MODELS_RESCAN_SECONDS", "0.2"),
+    ]);
+    let with_model = || {
+        let mut body = seed_body(3);
+        body["model"] = json!("tiny");
+        body
+    };
+    let (code, error, _) = error_of(app.generate(&with_model()).await).await;
+    assert_eq!((code, error.as_str()), (422, "unknown_model"));
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mdx");
+    for f in ["tiny.onnx", "tiny.json"] {
+        std::fs::copy(fixtures.join(f), dir.path().join(f)).unwrap();
+    }
+    let offered = common::eventually(Duration::from_secs(5), || async {
+        let models: Value = app.get("/models").await.json().await.unwrap();
+        models.to_string().contains("\"tiny\"")
+    })
+    .await;
+    assert!(offered, "the new model is not listed");
+    assert_eq!(app.generate(&with_model()).await.status(), 202);
+    for f in ["tiny.onnx", "tiny.json"] {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let withdrawn = common::eventually(Duration::from_secs(5), || async {
+        app.generate(&with_model()).await.status() == 422
+    })
+    .await;
+    assert!(withdrawn, "the removed model is still accepted");
 }

@@ -449,14 +449,8 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
     ]);
     let cfg = uvr::config::Config::from(&env).unwrap();
     let scheduler = SchedulerHandle::start(uvr::queue::Queue::connect(&cfg).unwrap());
-    let pcfg = uvr::pipeline::ProcessorConfig::from_env(
-        &env,
-        std::sync::Arc::new(
-            uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
-        ),
-        cfg.queue.lease,
-    )
-    .unwrap();
+    let pcfg = uvr::pipeline::ProcessorConfig::from_env(&env, common::no_models(), cfg.queue.lease)
+        .unwrap();
     let sep = SeparatorActor::new(scheduler.clone(), pcfg, "sup-test".into()).start_supervised();
     let restarts = || {
         metrics
@@ -618,9 +612,7 @@ async fn a_name_rebound_to_loopback_after_submission_is_refused_at_connect_time(
     ]);
     let mut pcfg = uvr::pipeline::ProcessorConfig::from_env(
         &env,
-        std::sync::Arc::new(
-            uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
-        ),
+        common::no_models(),
         Duration::from_secs(30),
     )
     .unwrap();
@@ -792,9 +784,7 @@ impl InProcess {
         pairs.push(("REDIS_URL", &redis_url));
         let env = uvr::config::Env::from_pairs(pairs.iter().copied());
         let cfg = uvr::config::Config::from(&env).unwrap();
-        let catalog = std::sync::Arc::new(
-            uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
-        );
+        let catalog = common::no_models();
         let pcfg =
             uvr::pipeline::ProcessorConfig::from_env(&env, catalog, cfg.queue.lease).unwrap();
         std::fs::create_dir_all(&pcfg.staging_dir).unwrap();

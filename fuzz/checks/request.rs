@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use uvr::actors::intake::{IntakeConfig, validate};
 use uvr::api::{check_json_content_type, parse_json_body};
-use uvr::models::{BUILTIN_DSP, Catalog, ModelInfo, STEMS};
+use uvr::models::{BUILTIN_DSP, Catalog, Library, ModelInfo, STEMS};
 use uvr::net::UrlPolicy;
 use uvr::task::{Priority, TaskRequest};
 
@@ -27,7 +27,7 @@ fn configs() -> &'static [IntakeConfig; 2] {
     static CONFIGS: OnceLock<[IntakeConfig; 2]> = OnceLock::new();
     CONFIGS.get_or_init(|| {
         let stems: Vec<String> = STEMS.iter().map(|s| s.to_string()).collect();
-        let catalog = Arc::new(Catalog {
+        let catalog = Arc::new(Library::fixed(Catalog {
             default: BUILTIN_DSP.to_string(),
             models: vec![
                 ModelInfo::builtin(),
@@ -39,7 +39,7 @@ fn configs() -> &'static [IntakeConfig; 2] {
                     files: vec![PathBuf::from("/nonexistent/UVR-MDX-NET-Voc_FT.onnx")],
                 },
             ],
-        });
+        }));
         [false, true].map(|allow_private| IntakeConfig {
             default_priority: Priority::new(3).expect("3 is a priority"),
             url_policy: UrlPolicy { allow_private },

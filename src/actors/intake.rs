@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::actors::scheduler::{Enqueue, SchedulerHandle};
 use crate::audio::encode::{Encoding, SAMPLE_RATES};
 use crate::metrics;
-use crate::models::Catalog;
+use crate::models::Library;
 use crate::net::{UrlError, UrlPolicy};
 use crate::queue::{NewTask, QueueError};
 use crate::separation::ensemble::{ALGORITHMS, Algorithm};
@@ -109,7 +109,7 @@ pub struct IntakeConfig {
     /// Waiting tasks beyond which submissions are refused (`MAX_QUEUE_DEPTH`; 0 = no limit).
     pub max_queue_depth: u64,
     /// Installed models, for `model` / `stems` / `output_format`.
-    pub catalog: Arc<Catalog>,
+    pub catalog: Arc<Library>,
 }
 
 /// Longest accepted URL.
@@ -271,6 +271,7 @@ pub fn validate(
     let obj = body.as_object().ok_or_else(|| {
         IntakeError::invalid("body", "invalid_body", "the body must be a JSON object")
     })?;
+    let catalog = cfg.catalog.current();
     let url_field = |field: &'static str| -> Result<url::Url, IntakeError> {
         let v = match obj.get(field) {
             None | Some(Value::Null) => {
@@ -354,7 +355,7 @@ pub fn validate(
     };
     // The task names the model it will use, so the record and the webhook can tell.
     let model = match obj.get("model") {
-        None | Some(Value::Null) => &cfg.catalog.default,
+        None | Some(Value::Null) => &catalog.default,
         Some(Value::String(m)) => m,
         Some(_) => {
             return Err(IntakeError::invalid(
@@ -364,13 +365,13 @@ pub fn validate(
             ));
         }
     };
-    let model_info = cfg.catalog.get(model).ok_or_else(|| {
+    let model_info = catalog.get(model).ok_or_else(|| {
         IntakeError::invalid(
             "model",
             "unknown_model",
             format!(
                 "model {model:?} is not installed (available: {})",
-                cfg.catalog.names().join(", ")
+                catalog.names().join(", ")
             ),
         )
     })?;
@@ -413,13 +414,13 @@ pub fn validate(
                         "models must be model names",
                     ));
                 };
-                let info = cfg.catalog.get(name).ok_or_else(|| {
+                let info = catalog.get(name).ok_or_else(|| {
                     IntakeError::invalid(
                         "models",
                         "unknown_model",
                         format!(
                             "model {name:?} is not installed (available: {})",
-                            cfg.catalog.names().join(", ")
+                            catalog.names().join(", ")
                         ),
                     )
                 })?;

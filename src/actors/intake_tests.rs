@@ -1,5 +1,5 @@
 use super::*;
-use crate::models::{BUILTIN_DSP, ModelInfo};
+use crate::models::{BUILTIN_DSP, Catalog, ModelInfo};
 use serde_json::json;
 
 fn cfg(allow_private: bool) -> IntakeConfig {
@@ -9,10 +9,10 @@ fn cfg(allow_private: bool) -> IntakeConfig {
         rate_per_second: 0.0,
         rate_burst: 1.0,
         max_queue_depth: 0,
-        catalog: Arc::new(Catalog {
+        catalog: Arc::new(Library::fixed(Catalog {
             default: BUILTIN_DSP.into(),
             models: vec![ModelInfo::builtin()],
-        }),
+        })),
     }
 }
 
@@ -134,7 +134,10 @@ fn invalid_bodies_have_stable_codes() {
 #[test]
 fn a_default_model_missing_from_the_catalogue_is_an_error_not_a_panic() {
     let mut c = cfg(false);
-    Arc::make_mut(&mut c.catalog).default = "gone".into();
+    c.catalog = Arc::new(Library::fixed(Catalog {
+        default: "gone".into(),
+        models: vec![ModelInfo::builtin()],
+    }));
     let body = json!({"audio": "https://a.example/x.wav", "hook_url": "https://b.example/"});
     let err = validate(&c, &body, None).unwrap_err();
     assert_eq!(err.code(), "unknown_model");

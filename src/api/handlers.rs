@@ -288,7 +288,7 @@ pub(super) async fn generate(
             .request
             .model
             .clone()
-            .unwrap_or_else(|| st.catalog.default.clone()),
+            .unwrap_or_else(|| st.catalog.current().default.clone()),
     };
     let mut body = json!({
         "task_id": accepted.id,
@@ -308,7 +308,7 @@ pub(super) async fn generate(
             body["model"] = json!(
                 rec.request
                     .model
-                    .unwrap_or_else(|| st.catalog.default.clone())
+                    .unwrap_or_else(|| st.catalog.current().default.clone())
             );
         }
         body["message"] = json!("task already submitted with this Idempotency-Key");
@@ -432,7 +432,7 @@ pub(super) async fn models(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &st)?;
-    Ok(HttpResponse::Ok().json(&*st.catalog))
+    Ok(HttpResponse::Ok().json(&*st.catalog.current()))
 }
 
 /// Live workers are those with a heartbeat within this window.
@@ -479,7 +479,7 @@ pub(super) async fn health(
         "redis": redis,
         "queues": stats.ok(),
         "workers": workers.ok(),
-        "models": &*st.catalog,
+        "models": &*st.catalog.current(),
     });
     let status = if healthy {
         StatusCode::OK

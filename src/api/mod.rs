@@ -26,7 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::actors::intake::{Intake, IntakeConfig};
 use crate::actors::scheduler::SchedulerHandle;
 use crate::config::{ConfigError, Env};
-use crate::models::Catalog;
+use crate::models::Library;
 use crate::net::UrlPolicy;
 use crate::task::Priority;
 
@@ -93,7 +93,7 @@ impl ApiConfig {
     pub fn from_env(
         env: &Env,
         default_priority: Priority,
-        catalog: Arc<Catalog>,
+        catalog: Arc<Library>,
     ) -> Result<Self, ConfigError> {
         let password = env.get("API_PASSWORD").ok_or(ConfigError::Invalid {
             var: "API_PASSWORD",
@@ -213,7 +213,7 @@ pub struct AppState {
     keys: Arc<keys::Keyring>,
     throttle: Arc<Throttle>,
     metrics_token: Option<BearerToken>,
-    catalog: Arc<Catalog>,
+    catalog: Arc<Library>,
     ready: Arc<AtomicBool>,
     max_request_bytes: usize,
     started: Instant,

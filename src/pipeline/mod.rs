@@ -74,10 +74,10 @@ impl ProcessorConfig {
     /// Reads the processor settings.
     pub fn from_env(
         env: &Env,
-        catalog: std::sync::Arc<crate::models::Catalog>,
+        catalog: std::sync::Arc<crate::models::Library>,
         lease: Duration,
     ) -> Result<Self, ConfigError> {
-        let default_model = catalog.default.clone();
+        let default_model = catalog.current().default.clone();
         Ok(Self {
             engine: std::sync::Arc::new(engine(env, catalog)?),
             lease,
@@ -95,7 +95,7 @@ impl ProcessorConfig {
 /// `SEPARATOR_AUTOTUNE`, the `MDX_*` demix options and the `ROFORMER_*` overrides.
 pub fn engine(
     env: &Env,
-    catalog: std::sync::Arc<crate::models::Catalog>,
+    catalog: std::sync::Arc<crate::models::Library>,
 ) -> Result<crate::engine::Engine, ConfigError> {
     let choice = env.parse("SEPARATOR_DEVICE", crate::mdx::device::DeviceChoice::Auto)?;
     let overlap: f32 = env.parse("MDX_OVERLAP", 0.25)?;
@@ -244,10 +244,10 @@ impl UploaderConfig {
 mod tests {
     use super::*;
 
-    fn catalog() -> std::sync::Arc<crate::models::Catalog> {
-        std::sync::Arc::new(
+    fn catalog() -> std::sync::Arc<crate::models::Library> {
+        std::sync::Arc::new(crate::models::Library::fixed(
             crate::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
-        )
+        ))
     }
 
     fn engine_with(pairs: &[(&str, &str)]) -> Result<crate::engine::Engine, ConfigError> {

@@ -242,6 +242,13 @@ pub struct TestApp {
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "test-password-0123";
 
+/// A model catalogue with the built-in separator only.
+pub fn no_models() -> std::sync::Arc<uvr::models::Library> {
+    std::sync::Arc::new(uvr::models::Library::fixed(
+        uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
+    ))
+}
+
 /// Starts the real app (API + Scheduler) on a free port against a throwaway Redis.
 pub fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
     spawn_app_on(RedisServer::start(), extra)
@@ -271,9 +278,7 @@ pub fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env = Env::from_pairs(pairs);
     let cfg = Config::from(&env).unwrap();
-    let catalog = std::sync::Arc::new(
-        uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
-    );
+    let catalog = std::sync::Arc::new(uvr::models::Library::from_env(&env).unwrap());
     let api_cfg = uvr::api::ApiConfig::from_env(&env, cfg.queue.default_priority, catalog).unwrap();
     let scheduler =
         uvr::actors::scheduler::SchedulerHandle::start(uvr::queue::Queue::connect(&cfg).unwrap());

@@ -16,7 +16,7 @@ use uvr::actors::scheduler::{
     RegisterWorker, RequeueDead, SaveResult, SchedulerHandle, Stats,
 };
 use uvr::queue::{CancelOutcome, Claimed, Failure, LeaseState, NewTask, Outcome, Queue};
-use uvr::task::{Priority, Stage, Status, TaskRequest};
+use uvr::task::{Stage, Status};
 
 /// Three masters sharing the 16384 slots.
 struct Cluster {
@@ -78,19 +78,7 @@ impl Cluster {
 
 fn new_task(priority: u8, key: Option<&str>) -> NewTask {
     NewTask {
-        request: TaskRequest {
-            audio: "https://example.com/a.wav".into(),
-            hook_url: Some("https://example.com/hook".into()),
-            priority: Priority::new(priority).unwrap(),
-            model: None,
-            stems: None,
-            output_format: None,
-            bitrate: None,
-            sample_rate: None,
-            models: None,
-            ensemble: None,
-            owner: Some("admin".into()),
-        },
+        request: common::task_request("https://example.com/a.wav", priority),
         idempotency_key: key.map(str::to_string),
         max_depth: 100,
     }

@@ -478,17 +478,9 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
         .drip
         .insert("sup.wav".into(), wav.len() / 2);
     let request = uvr::task::TaskRequest {
-        audio,
         hook_url: Some(peer.hook_url()),
-        priority: uvr::task::Priority::new(3).unwrap(),
-        model: None,
-        stems: None,
-        output_format: None,
-        bitrate: None,
-        sample_rate: None,
-        models: None,
-        ensemble: None,
         owner: None,
+        ..common::task_request(&audio, 3)
     };
     let id = scheduler
         .ask(Enqueue(uvr::queue::NewTask {

@@ -13,22 +13,10 @@ use uvr::config::Config;
 use uvr::queue::{
     CancelOutcome, Claimed, Failure, LeaseState, NewTask, Outcome, Queue, QueueError,
 };
-use uvr::task::{Priority, Stage, Status, TaskId, TaskRequest};
+use uvr::task::{Stage, Status, TaskId, TaskRequest};
 
 fn request(priority: u8) -> TaskRequest {
-    TaskRequest {
-        audio: "https://example.com/a.wav".into(),
-        hook_url: Some("https://example.com/hook".into()),
-        priority: Priority::new(priority).unwrap(),
-        model: None,
-        stems: None,
-        output_format: None,
-        bitrate: None,
-        sample_rate: None,
-        models: None,
-        ensemble: None,
-        owner: Some("admin".into()),
-    }
+    common::task_request("https://example.com/a.wav", priority)
 }
 
 fn new_task(priority: u8) -> NewTask {

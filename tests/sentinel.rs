@@ -15,7 +15,7 @@ use common::{eventually, free_port, redis_cli as cli};
 use uvr::actors::scheduler::{Ack, Claim, Enqueue, GetTask, SchedulerHandle};
 use uvr::config::{Config, Env};
 use uvr::queue::{NewTask, Queue, QueueError};
-use uvr::task::{Priority, Stage, Status, TaskId, TaskRequest};
+use uvr::task::{Stage, Status, TaskId, TaskRequest};
 
 /// A `redis-server` (or sentinel) process on loopback; killed on drop.
 struct Node {
@@ -144,19 +144,7 @@ fn all_follow(sentinel: &Node, nodes: &[Node], master: u16) -> bool {
 }
 
 fn request() -> TaskRequest {
-    TaskRequest {
-        audio: "https://example.com/a.wav".into(),
-        hook_url: Some("https://example.com/hook".into()),
-        priority: Priority::new(3).unwrap(),
-        model: None,
-        stems: None,
-        output_format: None,
-        bitrate: None,
-        sample_rate: None,
-        models: None,
-        ensemble: None,
-        owner: Some("admin".into()),
-    }
+    common::task_request("https://example.com/a.wav", 3)
 }
 
 /// Takes tasks through both stages until told to stop; returns the ids finished.

@@ -242,6 +242,24 @@ pub struct TestApp {
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "test-password-0123";
 
+/// A request for `audio` with the given priority, a webhook and the administrator as
+/// owner; every other field at its default.
+pub fn task_request(audio: &str, priority: u8) -> uvr::task::TaskRequest {
+    uvr::task::TaskRequest {
+        audio: audio.into(),
+        hook_url: Some("https://example.com/hook".into()),
+        priority: uvr::task::Priority::new(priority).unwrap(),
+        model: None,
+        stems: None,
+        output_format: None,
+        bitrate: None,
+        sample_rate: None,
+        models: None,
+        ensemble: None,
+        owner: Some("admin".into()),
+    }
+}
+
 /// A model catalogue with the built-in separator only.
 pub fn no_models() -> std::sync::Arc<uvr::models::Library> {
     std::sync::Arc::new(uvr::models::Library::fixed(

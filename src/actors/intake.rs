@@ -20,12 +20,26 @@ use crate::separation::ensemble::{ALGORITHMS, Algorithm};
 use crate::supervise::{self, RestartTracker, Verdict};
 use crate::task::{OutputRate, Priority, SourceRate, TaskId, TaskRequest};
 
+/// What one client may do, beyond the service-wide settings (`API_KEYS_FILE`); unset values
+/// fall back to them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClientLimits {
+    /// Submissions per second (instead of `RATE_LIMIT_PER_SECOND`).
+    pub rate_per_second: Option<f64>,
+    /// Burst (instead of `RATE_LIMIT_BURST`).
+    pub burst: Option<f64>,
+    /// The most urgent priority it may ask for.
+    pub max_priority: Option<u8>,
+}
+
 /// Submits a job: the parsed JSON body of `POST /generate`.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Accepted, IntakeError>")]
 pub struct Submit {
     /// The authenticated user (rate limits and idempotency keys are per user).
     pub user: String,
+    /// The user's own limits.
+    pub limits: ClientLimits,
     /// The request body.
     pub body: Value,
     /// The `Idempotency-Key` header, if any.
@@ -53,7 +67,8 @@ pub enum IntakeError {
         field: &'static str,
         /// Stable code (`missing_field`, `invalid_type`, `out_of_range`, `invalid_url`,
         /// `unsupported_scheme`, `private_address`, `unknown_model`, `unknown_stem`,
-        /// `unsupported_format`, `invalid_body`, `invalid_idempotency_key`).
+        /// `unsupported_format`, `invalid_body`, `invalid_idempotency_key`,
+        /// `priority_not_allowed`).
         code: &'static str,
         /// What is wrong, for humans.
         message: String,
@@ -145,8 +160,9 @@ impl Intake {
     }
 
     /// Takes a token from `user`'s bucket, or says how long until one is available.
-    fn take_token(&mut self, user: &str) -> Result<(), Duration> {
-        let (rate, burst) = (self.cfg.rate_per_second, self.cfg.rate_burst.max(1.0));
+    fn take_token(&mut self, user: &str, limits: &ClientLimits) -> Result<(), Duration> {
+        let rate = limits.rate_per_second.unwrap_or(self.cfg.rate_per_second);
+        let burst = limits.burst.unwrap_or(self.cfg.rate_burst).max(1.0);
         if rate <= 0.0 {
             return Ok(());
         }
@@ -194,9 +210,10 @@ impl Handler<Submit> for Intake {
         let cfg = self.cfg.clone();
         let scheduler = self.scheduler.clone();
         // Validate the cheap, synchronous parts before spending a token.
-        let parsed = validate(&cfg, &msg.body, msg.idempotency_key.as_deref());
+        let parsed = validate(&cfg, &msg.body, msg.idempotency_key.as_deref())
+            .and_then(|v| within_limits(v, &msg.limits));
         let limited = match &parsed {
-            Ok(_) => self.take_token(&msg.user).err(),
+            Ok(_) => self.take_token(&msg.user, &msg.limits).err(),
             Err(_) => None,
         };
         Box::pin(async move {
@@ -242,6 +259,18 @@ impl Handler<Submit> for Intake {
             }
             result
         })
+    }
+}
+
+/// Refuses a priority above the client's `max_priority`.
+fn within_limits(v: Validated, limits: &ClientLimits) -> Result<Validated, IntakeError> {
+    match limits.max_priority {
+        Some(max) if v.request.priority.get() > max => Err(IntakeError::invalid(
+            "priority",
+            "priority_not_allowed",
+            format!("this client's key allows priorities up to {max}"),
+        )),
+        _ => Ok(v),
     }
 }
 

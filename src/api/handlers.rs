@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::actors::intake::Submit;
+use crate::actors::intake::{ClientLimits, Submit};
 use crate::actors::scheduler::{Cancel, GetTask, Info, LiveWorkers, Stats};
 use crate::queue::CancelOutcome;
 use crate::task::{TaskId, TaskRecord};
@@ -41,6 +41,8 @@ pub(super) struct Caller {
     pub name: String,
     /// Whether this is the administrator.
     pub admin: bool,
+    /// A client's own limits (none for the administrator).
+    pub limits: ClientLimits,
 }
 
 impl Caller {
@@ -74,8 +76,13 @@ pub(super) fn authenticate(req: &HttpRequest, st: &AppState) -> Result<Caller, A
             Some(admin) => Some(Caller {
                 name: admin.to_string(),
                 admin: true,
+                limits: ClientLimits::default(),
             }),
-            None => st.keys.verify(h).map(|name| Caller { name, admin: false }),
+            None => st.keys.verify(h).map(|(name, limits)| Caller {
+                name,
+                admin: false,
+                limits,
+            }),
         };
         caller.is_some()
     };
@@ -219,7 +226,8 @@ pub(super) async fn generate(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = authenticate(&req, &st)?.name;
+    let caller = authenticate(&req, &st)?;
+    let (user, limits) = (caller.name, caller.limits);
     // A form carries the audio file itself (stored as an upload); a JSON body a URL or an
     // earlier upload's reference.
     let (body, stored) = if super::upload::is_multipart(&req) {
@@ -263,6 +271,7 @@ pub(super) async fn generate(
         .intake
         .send(Submit {
             user,
+            limits,
             body,
             idempotency_key,
         })

@@ -1,8 +1,10 @@
 //! Client API keys (`API_KEYS_FILE`): one key per client, each client seeing only its own
 //! tasks, each key revoked by deleting its line.
 //!
-//! The file holds one client per line, `<client> sha256:<hex digest of the key>`, with `#`
-//! comments and blank lines allowed; `uvr api-key <client>` makes a key and its line. Only
+//! The file holds one client per line, `<client> sha256:<hex digest of the key>`, optionally
+//! followed by the client's own limits, `rate=<per second>`, `burst=<n>` and
+//! `max_priority=<1-5>` (instead of `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`, and 5), with
+//! `#` comments and blank lines allowed; `uvr api-key <client>` makes a key and its line. Only
 //! digests are stored, so the file does not reveal the keys. A client authenticates with
 //! `Authorization: Bearer <key>`, or HTTP Basic with its name and the key as the password.
 //! The digest of the presented key is compared with every entry in constant time.
@@ -22,6 +24,8 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::actors::intake::ClientLimits;
+
 /// How often the file is looked at for changes.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -29,10 +33,11 @@ const RECHECK: Duration = Duration::from_secs(1);
 const NAME_MAX: usize = 64;
 
 /// One client's key, as a digest.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 struct Entry {
     client: String,
     digest: [u8; 32],
+    limits: ClientLimits,
 }
 
 impl fmt::Debug for Entry {
@@ -144,7 +149,7 @@ impl Keyring {
 
     /// The client an `Authorization` header value authenticates: `Bearer <key>`, or `Basic`
     /// with the client's name and its key.
-    pub fn verify(&self, header: Option<&str>) -> Option<String> {
+    pub fn verify(&self, header: Option<&str>) -> Option<(String, ClientLimits)> {
         let (scheme, value) = header?.trim().split_once(' ')?;
         let (name, key) = if scheme.eq_ignore_ascii_case("bearer") {
             (None, value.trim().as_bytes().to_vec())
@@ -165,11 +170,11 @@ impl Keyring {
         let mut found = None;
         for e in &loaded.entries {
             if bool::from(e.digest.ct_eq(&digest)) {
-                found = Some(e.client.clone());
+                found = Some((e.client.clone(), e.limits));
             }
         }
         match (found, name) {
-            (Some(client), Some(name)) if name != client => None,
+            (Some((client, _)), Some(name)) if name != client => None,
             (found, _) => found,
         }
     }
@@ -224,9 +229,12 @@ fn parse(text: &str) -> Result<Vec<Entry>, String> {
         }
         let at = |reason: String| format!("line {}: {reason}", n + 1);
         let mut words = line.split_whitespace();
-        let (Some(client), Some(digest), None) = (words.next(), words.next(), words.next()) else {
-            return Err(at("expected `<client> sha256:<hex>`".into()));
+        let (Some(client), Some(digest)) = (words.next(), words.next()) else {
+            return Err(at(
+                "expected `<client> sha256:<hex> [rate=..] [burst=..] [max_priority=..]`".into(),
+            ));
         };
+        let limits = limits(words).map_err(at)?;
         if !valid_name(client) {
             return Err(at(format!(
                 "client names are 1-{NAME_MAX} letters, digits, '.', '_' or '-'"
@@ -248,9 +256,45 @@ fn parse(text: &str) -> Result<Vec<Entry>, String> {
         entries.push(Entry {
             client: client.to_string(),
             digest,
+            limits,
         });
     }
     Ok(entries)
+}
+
+/// A client's `rate=`, `burst=` and `max_priority=` settings.
+fn limits<'a>(words: impl Iterator<Item = &'a str>) -> Result<ClientLimits, String> {
+    let mut l = ClientLimits::default();
+    for word in words {
+        let (key, value) = word
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, not {word:?}"))?;
+        let number = |what: &str| -> Result<f64, String> {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| format!("{what} must be a non-negative number, not {value:?}"))
+        };
+        match key {
+            "rate" => l.rate_per_second = Some(number("rate")?),
+            "burst" => l.burst = Some(number("burst")?.max(1.0)),
+            "max_priority" => {
+                let p = value
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| (1..=5).contains(p))
+                    .ok_or_else(|| format!("max_priority must be 1-5, not {value:?}"))?;
+                l.max_priority = Some(p);
+            }
+            _ => {
+                return Err(format!(
+                    "unknown setting {key:?} (rate, burst, max_priority)"
+                ));
+            }
+        }
+    }
+    Ok(l)
 }
 
 /// Whether `name` can be a client's name.
@@ -297,19 +341,26 @@ mod tests {
         let (kb, lb) = generate("beta");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
-        std::fs::write(&path, format!("# clients\n{la}\n\n{lb}  # the second\n")).unwrap();
+        let text = format!("# clients\n{la}\n\n{lb} rate=2 burst=4 max_priority=3 # limited\n");
+        std::fs::write(&path, text).unwrap();
         let ring = Keyring::open(&path).unwrap();
         assert_eq!(ring.len(), 2);
-        assert_eq!(ring.verify(Some(&bearer(&ka))).as_deref(), Some("alpha"));
-        assert_eq!(ring.verify(Some(&bearer(&kb))).as_deref(), Some("beta"));
+        let who = |h: String| ring.verify(Some(&h));
+        let beta = ClientLimits {
+            rate_per_second: Some(2.0),
+            burst: Some(4.0),
+            max_priority: Some(3),
+        };
         assert_eq!(
-            ring.verify(Some(&basic("beta", &kb))).as_deref(),
-            Some("beta")
+            who(bearer(&ka)),
+            Some(("alpha".into(), ClientLimits::default()))
         );
+        assert_eq!(who(bearer(&kb)), Some(("beta".into(), beta)));
+        assert_eq!(who(basic("beta", &kb)), Some(("beta".into(), beta)));
         // Another client's name with this key, a wrong key, other schemes: nobody.
-        assert_eq!(ring.verify(Some(&basic("alpha", &kb))), None);
-        assert_eq!(ring.verify(Some(&bearer(&format!("{ka}x")))), None);
-        assert_eq!(ring.verify(Some(&format!("Token {ka}"))), None);
+        assert_eq!(who(basic("alpha", &kb)), None);
+        assert_eq!(who(bearer(&format!("{ka}x"))), None);
+        assert_eq!(who(format!("Token {ka}")), None);
         assert_eq!(ring.verify(None), None);
         assert!(ring.check_admin_name("admin").is_ok());
         assert!(ring.check_admin_name("alpha").is_err());
@@ -323,28 +374,37 @@ mod tests {
         let (_, line) = generate("alpha");
         let digest = line.split_once(' ').unwrap().1;
         for (text, why) in [
-            ("alpha", "line 1: expected"),
-            ("alpha sha256:00 extra", "line 1: expected"),
-            ("al/pha sha256:00", "line 1: client names"),
-            ("alpha md5:00", "line 1: the digest must start"),
-            ("alpha sha256:zz", "line 1: the digest must be 64 hex"),
-            ("alpha sha256:0011", "line 1: the digest must be 64 hex"),
+            ("alpha".to_string(), "line 1: expected"),
+            (format!("{line} extra"), "line 1: expected key=value"),
+            (format!("{line} speed=3"), "line 1: unknown setting"),
+            (format!("{line} rate=-1"), "line 1: rate must be"),
+            (
+                format!("{line} max_priority=6"),
+                "line 1: max_priority must be 1-5",
+            ),
+            ("al/pha sha256:00".to_string(), "line 1: client names"),
+            ("alpha md5:00".to_string(), "line 1: the digest must start"),
+            (
+                "alpha sha256:zz".to_string(),
+                "line 1: the digest must be 64 hex",
+            ),
+            (
+                "alpha sha256:0011".to_string(),
+                "line 1: the digest must be 64 hex",
+            ),
         ] {
-            let err = parse(text).unwrap_err();
+            let err = parse(&text).unwrap_err();
             assert!(err.starts_with(why), "{text:?}: {err}");
         }
         let twice = format!("{line}\n{line}");
+        let err = parse(&twice).unwrap_err();
         assert!(
-            parse(&twice)
-                .unwrap_err()
-                .contains("line 2: client \"alpha\" appears twice")
+            err.contains("line 2: client \"alpha\" appears twice"),
+            "{err}"
         );
         let shared = format!("{line}\nbeta {digest}");
-        assert!(
-            parse(&shared)
-                .unwrap_err()
-                .contains("line 2: this key is another")
-        );
+        let err = parse(&shared).unwrap_err();
+        assert!(err.contains("line 2: this key is another"), "{err}");
         assert!(Keyring::open(Path::new("/nonexistent/keys")).is_err());
     }
 
@@ -357,23 +417,24 @@ mod tests {
         std::fs::write(&path, format!("{la}\n{lb}\n")).unwrap();
         let ring = Keyring::open(&path).unwrap();
         let recheck = || ring.loaded.lock().unwrap().checked -= RECHECK;
+        let who = |key: &str| ring.verify(Some(&bearer(key))).map(|(name, _)| name);
         // Revoke beta.
         std::fs::write(&path, format!("{la}\n")).unwrap();
         recheck();
-        assert_eq!(ring.verify(Some(&bearer(&kb))), None);
-        assert_eq!(ring.verify(Some(&bearer(&ka))).as_deref(), Some("alpha"));
+        assert_eq!(who(&kb), None);
+        assert_eq!(who(&ka).as_deref(), Some("alpha"));
         // A file that does not parse: no client key works.
         std::fs::write(&path, format!("{la}\nbroken line here\n")).unwrap();
         recheck();
-        assert_eq!(ring.verify(Some(&bearer(&ka))), None);
+        assert_eq!(who(&ka), None);
         assert!(ring.is_empty());
         // Fixed again.
         std::fs::write(&path, format!("{la}\n{lb}\n")).unwrap();
         recheck();
-        assert_eq!(ring.verify(Some(&bearer(&kb))).as_deref(), Some("beta"));
+        assert_eq!(who(&kb).as_deref(), Some("beta"));
         // A deleted file: none.
         std::fs::remove_file(&path).unwrap();
         recheck();
-        assert_eq!(ring.verify(Some(&bearer(&ka))), None);
+        assert_eq!(who(&ka), None);
     }
 }

@@ -1460,3 +1460,99 @@ async fn models_added_to_the_models_dir_are_offered_without_a_restart() {
     .await;
     assert!(withdrawn, "the removed model is still accepted");
 }
+
+/// `GET /tasks` lists the caller's own tasks, newest first, a page at a time, by status; each
+/// client sees its own, the administrator its own too.
+#[actix_rt::test]
+async fn get_tasks_lists_the_callers_own_tasks_in_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    let (alpha, alpha_line) = uvr::api::keys::generate("alpha");
+    let (beta, beta_line) = uvr::api::keys::generate("beta");
+    std::fs::write(&file, format!("{alpha_line}\n{beta_line}\n")).unwrap();
+    let app = spawn_app(&[("API_KEYS_FILE", file.to_str().unwrap())]);
+    let call = |method: reqwest::Method, path: &str, key: &str| {
+        app.client
+            .request(method, format!("{}{path}", app.base))
+            .bearer_auth(key)
+    };
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        let resp = call(reqwest::Method::POST, "/generate", &alpha)
+            .json(&seed_body(3))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = resp.json().await.unwrap();
+        mine.push(body["task_id"].as_str().unwrap().to_string());
+    }
+    let resp = call(reqwest::Method::POST, "/generate", &beta)
+        .json(&seed_body(3))
+        .send()
+        .await
+        .unwrap();
+    let theirs: Value = resp.json().await.unwrap();
+    let cancelled = call(
+        reqwest::Method::DELETE,
+        &format!("/tasks/{}", mine[1]),
+        &alpha,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(cancelled.status(), 202);
+    let list = |path: String, key: String| {
+        let req = call(reqwest::Method::GET, &path, &key);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            let body: Value = resp.json().await.unwrap();
+            let ids: Vec<String> = body["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["task_id"].as_str().unwrap().to_string())
+                .collect();
+            (ids, body["next"].as_str().map(str::to_string))
+        }
+    };
+    let newest_first: Vec<String> = mine.iter().rev().cloned().collect();
+    assert_eq!(
+        list("/tasks".into(), alpha.clone()).await,
+        (newest_first.clone(), None)
+    );
+    // Pages of two: the cursor carries on where the page ended, skipping nothing.
+    let (page, next) = list("/tasks?limit=2".into(), alpha.clone()).await;
+    assert_eq!(page, newest_first[..2]);
+    let next = next.expect("a next page");
+    let (rest, end) = list(format!("/tasks?limit=2&before={next}"), alpha.clone()).await;
+    assert_eq!((rest, end), (newest_first[2..].to_vec(), None));
+    // By status.
+    let (ids, _) = list("/tasks?status=cancelled".into(), alpha.clone()).await;
+    assert_eq!(ids, vec![mine[1].clone()]);
+    let (ids, _) = list("/tasks?status=queued".into(), alpha.clone()).await;
+    assert_eq!(ids, vec![mine[2].clone(), mine[0].clone()]);
+    // Each sees its own.
+    let (ids, _) = list("/tasks".into(), beta.clone()).await;
+    assert_eq!(ids, vec![theirs["task_id"].as_str().unwrap().to_string()]);
+    let admin: Value = app.get("/tasks").await.json().await.unwrap();
+    assert_eq!(admin["tasks"], json!([]), "{admin}");
+    // Bad parameters.
+    for path in [
+        "/tasks?limit=0",
+        "/tasks?limit=101",
+        "/tasks?status=nope",
+        "/tasks?before=x",
+        "/tasks?page=2",
+        "/tasks?limit=1&limit=2",
+    ] {
+        let (code, error, _) = error_of(
+            call(reqwest::Method::GET, path, &alpha)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((code, error.as_str()), (422, "invalid_query"), "{path}");
+    }
+}

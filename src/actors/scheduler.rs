@@ -85,6 +85,20 @@ pub struct Cancel(pub TaskId);
 #[rtype(result = "Result<(TaskRecord, Option<u64>), QueueError>")]
 pub struct GetTask(pub TaskId);
 
+/// Lists the tasks a client submitted, newest first (see [`Queue::list_owned`]).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(Vec<TaskRecord>, Option<u64>), QueueError>")]
+pub struct ListOwned {
+    /// The client (a task's `owner`).
+    pub owner: String,
+    /// Only tasks with this status.
+    pub status: Option<crate::task::Status>,
+    /// Only tasks created before this time (ms): the cursor of a previous page.
+    pub before: Option<u64>,
+    /// The most tasks in the page.
+    pub limit: usize,
+}
+
 /// Appends an entry to a JSON-list field of a task record (delivery log).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), QueueError>")]
@@ -363,6 +377,17 @@ impl Handler<GetTask> for Scheduler {
     fn handle(&mut self, msg: GetTask, _: &mut Context<Self>) -> Self::Result {
         let q = self.queue.clone();
         self.run(async move { q.get(&msg.0).await })
+    }
+}
+
+impl Handler<ListOwned> for Scheduler {
+    type Result = ResponseFuture<Result<(Vec<TaskRecord>, Option<u64>), QueueError>>;
+    fn handle(&mut self, msg: ListOwned, _: &mut Context<Self>) -> Self::Result {
+        let q = self.queue.clone();
+        self.run(async move {
+            q.list_owned(&msg.owner, msg.status, msg.before, msg.limit)
+                .await
+        })
     }
 }
 

@@ -8,7 +8,8 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::handlers::{authenticate, owned_task, parse_id, unavailable};
+use super::handlers::{authenticate, parse_id, unavailable};
+use super::tasks::owned_task;
 use super::{ApiError, AppState};
 use crate::task::TaskId;
 

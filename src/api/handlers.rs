@@ -1,6 +1,6 @@
 //! Route table and handlers.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
@@ -10,8 +10,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::actors::intake::{ClientLimits, Submit};
-use crate::actors::scheduler::{Cancel, GetTask, Info, LiveWorkers, Stats};
-use crate::queue::CancelOutcome;
+use crate::actors::scheduler::{GetTask, Info, LiveWorkers, Stats};
 use crate::task::{TaskId, TaskRecord};
 
 /// The OpenAPI document.
@@ -88,20 +87,6 @@ pub(super) fn authenticate(req: &HttpRequest, st: &AppState) -> Result<Caller, A
     };
     check_credentials(req, st, verify, header)?;
     caller.ok_or_else(ApiError::unauthorized)
-}
-
-/// The task `id` when `caller` may see it; another client's task is "not found" to it, as
-/// if it did not exist.
-pub(super) async fn owned_task(
-    st: &AppState,
-    caller: &Caller,
-    id: &TaskId,
-) -> Result<(TaskRecord, Option<u64>), ApiError> {
-    let (rec, position) = st.scheduler.ask(GetTask(id.clone())).await?;
-    if !caller.owns(&rec) {
-        return Err(ApiError::task_not_found(id.as_str()));
-    }
-    Ok((rec, position))
 }
 
 /// Runs `verify` on `header` under the failed-login throttle of the caller's address.
@@ -330,86 +315,6 @@ pub(super) fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
     raw.parse().map_err(|_| ApiError::task_not_found(raw))
 }
 
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-/// The public view of a task.
-pub fn task_json(rec: &TaskRecord, position: Option<u64>) -> Value {
-    // The last error, unless the task got past it and succeeded.
-    let error = match &rec.error_code {
-        Some(code) if rec.status != crate::task::Status::Succeeded => {
-            json!({"code": code, "message": rec.error_message})
-        }
-        _ => Value::Null,
-    };
-    let webhook: Value = rec
-        .extra
-        .get("webhook_log")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(Value::Array(vec![]));
-    json!({
-        "task_id": rec.id,
-        "status": rec.status,
-        "stage": rec.stage,
-        "priority": rec.request.priority,
-        "position": position,
-        "progress": rec.progress,
-        "attempts": rec.attempts,
-        "max_attempts": rec.max_attempts,
-        "worker": rec.worker,
-        "cancel_requested": rec.cancel_requested,
-        "created_at": rfc3339(rec.created_at_ms),
-        "updated_at": rfc3339(rec.updated_at_ms),
-        "started_at": rec.started_at_ms.map(rfc3339),
-        "finished_at": rec.finished_at_ms.map(rfc3339),
-        "error": error,
-        "result": rec.result,
-        "webhook_deliveries": webhook,
-        // Shown without user info or query values; the record keeps the full URLs for the
-        // fetch and the webhook only.
-        "request": {
-            "audio": crate::net::redact_str(&rec.request.audio),
-            "hook_url": rec.request.hook_url.as_deref().map(crate::net::redact_str),
-            "model": rec.request.model,
-            "models": rec.request.models,
-            "ensemble": rec.request.ensemble,
-            "stems": rec.request.stems,
-            "output_format": rec.request.output_format,
-        },
-    })
-}
-
-pub(super) async fn get_task(
-    req: HttpRequest,
-    path: web::Path<String>,
-    st: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let caller = authenticate(&req, &st)?;
-    let id = parse_id(&path)?;
-    let (rec, position) = owned_task(&st, &caller, &id).await?;
-    Ok(HttpResponse::Ok().json(task_json(&rec, position)))
-}
-
-pub(super) async fn cancel_task(
-    req: HttpRequest,
-    path: web::Path<String>,
-    st: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let caller = authenticate(&req, &st)?;
-    let id = parse_id(&path)?;
-    owned_task(&st, &caller, &id).await?;
-    let outcome = st.scheduler.ask(Cancel(id.clone())).await?;
-    let (status, message) = match outcome {
-        CancelOutcome::Cancelled => ("cancelled", "task cancelled"),
-        CancelOutcome::Requested => (
-            "cancel_requested",
-            "task is running; it stops at its next checkpoint",
-        ),
-    };
-    Ok(HttpResponse::Accepted().json(json!({"task_id": id, "status": status, "message": message})))
-}
-
 /// `POST /admin/dead/{id}/requeue`: a dead letter goes back to the separation queue.
 pub(super) async fn requeue_dead(
     req: HttpRequest,
@@ -593,8 +498,8 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
     let single = |rest: &str| !rest.is_empty() && !rest.contains('/');
     match path {
         "/generate" | "/uploads" => Some("POST"),
-        "/queue" | "/models" | "/health" | "/livez" | "/readyz" | "/metrics" | "/openapi.json"
-        | "/docs" | "/" => Some("GET"),
+        "/tasks" | "/queue" | "/models" | "/health" | "/livez" | "/readyz" | "/metrics"
+        | "/openapi.json" | "/docs" | "/" => Some("GET"),
         _ => {
             if let Some(rest) = path.strip_prefix("/tasks/") {
                 let parts: Vec<&str> = rest.split('/').collect();

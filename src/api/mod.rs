@@ -11,6 +11,7 @@ mod error;
 mod files;
 mod handlers;
 pub mod keys;
+mod tasks;
 mod upload;
 
 use std::net::{SocketAddr, TcpListener};
@@ -360,6 +361,7 @@ fn route_label(pattern: Option<String>) -> &'static str {
     match pattern.as_deref() {
         Some("/generate") => "/generate",
         Some("/uploads") => "/uploads",
+        Some("/tasks") => "/tasks",
         Some("/tasks/{id}") => "/tasks/{id}",
         Some("/tasks/{id}/stems/{name}") => "/tasks/{id}/stems/{name}",
         Some("/queue") => "/queue",
@@ -381,8 +383,9 @@ fn route_label(pattern: Option<String>) -> &'static str {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/generate", web::post().to(handlers::generate))
         .route("/uploads", web::post().to(files::upload))
-        .route("/tasks/{id}", web::get().to(handlers::get_task))
-        .route("/tasks/{id}", web::delete().to(handlers::cancel_task))
+        .route("/tasks", web::get().to(tasks::list_tasks))
+        .route("/tasks/{id}", web::get().to(tasks::get_task))
+        .route("/tasks/{id}", web::delete().to(tasks::cancel_task))
         .route("/tasks/{id}/stems/{name}", web::get().to(files::stem_link))
         .route("/queue", web::get().to(handlers::queue_stats))
         .route(

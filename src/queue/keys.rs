@@ -99,6 +99,12 @@ impl Keys {
         self.global(&format!("idem:{scoped_key}"))
     }
 
+    /// The tasks a client submitted (ZSet, member = task id, score = the enqueue clock's tick:
+    /// unique and in submission order).
+    pub fn owned(&self, owner: &str) -> String {
+        self.global(&format!("owner:{owner}"))
+    }
+
     /// The enqueue clock.
     pub fn clock(&self) -> String {
         self.global("clock")

@@ -47,6 +47,10 @@ pub use pool::Pool;
 use pool::{Conn, Manager};
 use target::Target;
 
+/// The most tasks kept in a client's list (`GET /tasks`); older ones drop out of the list
+/// (their records stay until their retention ends).
+pub const OWNED_KEPT: u64 = 100_000;
+
 /// Commands replayed on the master after a demoted one answered `READONLY`.
 pub const REDIS_READONLY_REPLAYS: &str = "uvr_redis_readonly_replays_total";
 /// New tasks that fewer than `REDIS_WAIT_REPLICAS` replicas confirmed in time.
@@ -175,6 +179,7 @@ impl Queue {
                     .key(self.keys.clock())
                     .key(&idem_key)
                     .key(self.keys.waiting(Stage::Separate))
+                    .key(self.keys.owned(task.request.owner.as_deref().unwrap_or("")))
                     .arg(id.as_str())
                     .arg(task.request.priority.get())
                     .arg(&request)
@@ -183,6 +188,11 @@ impl Queue {
                     .arg(task.max_depth)
                     .arg(self.keys.wake(Stage::Separate))
                     .arg(&fingerprint)
+                    .arg(if task.request.owner.is_some() {
+                        OWNED_KEPT
+                    } else {
+                        0
+                    })
                     .invoke_async::<Vec<String>>(&mut conn)
                     .await?;
                 if let (Some((replicas, timeout)), Some("created" | "existing" | "reused")) =

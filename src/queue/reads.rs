@@ -36,6 +36,80 @@ impl super::Queue {
         .await
     }
 
+    /// The tasks `owner` submitted, newest first: at most `limit` of those submitted before
+    /// the cursor `before` (`None`: from the newest) whose status is `status` (`None`: any),
+    /// and the cursor of the next page when there may be one (cursors are enqueue ticks, unique
+    /// per task, so a page boundary never skips one). Entries whose record has expired are
+    /// dropped from the list as they are met.
+    pub async fn list_owned(
+        &self,
+        owner: &str,
+        status: Option<Status>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<TaskRecord>, Option<u64>), QueueError> {
+        const BATCH: usize = 200;
+        const MAX_BATCHES: usize = 10;
+        let index = self.keys.owned(owner);
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let mut found = Vec::new();
+            let mut cursor = before;
+            for _ in 0..MAX_BATCHES {
+                let max = cursor.map_or("+inf".to_string(), |c| format!("({c}"));
+                let ids: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(&max)
+                    .arg("-inf")
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(BATCH)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok((found, None));
+                }
+                let mut pipe = redis::pipe();
+                for (id, _) in &ids {
+                    // An id that does not parse reads a key that does not exist: dropped.
+                    let key = match id.parse::<TaskId>() {
+                        Ok(t) => self.keys.record(&t),
+                        Err(_) => format!("{index}:?"),
+                    };
+                    pipe.hgetall(key);
+                }
+                let records: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+                let mut expired = Vec::new();
+                for ((id, created), fields) in ids.iter().zip(records) {
+                    cursor = Some(*created);
+                    if fields.is_empty() {
+                        expired.push(id.clone());
+                        continue;
+                    }
+                    let record = TaskRecord::from_fields(fields)?;
+                    if status.as_ref().is_none_or(|s| *s == record.status) {
+                        found.push(record);
+                        if found.len() == limit {
+                            return Ok((found, cursor));
+                        }
+                    }
+                }
+                if !expired.is_empty() {
+                    let _: () = conn.zrem(&index, &expired).await?;
+                }
+                if ids.len() < BATCH {
+                    return Ok((found, None));
+                }
+            }
+            // Many tasks of other statuses: the client goes on from where this page ended.
+            Ok((found, cursor))
+        })
+        .await
+    }
+
     /// Appends an entry to a JSON-list field of a task record (for example the webhook
     /// delivery log), keeping the last `keep` entries.
     pub async fn append_log(

@@ -5,6 +5,9 @@
 -- KEYS[4] idempotency key (string -> "<task id> <request fingerprint>"); the record key
 --         again when there is none
 -- KEYS[5] idle claimers of the stage (ZSet, score = registration deadline ms)
+-- KEYS[6] the owner's tasks (ZSet, member = task id, score = enqueue tick: unique, in
+--         submission order); unused when
+--         ARGV[9] is 0
 -- ARGV[1] task id
 -- ARGV[2] priority (1-5)
 -- ARGV[3] request JSON
@@ -13,6 +16,7 @@
 -- ARGV[6] max queue depth (0: unlimited)
 -- ARGV[7] wake channel of the stage
 -- ARGV[8] fingerprint of the request (kept with the idempotency key)
+-- ARGV[9] most tasks kept in the owner's list (0: the task has no owner)
 -- Returns {"created", id, score} | {"existing", id, ""} | {"reused", id, ""} | {"full", depth, ""}
 -- ("reused": the key maps to a task submitted with another request)
 local idem = tonumber(ARGV[5]) > 0
@@ -44,6 +48,11 @@ redis.call('HSET', KEYS[2],
   'request', ARGV[3], 'attempts', 0, 'max_attempts', ARGV[4], 'score', score,
   'created_at', now, 'updated_at', now, 'queued_at', now, 'progress', 0)
 redis.call('ZADD', KEYS[1], score, ARGV[1])
+local owned = tonumber(ARGV[9])
+if owned > 0 then
+  redis.call('ZADD', KEYS[6], string.format('%.0f', tick), ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -owned - 1)
+end
 if idem then redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[8], 'PX', ARGV[5]) end
 wake(KEYS[5], ARGV[7], now)
 return {'created', ARGV[1], score}

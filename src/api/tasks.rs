@@ -1,0 +1,166 @@
+//! The task routes: `GET /tasks` (the caller's own, a page at a time), `GET /tasks/{id}` and
+//! `DELETE /tasks/{id}`, and the public view of a task they share. A client key sees only
+//! its own tasks; another client's task is "not found" to it.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use super::handlers::{Caller, authenticate, parse_id};
+use super::{ApiError, AppState};
+use crate::actors::scheduler::{Cancel, GetTask};
+use crate::queue::CancelOutcome;
+use crate::task::{TaskId, TaskRecord};
+
+/// The task `id` when `caller` may see it; another client's task is "not found" to it, as
+/// if it did not exist.
+pub(super) async fn owned_task(
+    st: &AppState,
+    caller: &Caller,
+    id: &TaskId,
+) -> Result<(TaskRecord, Option<u64>), ApiError> {
+    let (rec, position) = st.scheduler.ask(GetTask(id.clone())).await?;
+    if !caller.owns(&rec) {
+        return Err(ApiError::task_not_found(id.as_str()));
+    }
+    Ok((rec, position))
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The public view of a task.
+pub fn task_json(rec: &TaskRecord, position: Option<u64>) -> Value {
+    // The last error, unless the task got past it and succeeded.
+    let error = match &rec.error_code {
+        Some(code) if rec.status != crate::task::Status::Succeeded => {
+            json!({"code": code, "message": rec.error_message})
+        }
+        _ => Value::Null,
+    };
+    let webhook: Value = rec
+        .extra
+        .get("webhook_log")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Array(vec![]));
+    json!({
+        "task_id": rec.id,
+        "status": rec.status,
+        "stage": rec.stage,
+        "priority": rec.request.priority,
+        "position": position,
+        "progress": rec.progress,
+        "attempts": rec.attempts,
+        "max_attempts": rec.max_attempts,
+        "worker": rec.worker,
+        "cancel_requested": rec.cancel_requested,
+        "created_at": rfc3339(rec.created_at_ms),
+        "updated_at": rfc3339(rec.updated_at_ms),
+        "started_at": rec.started_at_ms.map(rfc3339),
+        "finished_at": rec.finished_at_ms.map(rfc3339),
+        "error": error,
+        "result": rec.result,
+        "webhook_deliveries": webhook,
+        // Shown without user info or query values; the record keeps the full URLs for the
+        // fetch and the webhook only.
+        "request": {
+            "audio": crate::net::redact_str(&rec.request.audio),
+            "hook_url": rec.request.hook_url.as_deref().map(crate::net::redact_str),
+            "model": rec.request.model,
+            "models": rec.request.models,
+            "ensemble": rec.request.ensemble,
+            "stems": rec.request.stems,
+            "output_format": rec.request.output_format,
+        },
+    })
+}
+
+pub(super) async fn get_task(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&req, &st)?;
+    let id = parse_id(&path)?;
+    let (rec, position) = owned_task(&st, &caller, &id).await?;
+    Ok(HttpResponse::Ok().json(task_json(&rec, position)))
+}
+
+/// `GET /tasks`: the caller's own tasks, newest first, a page at a time
+/// (`?limit=1-100`, default 20; `?status=`; `?before=<cursor>` from the previous page's `next`).
+pub(super) async fn list_tasks(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&req, &st)?;
+    let bad = |field: &'static str, message: &str| {
+        ApiError::invalid(field, "invalid_query", message.to_string())
+    };
+    let mut query = std::collections::HashMap::new();
+    for (key, value) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        let field = match key.as_ref() {
+            "limit" => "limit",
+            "status" => "status",
+            "before" => "before",
+            _ => return Err(bad("query", "the parameters are limit, status and before")),
+        };
+        if query.insert(field, value.into_owned()).is_some() {
+            return Err(bad(field, "give each parameter once"));
+        }
+    }
+    let limit = match query.get("limit") {
+        None => 20,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| bad("limit", "limit is an integer 1-100"))?,
+    };
+    let status = query
+        .get("status")
+        .map(|v| v.parse::<crate::task::Status>())
+        .transpose()
+        .map_err(|_| {
+            bad(
+                "status",
+                "status is queued, processing, separated, uploading, succeeded, failed or cancelled",
+            )
+        })?;
+    let before = query
+        .get("before")
+        .map(|v| v.parse::<u64>())
+        .transpose()
+        .map_err(|_| bad("before", "before is the next value of a previous page"))?;
+    let (records, next) = st
+        .scheduler
+        .ask(crate::actors::scheduler::ListOwned {
+            owner: caller.name,
+            status,
+            before,
+            limit,
+        })
+        .await?;
+    let tasks: Vec<Value> = records.iter().map(|r| task_json(r, None)).collect();
+    Ok(HttpResponse::Ok().json(json!({"tasks": tasks, "next": next.map(|n| n.to_string())})))
+}
+
+pub(super) async fn cancel_task(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&req, &st)?;
+    let id = parse_id(&path)?;
+    owned_task(&st, &caller, &id).await?;
+    let outcome = st.scheduler.ask(Cancel(id.clone())).await?;
+    let (status, message) = match outcome {
+        CancelOutcome::Cancelled => ("cancelled", "task cancelled"),
+        CancelOutcome::Requested => (
+            "cancel_requested",
+            "task is running; it stops at its next checkpoint",
+        ),
+    };
+    Ok(HttpResponse::Accepted().json(json!({"task_id": id, "status": status, "message": message})))
+}

@@ -1556,3 +1556,63 @@ async fn get_tasks_lists_the_callers_own_tasks_in_pages() {
         assert_eq!((code, error.as_str()), (422, "invalid_query"), "{path}");
     }
 }
+
+/// Named ensembles (README "Ensembles"): `"preset"` stands for the preset's models and
+/// algorithm, `GET /models` lists the presets, and a bad use is a stable 422.
+#[actix_rt::test]
+async fn a_preset_is_submitted_as_its_models_and_ensemble() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mdx");
+    for name in ["a", "b"] {
+        for ext in ["onnx", "json"] {
+            std::fs::copy(
+                fixtures.join(format!("tiny.{ext}")),
+                models.join(format!("{name}.{ext}")),
+            )
+            .unwrap();
+        }
+    }
+    let presets = dir.path().join("presets.json");
+    std::fs::write(
+        &presets,
+        r#"{"pair": {"models": ["a", "b"], "ensemble": "max_spec"}}"#,
+    )
+    .unwrap();
+    let app = spawn_app(&[
+        ("MODELS_DIR", models.to_str().unwrap()),
+        ("ENSEMBLE_PRESETS_FILE", presets.to_str().unwrap()),
+    ]);
+    let listed: Value = app.get("/models").await.json().await.unwrap();
+    assert_eq!(
+        listed["presets"],
+        json!({"pair": {"models": ["a", "b"], "ensemble": "max_spec"}})
+    );
+    let mut body = seed_body(3);
+    body["preset"] = json!("pair");
+    let resp = app.generate(&body).await;
+    assert_eq!(resp.status(), 202);
+    let accepted: Value = resp.json().await.unwrap();
+    let task: Value = app
+        .get(&format!("/tasks/{}", accepted["task_id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["request"]["models"], json!(["a", "b"]));
+    assert_eq!(task["request"]["ensemble"], "max_spec");
+    for (extra, code) in [
+        (json!({"preset": "nope"}), "unknown_preset"),
+        (json!({"preset": 1}), "invalid_type"),
+        (json!({"preset": "pair", "model": "a"}), "invalid_body"),
+    ] {
+        let mut body = seed_body(3);
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, error, full) = error_of(app.generate(&body).await).await;
+        assert_eq!((status, error.as_str()), (422, code), "{extra}");
+        assert_eq!(full["error"]["field"], "preset");
+    }
+}

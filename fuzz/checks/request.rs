@@ -47,6 +47,7 @@ fn configs() -> &'static [IntakeConfig; 2] {
             rate_burst: 1.0,
             max_queue_depth: 0,
             catalog: catalog.clone(),
+            presets: Default::default(),
         })
     })
 }

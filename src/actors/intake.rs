@@ -17,6 +17,7 @@ use crate::models::Library;
 use crate::net::{UrlError, UrlPolicy};
 use crate::queue::{NewTask, QueueError};
 use crate::separation::ensemble::{ALGORITHMS, Algorithm};
+use crate::separation::presets::{PresetError, Presets};
 use crate::supervise::{self, RestartTracker, Verdict};
 use crate::task::{OutputRate, Priority, SourceRate, TaskId, TaskRequest};
 
@@ -125,6 +126,8 @@ pub struct IntakeConfig {
     pub max_queue_depth: u64,
     /// Installed models, for `model` / `stems` / `output_format`.
     pub catalog: Arc<Library>,
+    /// Named ensembles (`ENSEMBLE_PRESETS_FILE`), for `preset`.
+    pub presets: Arc<Presets>,
 }
 
 /// Longest accepted URL.
@@ -262,6 +265,27 @@ impl Handler<Submit> for Intake {
     }
 }
 
+fn preset_error(presets: &Presets, e: PresetError) -> IntakeError {
+    match e {
+        PresetError::NotAString => {
+            IntakeError::invalid("preset", "invalid_type", "preset must be a preset's name")
+        }
+        PresetError::Unknown(name) => IntakeError::invalid(
+            "preset",
+            "unknown_preset",
+            format!(
+                "no preset {name:?} (available: {})",
+                presets.names().join(", ")
+            ),
+        ),
+        PresetError::Conflict => IntakeError::invalid(
+            "preset",
+            "invalid_body",
+            "give preset, or model / models and ensemble, not both",
+        ),
+    }
+}
+
 /// Refuses a priority above the client's `max_priority`.
 fn within_limits(v: Validated, limits: &ClientLimits) -> Result<Validated, IntakeError> {
     match limits.max_priority {
@@ -300,6 +324,12 @@ pub fn validate(
     let obj = body.as_object().ok_or_else(|| {
         IntakeError::invalid("body", "invalid_body", "the body must be a JSON object")
     })?;
+    // A preset stands for its models and ensemble.
+    let expanded = cfg
+        .presets
+        .expand(obj)
+        .map_err(|e| preset_error(&cfg.presets, e))?;
+    let obj = expanded.as_ref().and_then(Value::as_object).unwrap_or(obj);
     let catalog = cfg.catalog.current();
     let url_field = |field: &'static str| -> Result<url::Url, IntakeError> {
         let v = match obj.get(field) {

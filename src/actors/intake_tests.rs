@@ -13,6 +13,7 @@ fn cfg(allow_private: bool) -> IntakeConfig {
             default: BUILTIN_DSP.into(),
             models: vec![ModelInfo::builtin()],
         })),
+        presets: Default::default(),
     }
 }
 

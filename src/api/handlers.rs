@@ -346,7 +346,9 @@ pub(super) async fn models(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &st)?;
-    Ok(HttpResponse::Ok().json(&*st.catalog.current()))
+    let mut listing = serde_json::to_value(&*st.catalog.current()).unwrap_or_default();
+    listing["presets"] = serde_json::to_value(&*st.presets).unwrap_or_default();
+    Ok(HttpResponse::Ok().json(listing))
 }
 
 /// Live workers are those with a heartbeat within this window.

@@ -174,6 +174,17 @@ impl ApiConfig {
                 rate_burst: burst,
                 max_queue_depth: env.parse("MAX_QUEUE_DEPTH", 100_000u64)?,
                 catalog,
+                presets: Arc::new(match env.get("ENSEMBLE_PRESETS_FILE") {
+                    None => Default::default(),
+                    Some(path) => {
+                        crate::separation::presets::Presets::load(std::path::Path::new(path))
+                            .map_err(|reason| ConfigError::Invalid {
+                                var: "ENSEMBLE_PRESETS_FILE",
+                                value: path.to_string(),
+                                reason,
+                            })?
+                    }
+                }),
             },
             files,
             storage,
@@ -215,6 +226,7 @@ pub struct AppState {
     throttle: Arc<Throttle>,
     metrics_token: Option<BearerToken>,
     catalog: Arc<Library>,
+    presets: Arc<crate::separation::presets::Presets>,
     ready: Arc<AtomicBool>,
     max_request_bytes: usize,
     started: Instant,
@@ -253,6 +265,7 @@ impl ApiServer {
             throttle: Arc::new(Throttle::per_minute(cfg.auth_failures_per_minute)),
             metrics_token: cfg.metrics_token.clone(),
             catalog: cfg.intake.catalog.clone(),
+            presets: cfg.intake.presets.clone(),
             ready: ready.clone(),
             max_request_bytes: cfg.max_request_bytes,
             started: Instant::now(),

@@ -10,6 +10,7 @@
 
 pub mod dsp;
 pub mod ensemble;
+pub mod presets;
 
 use crate::audio::{DecodeError, Frame};
 

@@ -133,7 +133,7 @@ pub struct IntakeConfig {
 /// Longest accepted URL.
 pub const MAX_URL_LEN: usize = 4096;
 /// Most models in one ensemble.
-pub const MAX_ENSEMBLE: usize = 4;
+pub use crate::separation::ensemble::MAX_MODELS as MAX_ENSEMBLE;
 /// Longest accepted idempotency key.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 

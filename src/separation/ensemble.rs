@@ -37,6 +37,9 @@ pub enum Algorithm {
 /// The algorithm names of requests.
 pub const ALGORITHMS: &[&str] = &["average", "max_spec", "min_spec"];
 
+/// Most models in one ensemble.
+pub const MAX_MODELS: usize = 4;
+
 impl FromStr for Algorithm {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

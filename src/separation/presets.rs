@@ -56,10 +56,10 @@ impl Presets {
         let map: BTreeMap<String, Preset> =
             serde_json::from_str(text).map_err(|e| e.to_string())?;
         for (name, p) in &map {
-            if !(2..=crate::actors::intake::MAX_ENSEMBLE).contains(&p.models.len()) {
+            if !(2..=super::ensemble::MAX_MODELS).contains(&p.models.len()) {
                 return Err(format!(
                     "preset {name:?}: an ensemble has 2 to {} models",
-                    crate::actors::intake::MAX_ENSEMBLE
+                    super::ensemble::MAX_MODELS
                 ));
             }
             p.ensemble

@@ -62,6 +62,8 @@ struct Loaded {
 /// The client keys of `API_KEYS_FILE` (none when it is not set).
 pub struct Keyring {
     path: Option<PathBuf>,
+    /// The administrator's `API_USERNAME`, which no client may be named.
+    admin: String,
     loaded: Mutex<Loaded>,
 }
 
@@ -88,6 +90,7 @@ impl Keyring {
     pub fn none() -> Self {
         Self {
             path: None,
+            admin: String::new(),
             loaded: Mutex::new(Loaded {
                 entries: Vec::new(),
                 stamp: None,
@@ -96,40 +99,22 @@ impl Keyring {
         }
     }
 
-    /// The keys in `path`, which must be readable and valid now.
-    pub fn open(path: &Path) -> Result<Self, KeysError> {
-        let (entries, stamp) = read(path).map_err(|reason| KeysError {
+    /// The keys in `path`, which must be readable and valid now; no client may be named
+    /// `admin` (the administrator's `API_USERNAME`: a task's owner must say who submitted it).
+    pub fn open(path: &Path, admin: &str) -> Result<Self, KeysError> {
+        let (entries, stamp) = read(path, admin).map_err(|reason| KeysError {
             path: path.display().to_string(),
             reason,
         })?;
         Ok(Self {
             path: Some(path.to_path_buf()),
+            admin: admin.to_string(),
             loaded: Mutex::new(Loaded {
                 entries,
                 stamp,
                 checked: Instant::now(),
             }),
         })
-    }
-
-    /// Refuses a client named like the administrator (`API_USERNAME`): a task's owner must
-    /// say who submitted it.
-    pub fn check_admin_name(&self, admin: &str) -> Result<(), KeysError> {
-        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        match loaded.entries.iter().find(|e| e.client == admin) {
-            Some(_) => Err(KeysError {
-                path: self.path_text(),
-                reason: format!("client {admin:?} is the administrator's API_USERNAME"),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn path_text(&self) -> String {
-        self.path
-            .as_deref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
     }
 
     /// How many client keys are valid now.
@@ -192,7 +177,7 @@ impl Keyring {
         if now.is_some() && now == loaded.stamp {
             return;
         }
-        match read(path) {
+        match read(path, &self.admin) {
             Ok((entries, stamp)) => {
                 tracing::info!(path = %path.display(), clients = entries.len(), "API keys reloaded");
                 loaded.entries = entries;
@@ -213,14 +198,14 @@ fn stamp(path: &Path) -> Stamp {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn read(path: &Path) -> Result<(Vec<Entry>, Stamp), String> {
+fn read(path: &Path, admin: &str) -> Result<(Vec<Entry>, Stamp), String> {
     let before = stamp(path);
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    Ok((parse(&text)?, before))
+    Ok((parse(&text, admin)?, before))
 }
 
 /// Parses the file's text.
-fn parse(text: &str) -> Result<Vec<Entry>, String> {
+fn parse(text: &str, admin: &str) -> Result<Vec<Entry>, String> {
     let mut entries: Vec<Entry> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or_default().trim();
@@ -247,6 +232,11 @@ fn parse(text: &str) -> Result<Vec<Entry>, String> {
             .ok()
             .and_then(|d| d.try_into().ok())
             .ok_or_else(|| at("the digest must be 64 hex digits".into()))?;
+        if client == admin {
+            return Err(at(format!(
+                "client {client:?} is the administrator's API_USERNAME"
+            )));
+        }
         if entries.iter().any(|e| e.client == client) {
             return Err(at(format!("client {client:?} appears twice")));
         }
@@ -343,7 +333,7 @@ mod tests {
         let path = dir.path().join("keys");
         let text = format!("# clients\n{la}\n\n{lb} rate=2 burst=4 max_priority=3 # limited\n");
         std::fs::write(&path, text).unwrap();
-        let ring = Keyring::open(&path).unwrap();
+        let ring = Keyring::open(&path, "admin").unwrap();
         assert_eq!(ring.len(), 2);
         let who = |h: String| ring.verify(Some(&h));
         let beta = ClientLimits {
@@ -362,8 +352,8 @@ mod tests {
         assert_eq!(who(bearer(&format!("{ka}x"))), None);
         assert_eq!(who(format!("Token {ka}")), None);
         assert_eq!(ring.verify(None), None);
-        assert!(ring.check_admin_name("admin").is_ok());
-        assert!(ring.check_admin_name("alpha").is_err());
+        let named_admin = parse(&la, "alpha").unwrap_err();
+        assert!(named_admin.contains("administrator"), "{named_admin}");
         // The file itself does not hold the keys.
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&ka) && !text.contains(&kb));
@@ -393,19 +383,19 @@ mod tests {
                 "line 1: the digest must be 64 hex",
             ),
         ] {
-            let err = parse(&text).unwrap_err();
+            let err = parse(&text, "admin").unwrap_err();
             assert!(err.starts_with(why), "{text:?}: {err}");
         }
         let twice = format!("{line}\n{line}");
-        let err = parse(&twice).unwrap_err();
+        let err = parse(&twice, "admin").unwrap_err();
         assert!(
             err.contains("line 2: client \"alpha\" appears twice"),
             "{err}"
         );
         let shared = format!("{line}\nbeta {digest}");
-        let err = parse(&shared).unwrap_err();
+        let err = parse(&shared, "admin").unwrap_err();
         assert!(err.contains("line 2: this key is another"), "{err}");
-        assert!(Keyring::open(Path::new("/nonexistent/keys")).is_err());
+        assert!(Keyring::open(Path::new("/nonexistent/keys"), "admin").is_err());
     }
 
     #[test]
@@ -415,7 +405,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
         std::fs::write(&path, format!("{la}\n{lb}\n")).unwrap();
-        let ring = Keyring::open(&path).unwrap();
+        let ring = Keyring::open(&path, "admin").unwrap();
         let recheck = || ring.loaded.lock().unwrap().checked -= RECHECK;
         let who = |key: &str| ring.verify(Some(&bearer(key))).map(|(name, _)| name);
         // Revoke beta.
@@ -428,6 +418,11 @@ mod tests {
         recheck();
         assert_eq!(who(&ka), None);
         assert!(ring.is_empty());
+        // A client named like the administrator, added later: refused the same way.
+        let (_, as_admin) = generate("admin");
+        std::fs::write(&path, format!("{la}\n{as_admin}\n")).unwrap();
+        recheck();
+        assert_eq!(who(&ka), None);
         // Fixed again.
         std::fs::write(&path, format!("{la}\n{lb}\n")).unwrap();
         recheck();

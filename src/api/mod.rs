@@ -118,9 +118,7 @@ impl ApiConfig {
                     value: path.to_string(),
                     reason: e.to_string(),
                 };
-                let ring = keys::Keyring::open(std::path::Path::new(&path)).map_err(invalid)?;
-                ring.check_admin_name(&username).map_err(invalid)?;
-                ring
+                keys::Keyring::open(std::path::Path::new(&path), &username).map_err(invalid)?
             }
         };
         let rate: f64 = env.parse("RATE_LIMIT_PER_SECOND", 100.0)?;

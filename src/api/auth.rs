@@ -30,8 +30,30 @@ impl fmt::Debug for Credentials {
     }
 }
 
-fn digest(s: &[u8]) -> [u8; 32] {
+/// The SHA-256 digest credentials are kept and compared as.
+pub(super) fn digest(s: &[u8]) -> [u8; 32] {
     Sha256::digest(s).into()
+}
+
+/// The user and password of an `Authorization: Basic` value.
+pub(super) fn basic(header: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let mut decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    let pass = decoded.split_off(colon + 1);
+    decoded.truncate(colon);
+    Some((decoded, pass))
+}
+
+/// The token of an `Authorization: Bearer` value.
+pub(super) fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 impl Credentials {
@@ -51,18 +73,9 @@ impl Credentials {
 
     /// Checks an `Authorization` header value; returns the user name when it matches.
     pub fn verify(&self, header: Option<&str>) -> Option<&str> {
-        let value = header?;
-        let (scheme, encoded) = value.trim().split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("basic") {
-            return None;
-        }
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()?;
-        let colon = decoded.iter().position(|b| *b == b':')?;
-        let (user, pass) = (&decoded[..colon], &decoded[colon + 1..]);
-        let user_ok = digest(user).ct_eq(&self.user_digest);
-        let pass_ok = digest(pass).ct_eq(&self.pass_digest);
+        let (user, pass) = basic(header?)?;
+        let user_ok = digest(&user).ct_eq(&self.user_digest);
+        let pass_ok = digest(&pass).ct_eq(&self.pass_digest);
         bool::from(user_ok & pass_ok).then_some(self.username.as_str())
     }
 }
@@ -89,11 +102,9 @@ impl BearerToken {
 
     /// Whether an `Authorization` header value is `Bearer <this token>`.
     pub fn verify(&self, header: Option<&str>) -> bool {
-        let Some((scheme, token)) = header.and_then(|h| h.trim().split_once(' ')) else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case("bearer")
-            && bool::from(digest(token.trim().as_bytes()).ct_eq(&self.digest))
+        header
+            .and_then(bearer)
+            .is_some_and(|token| bool::from(digest(token.as_bytes()).ct_eq(&self.digest)))
     }
 }
 

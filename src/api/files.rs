@@ -8,7 +8,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::handlers::{authenticate, parse_id, unavailable};
+use super::handlers::{authenticate, unavailable};
 use super::tasks::owned_task;
 use super::{ApiError, AppState};
 use crate::task::TaskId;
@@ -52,10 +52,8 @@ pub async fn stem_link(
     path: web::Path<(String, String)>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = authenticate(&req, &st)?;
     let (raw_id, name) = path.into_inner();
-    let id = parse_id(&raw_id)?;
-    let (rec, _) = owned_task(&st, &caller, &id).await?;
+    let (id, rec, _) = owned_task(&req, &st, &raw_id).await?;
     let stem = rec
         .result
         .as_ref()

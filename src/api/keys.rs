@@ -21,8 +21,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use super::auth::{basic, bearer, digest};
 
 use crate::actors::intake::ClientLimits;
 
@@ -118,7 +119,8 @@ impl Keyring {
     }
 
     /// How many client keys are valid now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.refresh();
         self.loaded
             .lock()
@@ -128,28 +130,24 @@ impl Keyring {
     }
 
     /// Whether no client key is valid now.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The client an `Authorization` header value authenticates: `Bearer <key>`, or `Basic`
     /// with the client's name and its key.
     pub fn verify(&self, header: Option<&str>) -> Option<(String, ClientLimits)> {
-        let (scheme, value) = header?.trim().split_once(' ')?;
-        let (name, key) = if scheme.eq_ignore_ascii_case("bearer") {
-            (None, value.trim().as_bytes().to_vec())
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(value.trim())
-                .ok()?;
-            let colon = decoded.iter().position(|b| *b == b':')?;
-            let name = String::from_utf8(decoded[..colon].to_vec()).ok()?;
-            (Some(name), decoded[colon + 1..].to_vec())
-        } else {
-            return None;
+        let header = header?;
+        let (name, key) = match bearer(header) {
+            Some(key) => (None, key.as_bytes().to_vec()),
+            None => {
+                let (name, key) = basic(header)?;
+                (Some(String::from_utf8(name).ok()?), key)
+            }
         };
         self.refresh();
-        let digest: [u8; 32] = Sha256::digest(&key).into();
+        let digest = digest(&key);
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         // Every entry is compared, whichever matches.
         let mut found = None;
@@ -303,10 +301,7 @@ pub fn generate(client: &str) -> (String, String) {
         "uvr_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     );
-    let line = format!(
-        "{client} sha256:{}",
-        hex::encode(Sha256::digest(key.as_bytes()))
-    );
+    let line = format!("{client} sha256:{}", hex::encode(digest(key.as_bytes())));
     (key, line)
 }
 

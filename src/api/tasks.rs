@@ -7,24 +7,27 @@ use std::time::{Duration, UNIX_EPOCH};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use super::handlers::{Caller, authenticate, parse_id};
+use super::handlers::{authenticate, parse_id};
 use super::{ApiError, AppState};
 use crate::actors::scheduler::{Cancel, GetTask};
 use crate::queue::CancelOutcome;
 use crate::task::{TaskId, TaskRecord};
 
-/// The task `id` when `caller` may see it; another client's task is "not found" to it, as
-/// if it did not exist.
+/// The task `raw_id` names, for an authenticated caller who may see it: its id, record and
+/// position while it waits. Another client's task is "not found" to it, as if it did not
+/// exist.
 pub(super) async fn owned_task(
+    req: &HttpRequest,
     st: &AppState,
-    caller: &Caller,
-    id: &TaskId,
-) -> Result<(TaskRecord, Option<u64>), ApiError> {
+    raw_id: &str,
+) -> Result<(TaskId, TaskRecord, Option<u64>), ApiError> {
+    let caller = authenticate(req, st)?;
+    let id = parse_id(raw_id)?;
     let (rec, position) = st.scheduler.ask(GetTask(id.clone())).await?;
     if !caller.owns(&rec) {
         return Err(ApiError::task_not_found(id.as_str()));
     }
-    Ok((rec, position))
+    Ok((id, rec, position))
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -82,9 +85,7 @@ pub(super) async fn get_task(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = authenticate(&req, &st)?;
-    let id = parse_id(&path)?;
-    let (rec, position) = owned_task(&st, &caller, &id).await?;
+    let (_, rec, position) = owned_task(&req, &st, &path).await?;
     Ok(HttpResponse::Ok().json(task_json(&rec, position)))
 }
 
@@ -151,9 +152,7 @@ pub(super) async fn cancel_task(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = authenticate(&req, &st)?;
-    let id = parse_id(&path)?;
-    owned_task(&st, &caller, &id).await?;
+    let (id, _, _) = owned_task(&req, &st, &path).await?;
     let outcome = st.scheduler.ask(Cancel(id.clone())).await?;
     let (status, message) = match outcome {
         CancelOutcome::Cancelled => ("cancelled", "task cancelled"),

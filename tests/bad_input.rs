@@ -592,6 +592,25 @@ mod fixtures {
             .collect()
     }
 
+    /// `seconds` of a stereo tone as Ogg Opus at 96 kbps, written by the service's own stem
+    /// encoder (libopus; Opus is too involved to hand-encode here).
+    pub fn ogg_opus(seconds: f32) -> Vec<u8> {
+        use uvr::audio::encode::{Encoding, StemWriter};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tone.opus");
+        let frames: Vec<[f32; 2]> = (0..(seconds * 44_100.0) as usize)
+            .map(|i| {
+                let t = i as f32 / 44_100.0;
+                let s = (2.0 * std::f32::consts::PI * 440.0 * t).sin() * 0.4;
+                [s, s * 0.5]
+            })
+            .collect();
+        let mut w = StemWriter::create(&path, Encoding::Opus { kbps: 96 }, 48_000).unwrap();
+        w.write(&frames).unwrap();
+        w.finish().unwrap();
+        std::fs::read(path).unwrap()
+    }
+
     /// The first `keep` bytes (`keep` may be a fraction of the length).
     pub fn truncate(bytes: &[u8], keep: usize) -> Vec<u8> {
         bytes[..keep.min(bytes.len())].to_vec()
@@ -1117,6 +1136,24 @@ async fn api_rejects_wrong_types_missing_fields_and_bad_priorities() {
             "bitrate",
         ),
         (
+            "opus bitrate 320",
+            json!({"output_format": "opus", "bitrate": 320}),
+            "out_of_range",
+            "bitrate",
+        ),
+        (
+            "opus at 44.1 kHz",
+            json!({"output_format": "opus", "sample_rate": 44100}),
+            "unsupported_format",
+            "sample_rate",
+        ),
+        (
+            "opus at the source rate",
+            json!({"output_format": "opus", "sample_rate": "source"}),
+            "unsupported_format",
+            "sample_rate",
+        ),
+        (
             "sample_rate 96000",
             json!({"sample_rate": 96000}),
             "out_of_range",
@@ -1203,6 +1240,10 @@ async fn api_rejects_wrong_types_missing_fields_and_bad_priorities() {
         (
             "flac24 at the source rate",
             json!({"output_format": "FLAC24", "sample_rate": "source"}),
+        ),
+        (
+            "opus at 64 kbps, 48 kHz",
+            json!({"output_format": "Opus", "bitrate": 64, "sample_rate": 48000}),
         ),
     ] {
         cases.push(case(
@@ -2336,6 +2377,25 @@ async fn pipeline_ends_every_damaged_file_with_a_stable_code() {
         file(
             "Ogg Vorbis with noise in the middle (a page of 0.58 s lost)",
             corrupt_middle(&ogg, 64),
+            Fail("audio_corrupt"),
+        ),
+    ]);
+    let opus = ogg_opus(3.0);
+    cases.extend([
+        file("Ogg Opus stereo (libopus)", opus.clone(), Ok(3.0)),
+        file(
+            "Ogg Opus truncated after the headers",
+            truncate(&opus, 120),
+            Fail("audio_unsupported"),
+        ),
+        file(
+            "Ogg Opus truncated at half (the pages before the cut: a stream)",
+            truncate(&opus, opus.len() / 2),
+            Ok(1.0 + 648.0 / 48_000.0),
+        ),
+        file(
+            "Ogg Opus with noise in the middle (a page of 1 s lost)",
+            corrupt_middle(&opus, 64),
             Fail("audio_corrupt"),
         ),
     ]);

@@ -401,6 +401,11 @@ async fn stems_go_to_s3_with_presigned_links() {
         assert!(url.contains("X-Amz-Signature="), "presigned: {url}");
         let resp = client.get(url).send().await.unwrap();
         assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["content-type"],
+            "audio/wav",
+            "the object's media type"
+        );
         let (spec, frames) = read_wav(&resp.bytes().await.unwrap());
         assert_eq!(spec.bits_per_sample, 24);
         assert_eq!(frames.len(), 44_100);
@@ -1118,6 +1123,7 @@ async fn a_stem_over_8_mib_goes_to_s3_in_parts_and_comes_back_whole() {
     let link = storage.link(key).await.unwrap();
     let resp = reqwest::get(&link.url).await.unwrap();
     assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "audio/wav");
     let etag = resp.headers()["etag"].to_str().unwrap().to_string();
     assert!(
         etag.trim_matches('"').ends_with("-3"),
@@ -1267,12 +1273,12 @@ async fn links_are_on_the_task_before_the_webhook_is_delivered() {
     );
 }
 
-/// FLAC at 48 kHz and MP3 at 128 kbps through the whole service: the stems carry their
-/// format's extension, and the download route serves them with their content type, `Range`,
-/// `ETag` (a conditional request gets 304) and `HEAD`; decoded back they have the song's
-/// length at their rate.
+/// FLAC at 48 kHz, MP3 at 128 kbps and Opus at 96 kbps through the whole service: the
+/// stems carry their format's extension, and the download route serves them with their
+/// content type, `Range`, `ETag` (a conditional request gets 304) and `HEAD`; decoded back
+/// they have the song's length at their rate.
 #[actix_rt::test]
-async fn stems_in_flac_and_mp3_are_stored_and_served_with_ranges() {
+async fn stems_in_flac_mp3_and_opus_are_stored_and_served_with_ranges() {
     let peer = Peer::start();
     let dep = Deployment::new(&[]);
     let _svc = dep.spawn("api,processor,uploader", "all");
@@ -1288,6 +1294,13 @@ async fn stems_in_flac_and_mp3_are_stored_and_served_with_ranges() {
             48_000u32,
         ),
         ("mp3", json!({"bitrate": 128}), "mp3", "audio/mpeg", 44_100),
+        (
+            "opus",
+            json!({"bitrate": 96}),
+            "opus",
+            "audio/ogg; codecs=opus",
+            48_000,
+        ),
     ] {
         let mut body = json!({"audio": audio, "output_format": format, "stems": ["vocals"]});
         for (k, v) in extra.as_object().unwrap() {
@@ -1332,7 +1345,8 @@ async fn stems_in_flac_and_mp3_are_stored_and_served_with_ranges() {
             bytes.len().to_string()
         );
         assert!(head.bytes().await.unwrap().is_empty());
-        // Decoded back at its own rate: the song's length (MP3: within a frame).
+        // Decoded back at its own rate: the song's length (MP3: within a frame; Opus: exact
+        // through its pre-skip and end trimming).
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(format!("vocals.{ext}"));
         std::fs::write(&file, &bytes).unwrap();

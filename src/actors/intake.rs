@@ -602,8 +602,8 @@ pub fn validate(
             ));
         }
     };
-    // Checks the format and its bit rate together.
-    Encoding::parse(output_format.as_deref(), bitrate)
+    // Checks the format and its bit rate together (and, below, the rate it allows).
+    let encoding = Encoding::parse(output_format.as_deref(), bitrate)
         .map_err(|e| IntakeError::invalid(e.field, e.code, e.message))?;
     let sample_rate = match obj.get("sample_rate") {
         None | Some(Value::Null) => None,
@@ -626,6 +626,9 @@ pub fn validate(
             ));
         }
     };
+    encoding
+        .check_rate(sample_rate)
+        .map_err(|e| IntakeError::invalid(e.field, e.code, e.message))?;
     let idempotency_key = match idempotency_key {
         None => None,
         Some(k) => {

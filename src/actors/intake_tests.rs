@@ -95,6 +95,27 @@ fn invalid_bodies_have_stable_codes() {
     );
     assert_eq!(code(ok(json!({"bitrate": "320"})), None), "invalid_type");
     assert_eq!(
+        code(ok(json!({"output_format": "opus", "bitrate": 320})), None),
+        "out_of_range"
+    );
+    for rate in [json!(44100), json!("source")] {
+        assert_eq!(
+            code(
+                ok(json!({"output_format": "opus", "sample_rate": rate})),
+                None
+            ),
+            "unsupported_format",
+            "opus at {rate}"
+        );
+    }
+    let v = validate(
+        &cfg(false),
+        &ok(json!({"output_format": "opus", "sample_rate": 48000})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(v.request.output_format.as_deref(), Some("opus"));
+    assert_eq!(
         code(ok(json!({"sample_rate": 22050})), None),
         "out_of_range"
     );

@@ -136,12 +136,7 @@ pub async fn download(
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         })
-        .and_then(|(_, ext)| match ext {
-            "wav" => Some("audio/wav"),
-            "flac" => Some("audio/flac"),
-            "mp3" => Some("audio/mpeg"),
-            _ => None,
-        })
+        .and_then(|(_, ext)| crate::audio::encode::media_type(ext))
         .ok_or_else(no_such_file)?;
     let task: TaskId = task.parse().map_err(|_| no_such_file())?;
     let key = format!("{task}/{name}");

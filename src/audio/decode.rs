@@ -1,6 +1,6 @@
 //! Streaming decoding (symphonia) to stereo f32 at 44.1 kHz.
 //!
-//! WAV, FLAC, MP3, OGG/Vorbis, AAC/M4A and ALAC. Mono is duplicated to both channels; more
+//! WAV, FLAC, MP3, OGG/Vorbis, Opus (Ogg or WebM, libopus), AAC/M4A and ALAC. Mono is duplicated to both channels; more
 //! than two channels are folded down (even-numbered channels to the left, odd-numbered to
 //! the right, averaged). Other sample rates are resampled with rubato's FFT resampler, the
 //! resampler's delay removed so the output is aligned with the input and has exactly
@@ -199,7 +199,7 @@ fn probe(hint: &Hint, mss: MediaSourceStream) -> Result<Probed, DecodeError> {
         .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
         .ok_or_else(|| DecodeError::Unsupported("no audio track".into()))?;
     let (track_id, params) = (track.id, track.codec_params.clone());
-    let decoder = symphonia::default::get_codecs()
+    let decoder = super::opus_input::codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|e| DecodeError::Unsupported(format!("codec: {e}")))?;
     Ok((format, track_id, params, decoder))

@@ -1,23 +1,29 @@
 //! Writing stems, streamed block by block (constant memory whatever the length): WAV (16-bit
 //! or 24-bit PCM, 32-bit float; hound), FLAC (16 or 24 bits; flac-codec), MP3 (LAME through
 //! mp3lame-encoder, constant bit rate, with the LAME tag that tells decoders the encoder's
-//! delay and padding), at 44.1 kHz (the separation's rate), 48 kHz or the source's rate
-//! (rubato, see [`super::resample`]).
+//! delay and padding), Ogg Opus (libopus, see [`super::ogg_opus`]; always 48 kHz), at
+//! 44.1 kHz (the separation's rate), 48 kHz or the source's rate (rubato, see
+//! [`super::resample`]).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::decode::{Frame, SAMPLE_RATE};
+use super::ogg_opus::OggOpusWriter;
 use super::resample::Resample;
 use crate::task::OutputRate;
 
 /// The `output_format` values.
 pub const FORMATS: &[&str] = &[
-    "wav", "wav16", "wav24", "wav32f", "flac", "flac16", "flac24", "mp3",
+    "wav", "wav16", "wav24", "wav32f", "flac", "flac16", "flac24", "mp3", "opus",
 ];
 /// MP3 bit rates in kbps (`bitrate`); the default is the last.
 pub const MP3_BITRATES: &[u32] = &[128, 160, 192, 224, 256, 320];
+/// Opus bit rates in kbps (`bitrate`, stereo); the default is [`OPUS_DEFAULT_KBPS`].
+pub const OPUS_BITRATES: &[u32] = &[64, 96, 128, 160, 192, 256];
+/// The Opus bit rate when none is asked for (transparent for most music in stereo).
+pub const OPUS_DEFAULT_KBPS: u32 = 160;
 /// Output sample rates besides the source's own.
 pub const SAMPLE_RATES: &[u32] = &[44_100, 48_000];
 /// The range of source rates a stem can be written at (`sample_rate: "source"`).
@@ -39,6 +45,11 @@ pub enum Encoding {
     /// MP3, constant bit rate in kbps (`mp3`, `bitrate`).
     Mp3 {
         /// Bit rate in kbps, one of [`MP3_BITRATES`].
+        kbps: u32,
+    },
+    /// Ogg Opus, constrained variable bit rate in kbps (`opus`, `bitrate`), always 48 kHz.
+    Opus {
+        /// Bit rate in kbps, one of [`OPUS_BITRATES`].
         kbps: u32,
     },
 }
@@ -65,18 +76,17 @@ impl Encoding {
             "flac" | "flac16" => Self::Flac16,
             "flac24" => Self::Flac24,
             "mp3" => {
-                let kbps = bitrate.unwrap_or(*MP3_BITRATES.last().expect("not empty"));
-                if !MP3_BITRATES.contains(&kbps) {
-                    return Err(FormatError {
-                        field: "bitrate",
-                        code: "out_of_range",
-                        message: format!(
-                            "mp3 bitrate must be one of {:?} kbps, not {kbps}",
-                            MP3_BITRATES
-                        ),
-                    });
-                }
+                let kbps = lossy_bitrate(
+                    "mp3",
+                    MP3_BITRATES,
+                    MP3_BITRATES[MP3_BITRATES.len() - 1],
+                    bitrate,
+                )?;
                 return Ok(Self::Mp3 { kbps });
+            }
+            "opus" => {
+                let kbps = lossy_bitrate("opus", OPUS_BITRATES, OPUS_DEFAULT_KBPS, bitrate)?;
+                return Ok(Self::Opus { kbps });
             }
             other => {
                 return Err(FormatError {
@@ -93,7 +103,10 @@ impl Encoding {
             return Err(FormatError {
                 field: "bitrate",
                 code: "unsupported_format",
-                message: format!("bitrate applies to mp3 only, not to {}", enc.name()),
+                message: format!(
+                    "bitrate applies to mp3 and opus only, not to {}",
+                    enc.name()
+                ),
             });
         }
         Ok(enc)
@@ -108,6 +121,31 @@ impl Encoding {
             Self::Flac16 => "flac16",
             Self::Flac24 => "flac24",
             Self::Mp3 { .. } => "mp3",
+            Self::Opus { .. } => "opus",
+        }
+    }
+
+    /// The bit rate of a lossy encoding, kbps.
+    pub fn kbps(self) -> Option<u32> {
+        match self {
+            Self::Mp3 { kbps } | Self::Opus { kbps } => Some(kbps),
+            _ => None,
+        }
+    }
+
+    /// Refuses an output rate the encoding cannot be written at: Opus is 48 kHz only, so
+    /// with `opus` a `sample_rate` other than 48000 (`"source"` included) is an error.
+    pub fn check_rate(self, requested: Option<OutputRate>) -> Result<(), FormatError> {
+        match (self, requested) {
+            (Self::Opus { .. }, Some(r)) if r != OutputRate::Hz(super::ogg_opus::RATE) => {
+                Err(FormatError {
+                    field: "sample_rate",
+                    code: "unsupported_format",
+                    message: "opus stems are always 48000 Hz: give sample_rate 48000 or none"
+                        .into(),
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -117,7 +155,13 @@ impl Encoding {
             Self::Wav16 | Self::Wav24 | Self::Wav32f => "wav",
             Self::Flac16 | Self::Flac24 => "flac",
             Self::Mp3 { .. } => "mp3",
+            Self::Opus { .. } => "opus",
         }
+    }
+
+    /// The media type a stem file is served with.
+    pub fn media_type(self) -> &'static str {
+        media_type(self.extension()).expect("every encoding's extension has a media type")
     }
 
     /// The most bytes a stem of `frames` frames at `rate` can take (a bound for
@@ -136,13 +180,52 @@ impl Encoding {
                 let seconds = (frames + 2 * 1152) as f64 / f64::from(rate.max(1));
                 (seconds * f64::from(kbps) * 1000.0 / 8.0) as u64 + header
             }
+            Self::Opus { kbps } => {
+                // Constrained VBR stays near its rate; a quarter more covers its reservoir,
+                // plus the look-ahead frames and Ogg's page headers and lacing (50 packets
+                // a second).
+                let seconds = (frames + 2 * 960) as f64 / f64::from(rate.max(1));
+                (seconds * (f64::from(kbps) * 1000.0 / 8.0 * 1.25 + 256.0)) as u64 + header
+            }
         }
     }
 }
 
-/// The rate stems are written at: the one asked for (44100 or 48000), the source's own
-/// (kept within [`SOURCE_RATES`]), or 44.1 kHz.
-pub fn output_rate(requested: Option<OutputRate>, source_rate: u32) -> u32 {
+/// The media type of a stem file's extension (`wav`, `flac`, `mp3`, `opus`).
+pub fn media_type(extension: &str) -> Option<&'static str> {
+    match extension {
+        "wav" => Some("audio/wav"),
+        "flac" => Some("audio/flac"),
+        "mp3" => Some("audio/mpeg"),
+        "opus" => Some("audio/ogg; codecs=opus"),
+        _ => None,
+    }
+}
+
+/// A lossy format's bit rate: the one asked for when it is one of `allowed`, else `default`.
+fn lossy_bitrate(
+    format: &str,
+    allowed: &[u32],
+    default: u32,
+    bitrate: Option<u32>,
+) -> Result<u32, FormatError> {
+    let kbps = bitrate.unwrap_or(default);
+    if !allowed.contains(&kbps) {
+        return Err(FormatError {
+            field: "bitrate",
+            code: "out_of_range",
+            message: format!("{format} bitrate must be one of {allowed:?} kbps, not {kbps}"),
+        });
+    }
+    Ok(kbps)
+}
+
+/// The rate stems are written at: 48 kHz for Opus, else the one asked for (44100 or
+/// 48000), the source's own (kept within [`SOURCE_RATES`]), or 44.1 kHz.
+pub fn output_rate(encoding: Encoding, requested: Option<OutputRate>, source_rate: u32) -> u32 {
+    if let Encoding::Opus { .. } = encoding {
+        return super::ogg_opus::RATE;
+    }
     match requested {
         Some(OutputRate::Source(_)) => {
             source_rate.clamp(*SOURCE_RATES.start(), *SOURCE_RATES.end())
@@ -173,6 +256,7 @@ enum Sink {
         pcm: Vec<i16>,
         out: Vec<u8>,
     },
+    Opus(Box<OggOpusWriter>),
 }
 
 impl std::fmt::Debug for StemWriter {
@@ -258,6 +342,14 @@ impl StemWriter {
                     out: Vec::new(),
                 }
             }
+            Encoding::Opus { kbps } => {
+                if rate != super::ogg_opus::RATE {
+                    return Err(io::Error::other(format!(
+                        "opus is 48000 Hz only, not {rate}"
+                    )));
+                }
+                Sink::Opus(Box::new(OggOpusWriter::create(path, kbps)?))
+            }
         };
         Ok(Self {
             sink,
@@ -329,6 +421,7 @@ impl Sink {
                     .map_err(|e| io::Error::other(format!("LAME: {e:?}")))?;
                 file.write_all(out)?;
             }
+            Sink::Opus(w) => w.write(frames)?,
         }
         Ok(())
     }
@@ -359,6 +452,7 @@ impl Sink {
                 }
                 file.flush()
             }
+            Sink::Opus(w) => w.finish(),
         }
     }
 }
@@ -389,11 +483,14 @@ mod tests {
         for f in FORMATS {
             assert!(Encoding::parse(Some(f), None).is_ok(), "{f}");
         }
-        assert_eq!(output_rate(None, 96_000), 44_100);
-        assert_eq!(output_rate(Some(OutputRate::Hz(48_000)), 22_050), 48_000);
+        assert_eq!(output_rate(Encoding::Wav16, None, 96_000), 44_100);
+        assert_eq!(
+            output_rate(Encoding::Flac16, Some(OutputRate::Hz(48_000)), 22_050),
+            48_000
+        );
         let source = Some(OutputRate::Source(SourceRate::Source));
-        assert_eq!(output_rate(source, 22_050), 22_050);
-        assert_eq!(output_rate(source, 4_000), 8_000);
+        assert_eq!(output_rate(Encoding::Wav16, source, 22_050), 22_050);
+        assert_eq!(output_rate(Encoding::Wav16, source, 4_000), 8_000);
         let json: OutputRate = serde_json::from_str("\"source\"").unwrap();
         assert_eq!(Some(json), source);
         let json: OutputRate = serde_json::from_str("48000").unwrap();
@@ -487,5 +584,98 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An Ogg Opus file decoded by libopus: its rate, pre-skip, and its samples with the
+    /// pre-skip dropped and the length cut at the last granule position.
+    fn read_opus(path: &Path) -> (u32, u16, Vec<Frame>) {
+        let mut pages = ogg::PacketReader::new(File::open(path).unwrap());
+        let head = pages.read_packet_expected().unwrap();
+        assert_eq!(&head.data[..8], b"OpusHead");
+        assert_eq!((head.data[8], head.data[9]), (1, 2), "version 1, stereo");
+        let pre_skip = u16::from_le_bytes([head.data[10], head.data[11]]);
+        let rate = u32::from_le_bytes(head.data[12..16].try_into().unwrap());
+        let tags = pages.read_packet_expected().unwrap();
+        assert_eq!(&tags.data[..8], b"OpusTags");
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Stereo).unwrap();
+        let mut pcm = vec![0f32; 2 * 5760];
+        let (mut out, mut last_granule) = (Vec::new(), 0);
+        while let Some(p) = pages.read_packet().unwrap() {
+            let n = decoder.decode_float(&p.data, &mut pcm, false).unwrap();
+            out.extend(pcm[..2 * n].chunks(2).map(|c| [c[0], c[1]]));
+            if p.last_in_page() {
+                last_granule = p.absgp_page();
+            }
+        }
+        let end = usize::try_from(last_granule).unwrap();
+        assert!(end <= out.len(), "the last granule is within the stream");
+        out.truncate(end);
+        (rate, pre_skip, out.split_off(usize::from(pre_skip)))
+    }
+
+    /// Opus is 48 kHz whatever was asked, exactly as long as the input once the pre-skip
+    /// and the end trimming are applied (decoded by libopus from the Ogg pages, and by the
+    /// service's reader as an input), and above 20 dB SNR against the 32-bit float WAV path
+    /// at 48 kHz; its size stays within the bound `MAX_OUTPUT_BYTES` is checked against.
+    #[test]
+    fn opus_decodes_back_to_the_wav_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wav, opus) = (dir.path().join("ref.wav"), dir.path().join("stem.opus"));
+        let enc = Encoding::Opus { kbps: 128 };
+        assert_eq!(output_rate(enc, None, 44_100), 48_000);
+        write(&wav, Encoding::Wav32f, 48_000);
+        assert_eq!(write(&opus, enc, output_rate(enc, None, 44_100)), 66_150);
+        let reference: Vec<Frame> = hound::WavReader::open(&wav)
+            .unwrap()
+            .into_samples::<f32>()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .map(|c| [c[0], c[1]])
+            .collect();
+        assert_eq!(reference.len(), 72_000);
+        let (rate, pre_skip, decoded) = read_opus(&opus);
+        assert_eq!(rate, 48_000);
+        assert!(pre_skip > 0, "libopus has a look-ahead");
+        assert_eq!(decoded.len(), 72_000, "the input's length at 48 kHz");
+        let snr = snr_db(&reference, &decoded);
+        assert!(snr > 20.0, "opus SNR {snr:.1} dB");
+        let bytes = std::fs::metadata(&opus).unwrap().len();
+        assert!(bytes <= enc.max_file_bytes(72_000, 48_000), "{bytes}");
+        // The service's own reader (symphonia's Ogg demuxer, libopus) gives the same audio
+        // back at 44.1 kHz.
+        let (r, input) = read(&opus);
+        assert_eq!((r, input.len()), (48_000, 66_150));
+        let (_, wav_input) = read(&wav);
+        let snr = snr_db(&wav_input, &input);
+        assert!(snr > 20.0, "opus read back as input: SNR {snr:.1} dB");
+        // An empty stem is a valid, empty stream.
+        let empty = dir.path().join("empty.opus");
+        StemWriter::create(&empty, enc, 48_000)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert!(read_opus(&empty).2.is_empty());
+        // Formats and rates.
+        assert_eq!(
+            Encoding::parse(Some("opus"), None),
+            Ok(Encoding::Opus { kbps: 160 })
+        );
+        let e = Encoding::parse(Some("opus"), Some(320)).unwrap_err();
+        assert_eq!((e.field, e.code), ("bitrate", "out_of_range"));
+        assert!(enc.check_rate(Some(OutputRate::Hz(48_000))).is_ok());
+        assert!(enc.check_rate(None).is_ok());
+        let e = enc.check_rate(Some(OutputRate::Hz(44_100))).unwrap_err();
+        assert_eq!((e.field, e.code), ("sample_rate", "unsupported_format"));
+        assert!(
+            enc.check_rate(Some(OutputRate::Source(SourceRate::Source)))
+                .is_err()
+        );
+        assert!(
+            Encoding::Mp3 { kbps: 320 }
+                .check_rate(Some(OutputRate::Hz(44_100)))
+                .is_ok()
+        );
+        assert_eq!(enc.media_type(), "audio/ogg; codecs=opus");
     }
 }

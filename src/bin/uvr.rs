@@ -88,13 +88,16 @@ struct SeparateArgs {
     /// Only this one stem (audio-separator's --single_stem), e.g. `instrumental`.
     #[arg(long, value_name = "STEM", conflicts_with = "stems")]
     single_stem: Option<String>,
-    /// Output format: wav (16-bit), wav16, wav24, wav32f, flac (16-bit), flac16, flac24, mp3.
+    /// Output format: wav (16-bit), wav16, wav24, wav32f, flac (16-bit), flac16, flac24, mp3,
+    /// opus (Ogg Opus, 48000 Hz).
     #[arg(long, default_value = "wav")]
     format: String,
-    /// MP3 bit rate in kbps: 128, 160, 192, 224, 256 or 320 (the default).
+    /// Bit rate in kbps: mp3 128, 160, 192, 224, 256 or 320 (the default); opus 64, 96, 128,
+    /// 160 (the default), 192 or 256.
     #[arg(long, value_name = "KBPS")]
     bitrate: Option<u32>,
-    /// Sample rate of the stems: 44100 (the default), 48000, or source (the input's own).
+    /// Sample rate of the stems: 44100 (the default), 48000, or source (the input's own);
+    /// opus is always 48000.
     #[arg(long, value_name = "HZ", value_parser = sample_rate)]
     sample_rate: Option<uvr::task::OutputRate>,
     /// MDX-Net chunk overlap, 0 <= overlap < 0.99.

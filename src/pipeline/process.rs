@@ -245,12 +245,13 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
     let model_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let encoding = Encoding::parse(job.output_format.as_deref(), job.bitrate)
+        .and_then(|e| e.check_rate(job.sample_rate).map(|()| e))
         .map_err(|e| JobError::new(e.code, e.to_string(), false))?;
     let wanted: Vec<String> = job.stems.clone().unwrap_or_else(|| separator.stems());
     let mut reader = AudioReader::open(job.source, job.max_seconds)
         .map_err(|e| JobError::from(SeparateError::from(e)))?;
     let source_rate = reader.source_rate();
-    let rate = output_rate(job.sample_rate, source_rate);
+    let rate = output_rate(encoding, job.sample_rate, source_rate);
     let budget = match job.max_output_bytes {
         0 => u64::MAX,
         n => n,
@@ -355,10 +356,7 @@ fn summary(s: Summary) -> Value {
         "stems": s.stems,
         "format": s.encoding.name(),
         "sample_rate": s.rate,
-        "bitrate": match s.encoding {
-            Encoding::Mp3 { kbps } => json!(kbps),
-            _ => Value::Null,
-        },
+        "bitrate": s.encoding.kbps(),
         "duration_seconds": round3(duration),
         "source_sample_rate": s.source_rate,
         "timings": {
@@ -428,6 +426,7 @@ fn separate_ensemble(
 ) -> Result<Value, JobError> {
     let started = Instant::now();
     let encoding = Encoding::parse(job.output_format.as_deref(), job.bitrate)
+        .and_then(|e| e.check_rate(job.sample_rate).map(|()| e))
         .map_err(|e| JobError::new(e.code, e.to_string(), false))?;
     let work = job.out_dir.join("ensemble");
     std::fs::create_dir_all(&work)
@@ -485,7 +484,7 @@ fn separate_ensemble(
             }
         }
     }
-    let rate = output_rate(job.sample_rate, source_rate);
+    let rate = output_rate(encoding, job.sample_rate, source_rate);
     let mut stems = serde_json::Map::new();
     for (stem, inputs) in &raw {
         if inputs.len() != models.len() {

@@ -273,7 +273,8 @@ impl Storage {
     }
 
     /// Stores `file` under `key` (`<task>/<stem>.wav`); skips the upload when an object of
-    /// the same size is there already (a retried delivery).
+    /// the same size is there already (a retried delivery). S3 objects carry the stem's
+    /// media type (`Content-Type`), which their presigned links are then served with.
     pub async fn put_file(&self, key: &str, file: &Path) -> Result<u64, StorageError> {
         let path = self.object_path(key);
         let size = tokio::fs::metadata(file)
@@ -289,17 +290,37 @@ impl Storage {
             .await
             .map_err(|e| StorageError(format!("{}: {e}", file.display())))?;
         let err = |e: object_store::Error| StorageError(e.to_string());
+        let mut attributes = object_store::Attributes::new();
+        if let StorageConfig::S3 { .. } = &self.cfg
+            && let Some(media_type) = key
+                .rsplit_once('.')
+                .and_then(|(_, ext)| crate::audio::encode::media_type(ext))
+        {
+            attributes.insert(object_store::Attribute::ContentType, media_type.into());
+        }
         if size <= MULTIPART_THRESHOLD {
             let mut buf = Vec::with_capacity(size as usize);
             f.read_to_end(&mut buf)
                 .await
                 .map_err(|e| StorageError(e.to_string()))?;
+            let opts = object_store::PutOptions {
+                attributes,
+                ..Default::default()
+            };
             self.store
-                .put(&path, PutPayload::from(buf))
+                .put_opts(&path, PutPayload::from(buf), opts)
                 .await
                 .map_err(err)?;
         } else {
-            let upload = self.store.put_multipart(&path).await.map_err(err)?;
+            let opts = object_store::PutMultipartOptions {
+                attributes,
+                ..Default::default()
+            };
+            let upload = self
+                .store
+                .put_multipart_opts(&path, opts)
+                .await
+                .map_err(err)?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             let mut buf = vec![0u8; 1 << 20];
             loop {

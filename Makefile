@@ -55,7 +55,7 @@ bench-separation:
 ## bench-mdx: MDX-Net at the Kim_Vocal_2 geometry, Burn CPU beside onnxruntime at batch 1 and 4
 ## (pip install -r models/reference/requirements.txt), and wgpu
 bench-mdx:
-	$(CARGO) bench --locked --bench mdx
+	MIMALLOC_PURGE_DELAY=$${MIMALLOC_PURGE_DELAY:-10000} $(CARGO) bench --locked --bench mdx
 
 ## bench-roformer: BS-Roformer at viperx 1297's geometry, Burn CPU beside PyTorch CPU with the
 ## same threads (pip install -r models/reference/requirements-roformer.txt), and wgpu

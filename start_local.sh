@@ -21,6 +21,8 @@ export API_HOST=${API_HOST:-127.0.0.1}
 export API_PORT=${API_PORT:-8000}
 export API_USERNAME=${API_USERNAME:-admin}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/uvr-target}
+# The allocator keeps freed pages for 10 s, so CPU separation reuses them (see README).
+export MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:-10000}
 mkdir -p logs run data/redis
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }

@@ -208,9 +208,10 @@ fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let audio = clip(seconds);
     println!(
-        "MDX-Net demix of {seconds} s of audio, model {} ({} threads available)",
+        "MDX-Net demix of {seconds} s of audio, model {} ({} threads available, MIMALLOC_PURGE_DELAY {})",
         model.file_name().unwrap().to_string_lossy(),
-        threads
+        threads,
+        std::env::var("MIMALLOC_PURGE_DELAY").unwrap_or_else(|_| "unset".into()),
     );
     let per_minute = |secs: f64| secs / seconds * 60.0;
     let source = if synthetic {

@@ -155,6 +155,8 @@ impl DirectConv {
 pub enum CpuConv {
     /// Stride 1.
     Direct(DirectConv),
+    /// 3×3, stride 1, padding 1: Winograd F(2×2, 3×3).
+    Winograd(super::winograd::WinogradConv),
     /// Non-overlapping `k` patches (stride = kernel, no padding): space-to-depth, then a 1×1
     /// convolution over `cin · kh · kw` channels.
     Patches {
@@ -221,6 +223,7 @@ impl CpuConv {
                 let [oh, ow] = conv.out_size(h, w)?;
                 Some([n, conv.out_channels(), oh, ow])
             }
+            Self::Winograd(conv) => Some([n, conv.out_channels(), h, w]),
             Self::Patches { conv, k } => {
                 (h >= k[0] && w >= k[1]).then(|| [n, conv.out_channels(), h / k[0], w / k[1]])
             }
@@ -234,6 +237,7 @@ impl CpuConv {
     pub fn run(&self, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
         match self {
             Self::Direct(conv) => conv.run(x, dims),
+            Self::Winograd(conv) => conv.run(x, dims),
             Self::Patches { conv, k } => {
                 let (patches, pdims) = space_to_depth(x, dims, *k);
                 conv.run(&patches, pdims)
@@ -302,7 +306,7 @@ fn depth_to_space(y: &[f32], [n, ck, h, w]: [usize; 4], [kh, kw]: [usize; 2]) ->
 
 /// The best instruction set this CPU has: pulp's detection, plus AVX2 + FMA on x86-64 where
 /// pulp was built without its `x86-v3` level.
-fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
+pub(super) fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
     let arch = pulp::Arch::new();
     #[cfg(target_arch = "x86_64")]
     if matches!(arch, pulp::Arch::Scalar)
@@ -477,12 +481,12 @@ impl Row<'_, '_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The convolution by its definition, in f64.
     #[allow(clippy::too_many_arguments)]
-    fn reference(
+    pub(crate) fn reference(
         x: &[f32],
         [n, cin, h, w]: [usize; 4],
         wt: &[f32],
@@ -521,7 +525,7 @@ mod tests {
         out
     }
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.max(1);
         (0..len)
             .map(|_| {

@@ -21,6 +21,7 @@ pub use super::plan::GraphError;
 use super::direct::{CpuConv, DirectConv};
 use super::onnx::{Graph, Initializer};
 use super::plan::{ConvGeometry, PlanOp};
+use super::winograd::WinogradConv;
 
 enum Op {
     Conv {
@@ -79,7 +80,9 @@ impl Op {
             Op::Conv { .. } => "Conv",
             Op::Direct { conv, .. } => match conv {
                 CpuConv::Transposed { .. } => "ConvTranspose",
-                _ => "Conv",
+                CpuConv::Winograd(_) => "Conv 3x3 (Winograd)",
+                CpuConv::Patches { .. } => "Conv (patches)",
+                CpuConv::Direct(_) => "Conv",
             },
             Op::ConvT { .. } => "ConvTranspose",
             Op::Affine { .. } => "BatchNorm",
@@ -140,8 +143,9 @@ fn matrix(init: &Initializer, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(init.data.clone(), [d[0], d[1]]), device)
 }
 
-/// The CPU's own kernel for a convolution it can run: one group, dilation 1, and stride 1 or
-/// non-overlapping patches (stride = kernel, no padding).
+/// The CPU's own kernel for a convolution it can run: one group, dilation 1, and stride 1
+/// (3×3 "same" ones by Winograd F(2×2, 3×3)) or non-overlapping patches (stride = kernel, no
+/// padding).
 fn direct(
     cpu: bool,
     w: &Initializer,
@@ -154,7 +158,9 @@ fn direct(
     }
     let d = [w.dims[0], w.dims[1], w.dims[2], w.dims[3]];
     let b = b.map(|b| b.data.as_slice());
-    if g.stride == [1, 1] {
+    if g.stride == [1, 1] && g.padding == [1, 1] && d[2..] == [3, 3] {
+        WinogradConv::new(&w.data, d, b, relu).map(CpuConv::Winograd)
+    } else if g.stride == [1, 1] {
         DirectConv::new(&w.data, d, b, g.padding, relu).map(CpuConv::Direct)
     } else if g.stride == [d[2], d[3]] && g.padding == [0, 0] {
         CpuConv::patches(&w.data, d, b, relu)

@@ -4,7 +4,8 @@
 //! - [`plan`]: checks the graph (ConvTDFNet of any geometry) and resolves it into
 //!   operations; unsupported graphs are refused with a typed error.
 //! - `graph`: compiles the plan into Burn operations on a device.
-//! - `direct`: the CPU's direct convolution kernel for the stride-1 convolutions.
+//! - `direct`: the CPU's direct convolution kernel for the stride-1 convolutions; `winograd`:
+//!   its Winograd F(2×2, 3×3) kernel for the 3×3 ones.
 //! - `demix`: UVR's chunked STFT → model → iSTFT → overlap-add procedure, streamed.
 //! - [`device`]: `SEPARATOR_DEVICE` (auto, gpu, gpu:N, software, cpu).
 //! - [`params`]: model parameters and demix options.
@@ -32,6 +33,8 @@ pub mod onnx;
 pub mod params;
 pub mod plan;
 pub mod synth;
+#[cfg(feature = "mdx")]
+mod winograd;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};

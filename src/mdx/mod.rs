@@ -32,6 +32,8 @@ pub mod graph;
 pub mod onnx;
 pub mod params;
 pub mod plan;
+#[cfg(feature = "mdx")]
+mod simd;
 pub mod synth;
 #[cfg(feature = "mdx")]
 mod winograd;

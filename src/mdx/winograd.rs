@@ -19,7 +19,7 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::direct::dispatch;
+use super::simd::dispatch;
 
 /// Output channels per register block.
 const CB: usize = 6;
@@ -377,7 +377,7 @@ impl RowPair<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mdx::direct::tests::{reference, values};
+    use crate::mdx::simd::testing::{reference, values};
 
     #[test]
     fn every_geometry_matches_the_definition() {

@@ -20,7 +20,7 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::simd::dispatch;
+use super::simd::{dispatch, row_tasks};
 
 /// Output channels per register block.
 const CB: usize = 6;
@@ -122,18 +122,7 @@ impl DirectConv {
             return out;
         }
         // One task per output row of one item, holding that row of every output channel.
-        let mut rows: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::with_capacity(n * oh);
-        for (item, planes) in out.chunks_mut(self.cout * oh * ow).enumerate() {
-            let first = rows.len();
-            for y in 0..oh {
-                rows.push((item, y, Vec::with_capacity(self.cout)));
-            }
-            for plane in planes.chunks_mut(oh * ow) {
-                for (y, row) in plane.chunks_mut(ow).enumerate() {
-                    rows[first + y].2.push(row);
-                }
-            }
-        }
+        let rows = row_tasks(&mut out, [n, self.cout, oh, ow], 1);
         rows.into_par_iter().for_each(|(item, y, mut outs)| {
             let input = &x[item * cin * h * w..(item + 1) * cin * h * w];
             dispatch(Row {

@@ -16,6 +16,36 @@ pub(super) fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
     arch.dispatch(op)
 }
 
+/// An output buffer `[n, c, h, w]` cut into tasks of `rows` output rows of one item, each
+/// with those rows of every channel (channel by channel, the upper row first; the last task
+/// of an item may have fewer rows): `(item, first row, rows)`.
+pub(super) type RowTask<'o> = (usize, usize, Vec<&'o mut [f32]>);
+
+/// See [`RowTask`].
+pub(super) fn row_tasks(
+    out: &mut [f32],
+    [n, c, h, w]: [usize; 4],
+    rows: usize,
+) -> Vec<RowTask<'_>> {
+    let per_item = h.div_ceil(rows);
+    let mut tasks: Vec<RowTask<'_>> = Vec::with_capacity(n * per_item);
+    if out.is_empty() {
+        return tasks;
+    }
+    for (item, planes) in out.chunks_mut(c * h * w).enumerate() {
+        let first = tasks.len();
+        for t in 0..per_item {
+            tasks.push((item, t * rows, Vec::with_capacity(rows * c)));
+        }
+        for plane in planes.chunks_mut(h * w) {
+            for (y, row) in plane.chunks_mut(w).enumerate() {
+                tasks[first + y / rows].2.push(row);
+            }
+        }
+    }
+    tasks
+}
+
 #[cfg(test)]
 pub(super) mod testing {
     /// The convolution by its definition, in f64.

@@ -19,7 +19,7 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::simd::dispatch;
+use super::simd::{dispatch, row_tasks};
 
 /// Output channels per register block.
 const CB: usize = 6;
@@ -115,19 +115,7 @@ impl WinogradConv {
         }
         // One task per pair of output rows of one item, holding those rows of every output
         // channel (channel by channel, the upper row first).
-        let pairs = h.div_ceil(2);
-        let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::with_capacity(n * pairs);
-        for (item, planes) in out.chunks_mut(self.cout * h * w).enumerate() {
-            let first = tasks.len();
-            for p in 0..pairs {
-                tasks.push((item, 2 * p, Vec::with_capacity(2 * self.cout)));
-            }
-            for plane in planes.chunks_mut(h * w) {
-                for (y, row) in plane.chunks_mut(w).enumerate() {
-                    tasks[first + y / 2].2.push(row);
-                }
-            }
-        }
+        let tasks = row_tasks(&mut out, [n, self.cout, h, w], 2);
         tasks.into_par_iter().for_each(|(item, y0, mut outs)| {
             dispatch(RowPair {
                 conv: self,

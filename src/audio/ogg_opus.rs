@@ -20,7 +20,7 @@ const FRAME: usize = 960;
 const MAX_PACKET: usize = 4000;
 /// Packets per page at most: a page a second, as opusenc writes them, so that a damaged or
 /// cut page costs a second of audio, not the rest of the file.
-const PAGE_PACKETS: u32 = 50;
+const PAGE_PACKETS: u64 = 50;
 /// The Ogg stream's serial number (one logical stream per file).
 const SERIAL: u32 = 0x7576_7231;
 
@@ -37,8 +37,6 @@ pub struct OggOpusWriter {
     samples: u64,
     /// Samples per channel encoded (whole frames, the last one padded with silence).
     encoded: u64,
-    /// Packets on the page being filled.
-    on_page: u32,
 }
 
 impl std::fmt::Debug for OggOpusWriter {
@@ -85,7 +83,6 @@ impl OggOpusWriter {
             pre_skip,
             samples: 0,
             encoded: 0,
-            on_page: 0,
         })
     }
 
@@ -112,17 +109,13 @@ impl OggOpusWriter {
     /// Encodes the pending frame (padded with silence) and pages it; `last_granule` caps
     /// the granule position (the stream's exact end).
     fn encode(&mut self, mut end: PacketWriteEndInfo, last_granule: u64) -> io::Result<()> {
-        // The first audio packet has a page of its own, so that the page holding the end
-        // trimming never also holds the stream's start: a reader given one page with both
-        // (symphonia's Ogg demuxer) takes the trimmed samples for a negative start instead.
-        self.on_page += 1;
-        if end == PacketWriteEndInfo::NormalPacket
-            && (self.encoded == 0 || self.on_page == PAGE_PACKETS)
-        {
+        // Packets 0, 50, 100... end their page. The first audio packet so has a page of its
+        // own, and the page holding the end trimming never also holds the stream's start: a
+        // reader given one page with both (symphonia's Ogg demuxer) takes the trimmed samples
+        // for a negative start instead.
+        let packet = self.encoded / FRAME as u64;
+        if end == PacketWriteEndInfo::NormalPacket && packet % PAGE_PACKETS == 0 {
             end = PacketWriteEndInfo::EndPage;
-        }
-        if end != PacketWriteEndInfo::NormalPacket {
-            self.on_page = 0;
         }
         self.pending.resize(2 * FRAME, 0.0);
         let n = self

@@ -231,6 +231,15 @@ pub struct SeparateJob<'a> {
     pub engine: &'a crate::engine::Engine,
 }
 
+impl SeparateJob<'_> {
+    /// The stems' encoding: the format with its bit rate, at a rate it can be written at.
+    fn encoding(&self) -> Result<Encoding, JobError> {
+        Encoding::parse(self.output_format.as_deref(), self.bitrate)
+            .and_then(|e| e.check_rate(self.sample_rate).map(|()| e))
+            .map_err(|e| JobError::new(e.code, e.to_string(), false))
+    }
+}
+
 /// Decodes, separates and writes stems (blocking). Returns a JSON summary: model, family, stems
 /// (file, bytes, sha256), duration, timings (`model_seconds`: loading and warming up the
 /// model, non-zero only for a process's first job with it; `separation_seconds`: decoding,
@@ -244,9 +253,7 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
     // Loading and warming up the model (only the first time a process uses it).
     let model_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let encoding = Encoding::parse(job.output_format.as_deref(), job.bitrate)
-        .and_then(|e| e.check_rate(job.sample_rate).map(|()| e))
-        .map_err(|e| JobError::new(e.code, e.to_string(), false))?;
+    let encoding = job.encoding()?;
     let wanted: Vec<String> = job.stems.clone().unwrap_or_else(|| separator.stems());
     let mut reader = AudioReader::open(job.source, job.max_seconds)
         .map_err(|e| JobError::from(SeparateError::from(e)))?;
@@ -425,9 +432,7 @@ fn separate_ensemble(
     progress: Arc<Progress>,
 ) -> Result<Value, JobError> {
     let started = Instant::now();
-    let encoding = Encoding::parse(job.output_format.as_deref(), job.bitrate)
-        .and_then(|e| e.check_rate(job.sample_rate).map(|()| e))
-        .map_err(|e| JobError::new(e.code, e.to_string(), false))?;
+    let encoding = job.encoding()?;
     let work = job.out_dir.join("ensemble");
     std::fs::create_dir_all(&work)
         .map_err(|e| JobError::internal(format!("{}: {e}", work.display())))?;

@@ -12,8 +12,9 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: settings from the environment (the seed's names and defaults), typed errors
-//!   naming the variable.
+//! - [`config`]: reading the environment (the seed's names and defaults), typed errors
+//!   naming the variable, the Redis and queue settings and those several roles share.
+//! - [`settings`]: every setting of a process, read once at start-up and split per role.
 //! - [`task`]: the task model: ids, priorities, stages, lifecycle states, the task record.
 //! - [`queue`]: Redis key names, the atomic Lua moves (enqueue, claim with lease and fencing
 //!   token, heartbeat, ack, fail with backoff, reap, cancel) and statistics; used only by the
@@ -37,7 +38,7 @@
 //! - [`net`]: the address policy for user-supplied URLs (SSRF defence).
 //! - [`models`]: the catalogue of installed separation models.
 //! - [`supervise`]: the restart policies of the actors, in one place.
-//! - [`service`]: process assembly: roles, start-up and the shutdown story.
+//! - [`service`]: process assembly: start-up of the roles and the shutdown story.
 //! - [`local`]: one-off local separation (`uvr separate`): inputs expanded and checked before
 //!   any model loads, one model for all inputs, outputs named per input.
 //! - [`metrics`]: every Prometheus metric, `uvr_` prefixed.
@@ -59,6 +60,7 @@ pub mod queue;
 pub mod roformer;
 pub mod separation;
 pub mod service;
+pub mod settings;
 pub mod supervise;
 pub mod task;
 pub mod telemetry;

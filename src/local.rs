@@ -7,12 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::config::Env;
 use crate::models::Catalog;
 use crate::pipeline::JobError;
 use crate::pipeline::process::{Progress, SeparateJob, separate_file};
+use crate::task::result::StageResult;
 
 /// File extensions taken from directories.
 pub const AUDIO_EXTENSIONS: &[&str] = &[
@@ -82,7 +81,7 @@ pub struct Outcome {
     /// The input as given (a path or URL).
     pub input: String,
     /// The separation summary, or the error.
-    pub result: Result<Value, JobError>,
+    pub result: Result<StageResult, JobError>,
 }
 
 /// An input, resolved.
@@ -362,8 +361,9 @@ pub async fn run(
     let _ = has_weights;
     std::fs::create_dir_all(&job.out_dir)
         .map_err(|e| LocalError::Input(format!("{}: {e}", job.out_dir.display())))?;
-    let mut fetch =
-        crate::pipeline::fetch_config(env).map_err(|e| LocalError::Usage(e.to_string()))?;
+    let mut fetch = crate::config::Shared::from_env(env)
+        .and_then(|shared| crate::pipeline::fetch_config(env, &shared))
+        .map_err(|e| LocalError::Usage(e.to_string()))?;
     // A local, one-off command: the user's own network is fine.
     fetch.policy.allow_private = true;
     let client = crate::audio::fetch::client(&fetch, None);
@@ -422,7 +422,7 @@ pub async fn run(
                 .and_then(|summary| place(summary, tmp.path(), &outputs))
                 .map(|mut summary| {
                     if let Some(s) = model_seconds.take() {
-                        summary["timings"]["model_seconds"] = s.into();
+                        summary.timings.model_seconds = Some(s);
                     }
                     summary
                 })
@@ -441,16 +441,18 @@ pub async fn run(
 /// Moves the stems from the work directory to their final names and points the summary at
 /// them.
 fn place(
-    mut summary: Value,
+    mut summary: StageResult,
     work: &Path,
     outputs: &[(String, PathBuf)],
-) -> Result<Value, JobError> {
+) -> Result<StageResult, JobError> {
     for (stem, dest) in outputs {
-        let entry = &mut summary["stems"][stem];
-        let file = entry["file"].as_str().unwrap_or_default().to_string();
+        let Some(entry) = summary.stems.get_mut(stem) else {
+            continue;
+        };
+        let file = entry.file.clone().unwrap_or_default();
         std::fs::rename(work.join(&file), dest)
             .map_err(|e| JobError::internal(format!("moving {file} to {}: {e}", dest.display())))?;
-        entry["file"] = Value::String(dest.display().to_string());
+        entry.file = Some(dest.display().to_string());
     }
     Ok(summary)
 }

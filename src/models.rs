@@ -168,6 +168,13 @@ impl std::fmt::Debug for Library {
     }
 }
 
+/// Where the models are (`MODELS_DIR`, default `models`) and the default model's name
+/// (`DEFAULT_MODEL`), for the service and the command line alike.
+pub fn location(env: &crate::config::Env) -> (PathBuf, Option<String>) {
+    let dir = PathBuf::from(env.string("MODELS_DIR", "models"));
+    (dir, env.get("DEFAULT_MODEL").map(str::to_string))
+}
+
 impl Library {
     /// Scans `dir` now; later, looks again every `every` (never when it is zero).
     pub fn open(dir: &Path, default: Option<&str>, every: Duration) -> Result<Self, CatalogError> {
@@ -189,13 +196,9 @@ impl Library {
     /// The catalogue of `MODELS_DIR` (default `models`) with `DEFAULT_MODEL`, looked at again
     /// every `MODELS_RESCAN_SECONDS` (default 10; 0: never).
     pub fn from_env(env: &crate::config::Env) -> Result<Self, LibraryError> {
-        let dir = env.string("MODELS_DIR", "models");
+        let (dir, default) = location(env);
         let every = env.seconds("MODELS_RESCAN_SECONDS", Duration::from_secs(10))?;
-        Ok(Self::open(
-            Path::new(&dir),
-            env.get("DEFAULT_MODEL"),
-            every,
-        )?)
+        Ok(Self::open(&dir, default.as_deref(), every)?)
     }
 
     /// A catalogue that never changes (one-off runs and tests).

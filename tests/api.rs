@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::client::{ApiClient, Auth};
 use common::{PASSWORD, USER, seed_body, spawn_app};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn error_of(resp: reqwest::Response) -> (u16, String, Value) {
@@ -19,8 +21,9 @@ async fn error_of(resp: reqwest::Response) -> (u16, String, Value) {
 
 #[actix_rt::test]
 async fn the_seeds_request_is_accepted_and_queued() {
-    let app = spawn_app(&[]);
-    let resp = app.generate(&seed_body(5)).await;
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
+    let resp = client.generate(&seed_body(5)).await;
     assert_eq!(resp.status(), 202);
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let body: Value = resp.json().await.unwrap();
@@ -30,7 +33,7 @@ async fn the_seeds_request_is_accepted_and_queued() {
     assert_eq!(body["priority"], 5);
     assert_eq!(body["model"], "dsp-centre");
 
-    let task: Value = app.get(&location).await.json().await.unwrap();
+    let task: Value = client.get(&location).await.json().await.unwrap();
     assert_eq!(task["task_id"], id);
     assert_eq!(task["status"], "queued");
     assert_eq!(task["priority"], 5);
@@ -50,20 +53,21 @@ async fn the_seeds_request_is_accepted_and_queued() {
 
 #[actix_rt::test]
 async fn priority_defaults_to_default_priority_and_positions_follow_priority() {
-    let app = spawn_app(&[("DEFAULT_PRIORITY", "2")]);
+    let app = spawn_app(&[("DEFAULT_PRIORITY", "2")]).await;
+    let client = ApiClient::for_app(&app.base);
     let mut body = seed_body(1);
     body.as_object_mut().unwrap().remove("priority");
-    let low: Value = app.generate(&body).await.json().await.unwrap();
+    let low: Value = client.generate(&body).await.json().await.unwrap();
     assert_eq!(low["priority"], 2);
-    let high: Value = app.generate(&seed_body(5)).await.json().await.unwrap();
-    let t: Value = app
+    let high: Value = client.generate(&seed_body(5)).await.json().await.unwrap();
+    let t: Value = client
         .get(&format!("/tasks/{}", low["task_id"].as_str().unwrap()))
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(t["position"], 1, "the priority-5 task went ahead");
-    let t: Value = app
+    let t: Value = client
         .get(&format!("/tasks/{}", high["task_id"].as_str().unwrap()))
         .await
         .json()
@@ -74,12 +78,11 @@ async fn priority_defaults_to_default_priority_and_positions_follow_priority() {
 
 #[actix_rt::test]
 async fn bad_input_gets_a_stable_code_and_nothing_is_enqueued() {
-    let app = spawn_app(&[]);
-    let url = format!("{}/generate", app.base);
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
     let post_raw = |ct: &'static str, body: Vec<u8>| {
-        app.client
-            .post(&url)
-            .basic_auth(USER, Some(PASSWORD))
+        client
+            .request(Method::POST, "/generate")
             .header("content-type", ct)
             .body(body)
             .send()
@@ -285,7 +288,7 @@ async fn bad_input_gets_a_stable_code_and_nothing_is_enqueued() {
         ),
     ];
     for (body, field, code) in field_cases {
-        let (s, c, resp) = error_of(app.generate(&body).await).await;
+        let (s, c, resp) = error_of(client.generate(&body).await).await;
         assert_eq!((s, c.as_str()), (422, code), "{body}: {resp}");
         assert_eq!(resp["error"]["field"], field, "{body}");
     }
@@ -297,8 +300,8 @@ async fn bad_input_gets_a_stable_code_and_nothing_is_enqueued() {
     // Valid optional fields are accepted and stored normalised.
     let ok = json!({"audio": "https://93.184.215.14/a.wav", "hook_url": "https://93.184.215.14/h",
         "model": "dsp-centre", "stems": ["vocals", "vocals"], "output_format": "WAV24"});
-    let body: Value = app.generate(&ok).await.json().await.unwrap();
-    let t: Value = app
+    let body: Value = client.generate(&ok).await.json().await.unwrap();
+    let t: Value = client
         .get(&format!("/tasks/{}", body["task_id"].as_str().unwrap()))
         .await
         .json()
@@ -310,27 +313,23 @@ async fn bad_input_gets_a_stable_code_and_nothing_is_enqueued() {
 
 #[actix_rt::test]
 async fn private_targets_are_allowed_when_configured() {
-    let app = spawn_app(&[("ALLOW_PRIVATE_NETWORKS", "true")]);
+    let app = spawn_app(&[("ALLOW_PRIVATE_NETWORKS", "true")]).await;
+    let client = ApiClient::for_app(&app.base);
     let body = json!({"audio": "http://127.0.0.1:9/a.wav", "hook_url": "http://localhost:9/h"});
-    assert_eq!(app.generate(&body).await.status(), 202);
+    assert_eq!(client.generate(&body).await.status(), 202);
     let body = json!({"audio": "file:///etc/passwd", "hook_url": "http://localhost:9/h"});
     assert_eq!(
-        error_of(app.generate(&body).await).await.1,
+        error_of(client.generate(&body).await).await.1,
         "unsupported_scheme"
     );
 }
 
 #[actix_rt::test]
 async fn authentication_is_required_and_checked() {
-    let app = spawn_app(&[]);
-    let url = format!("{}/generate", app.base);
-    let none = app
-        .client
-        .post(&url)
-        .json(&seed_body(3))
-        .send()
-        .await
-        .unwrap();
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
+    let anonymous = client.with_auth(Auth::None);
+    let none = anonymous.generate(&seed_body(3)).await;
     assert_eq!(none.status(), 401);
     assert!(
         none.headers()["www-authenticate"]
@@ -340,36 +339,23 @@ async fn authentication_is_required_and_checked() {
     );
     assert_eq!(error_of(none).await.1, "unauthorized");
     for (u, p) in [(USER, "wrong"), ("root", PASSWORD), ("", "")] {
-        let resp = app
-            .client
-            .post(&url)
-            .basic_auth(u, Some(p))
-            .json(&seed_body(3))
-            .send()
-            .await
-            .unwrap();
+        let resp = client
+            .with_auth(Auth::basic(u, p))
+            .generate(&seed_body(3))
+            .await;
         assert_eq!(resp.status(), 401, "{u}:{p}");
     }
-    let bearer = app
-        .client
-        .post(&url)
-        .bearer_auth(PASSWORD)
-        .json(&seed_body(3))
-        .send()
-        .await
-        .unwrap();
+    let bearer = client
+        .with_auth(Auth::bearer(PASSWORD))
+        .generate(&seed_body(3))
+        .await;
     assert_eq!(bearer.status(), 401);
     for path in [
         "/queue",
         "/models",
         "/tasks/0190a2b4-0000-7000-8000-000000000000",
     ] {
-        let resp = app
-            .client
-            .get(format!("{}{path}", app.base))
-            .send()
-            .await
-            .unwrap();
+        let resp = anonymous.get(path).await;
         assert_eq!(resp.status(), 401, "{path}");
     }
     assert_eq!(app.stored_tasks(), (0, 0));
@@ -377,11 +363,11 @@ async fn authentication_is_required_and_checked() {
 
 #[actix_rt::test]
 async fn idempotency_key_returns_the_same_task() {
-    let app = spawn_app(&[]);
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
     let send = |key: &'static str| {
-        app.client
-            .post(format!("{}/generate", app.base))
-            .basic_auth(USER, Some(PASSWORD))
+        client
+            .request(Method::POST, "/generate")
             .header("Idempotency-Key", key)
             .json(&seed_body(4))
             .send()
@@ -403,60 +389,64 @@ async fn idempotency_key_returns_the_same_task() {
 
 #[actix_rt::test]
 async fn cancel_and_unknown_tasks() {
-    let app = spawn_app(&[]);
-    let body: Value = app.generate(&seed_body(3)).await.json().await.unwrap();
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
+    let body: Value = client.generate(&seed_body(3)).await.json().await.unwrap();
     let path = format!("/tasks/{}", body["task_id"].as_str().unwrap());
-    let resp = app.delete(&path).await;
+    let resp = client.delete(&path).await;
     assert_eq!(resp.status(), 202);
     let resp: Value = resp.json().await.unwrap();
     assert_eq!(resp["status"], "cancelled");
-    let t: Value = app.get(&path).await.json().await.unwrap();
+    let t: Value = client.get(&path).await.json().await.unwrap();
     assert_eq!(t["status"], "cancelled");
     assert!(t["finished_at"].is_string());
     assert_eq!(app.stored_tasks().0, 0, "removed from the queue");
-    let (s, code, _) = error_of(app.delete(&path).await).await;
+    let (s, code, _) = error_of(client.delete(&path).await).await;
     assert_eq!((s, code.as_str()), (409, "task_finished"));
     let missing = "/tasks/0190a2b4-0000-7000-8000-000000000000";
-    assert_eq!(error_of(app.get(missing).await).await.1, "task_not_found");
-    assert_eq!(error_of(app.delete(missing).await).await.0, 404);
     assert_eq!(
-        error_of(app.get("/tasks/../../etc/passwd").await).await.0,
+        error_of(client.get(missing).await).await.1,
+        "task_not_found"
+    );
+    assert_eq!(error_of(client.delete(missing).await).await.0, 404);
+    assert_eq!(
+        error_of(client.get("/tasks/../../etc/passwd").await)
+            .await
+            .0,
         404
     );
     assert_eq!(
-        error_of(app.get("/tasks/not-an-id").await).await.1,
+        error_of(client.get("/tasks/not-an-id").await).await.1,
         "task_not_found"
     );
 }
 
 #[actix_rt::test]
 async fn queue_statistics_per_stage_and_priority() {
-    let app = spawn_app(&[]);
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
     for p in [1, 5, 5, 3] {
-        assert_eq!(app.generate(&seed_body(p)).await.status(), 202);
+        assert_eq!(client.generate(&seed_body(p)).await.status(), 202);
     }
-    let stats: Value = app.get("/queue").await.json().await.unwrap();
+    let stats: Value = client.get("/queue").await.json().await.unwrap();
     assert_eq!(stats["separate"]["queue"], "uvr_tasks");
     assert_eq!(stats["separate"]["waiting"], 4);
     assert_eq!(stats["separate"]["waiting_by_priority"]["5"], 2);
     assert_eq!(stats["separate"]["waiting_by_priority"]["1"], 1);
     assert_eq!(stats["deliver"]["queue"], "uvr_results");
     assert_eq!(stats["deliver"]["waiting"], 0);
-    let models: Value = app.get("/models").await.json().await.unwrap();
+    let models: Value = client.get("/models").await.json().await.unwrap();
     assert_eq!(models["default"], "dsp-centre");
 }
 
 #[actix_rt::test]
 async fn health_reports_redis_and_turns_503_when_redis_is_down() {
-    let mut app = spawn_app(&[]);
+    let mut app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
+    let anonymous = client.with_auth(Auth::None);
     // Without credentials: the overall status and Redis reachability, nothing else (no
     // versions, memory, host names or pids).
-    let resp = app
-        .client
-        .get(format!("{}/health", app.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = anonymous.get("/health").await;
     assert_eq!(resp.status(), 200);
     let public: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -464,15 +454,12 @@ async fn health_reports_redis_and_turns_503_when_redis_is_down() {
         serde_json::json!({"status": "ok", "redis": {"reachable": true}})
     );
     // Wrong credentials are refused, not answered with the public view.
-    let wrong = app
-        .client
-        .get(format!("{}/health", app.base))
-        .basic_auth(USER, Some("not-the-password"))
-        .send()
-        .await
-        .unwrap();
+    let wrong = client
+        .with_auth(Auth::basic(USER, "not-the-password"))
+        .get("/health")
+        .await;
     assert_eq!(wrong.status(), 401);
-    let h: Value = app.get("/health").await.json().await.unwrap();
+    let h: Value = client.get("/health").await.json().await.unwrap();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["redis"]["reachable"], true);
     // The version is the one this Redis reports about itself.
@@ -491,74 +478,44 @@ async fn health_reports_redis_and_turns_503_when_redis_is_down() {
     assert_eq!(h["models"]["default"], "dsp-centre");
 
     app.redis.kill();
-    let resp = app.get("/health").await;
+    let resp = client.get("/health").await;
     assert_eq!(resp.status(), 503);
     let h: Value = resp.json().await.unwrap();
     assert_eq!(h["redis"]["reachable"], false);
     assert!(h["redis"]["error"].is_string());
-    let public: Value = app
-        .client
-        .get(format!("{}/health", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let public: Value = anonymous.get("/health").await.json().await.unwrap();
     assert_eq!(
         public,
         serde_json::json!({"status": "unavailable", "redis": {"reachable": false}})
     );
-    let resp = app.generate(&seed_body(3)).await;
+    let resp = client.generate(&seed_body(3)).await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(error_of(resp).await.1, "queue_unavailable");
-    assert_eq!(
-        app.client
-            .get(format!("{}/livez", app.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(anonymous.get("/livez").await.status(), 200);
     let health = app.scheduler.health().clone();
     assert!(common::eventually(Duration::from_secs(5), || async { !health.is_healthy() }).await);
-    assert_eq!(
-        app.client
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(anonymous.get("/readyz").await.status(), 503);
 
     app.redis.restart();
-    let base = app.base.clone();
-    let client = app.client.clone();
     assert!(
         common::eventually(Duration::from_secs(15), || {
-            let (c, b) = (client.clone(), base.clone());
-            async move {
-                c.get(format!("{b}/health"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            }
+            let health = anonymous.request(Method::GET, "/health");
+            async move { health.send().await.is_ok_and(|r| r.status() == 200) }
         })
         .await,
         "healthy again after Redis comes back"
     );
-    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
+    assert_eq!(client.generate(&seed_body(3)).await.status(), 202);
 }
 
 #[actix_rt::test]
 async fn rate_limit_per_credential_answers_429_with_retry_after() {
-    let app = spawn_app(&[("RATE_LIMIT_PER_SECOND", "0.5"), ("RATE_LIMIT_BURST", "2")]);
-    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
-    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
-    let resp = app.generate(&seed_body(3)).await;
+    let app = spawn_app(&[("RATE_LIMIT_PER_SECOND", "0.5"), ("RATE_LIMIT_BURST", "2")]).await;
+    let client = ApiClient::for_app(&app.base);
+    assert_eq!(client.generate(&seed_body(3)).await.status(), 202);
+    assert_eq!(client.generate(&seed_body(3)).await.status(), 202);
+    let resp = client.generate(&seed_body(3)).await;
     assert_eq!(resp.status(), 429);
     let retry: u64 = resp.headers()["retry-after"]
         .to_str()
@@ -572,10 +529,11 @@ async fn rate_limit_per_credential_answers_429_with_retry_after() {
 
 #[actix_rt::test]
 async fn backpressure_answers_503_beyond_max_queue_depth() {
-    let app = spawn_app(&[("MAX_QUEUE_DEPTH", "2")]);
-    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
-    assert_eq!(app.generate(&seed_body(3)).await.status(), 202);
-    let resp = app.generate(&seed_body(5)).await;
+    let app = spawn_app(&[("MAX_QUEUE_DEPTH", "2")]).await;
+    let client = ApiClient::for_app(&app.base);
+    assert_eq!(client.generate(&seed_body(3)).await.status(), 202);
+    assert_eq!(client.generate(&seed_body(3)).await.status(), 202);
+    let resp = client.generate(&seed_body(5)).await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(error_of(resp).await.1, "queue_full");
@@ -584,16 +542,10 @@ async fn backpressure_answers_503_beyond_max_queue_depth() {
 
 #[actix_rt::test]
 async fn openapi_docs_and_unknown_routes() {
-    let app = spawn_app(&[]);
-    let doc: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
+    let anonymous = client.with_auth(Auth::None);
+    let doc: Value = anonymous.get("/openapi.json").await.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/generate",
@@ -607,28 +559,16 @@ async fn openapi_docs_and_unknown_routes() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
-    let docs = app
-        .client
-        .get(format!("{}/docs", app.base))
-        .send()
-        .await
-        .unwrap();
+    let docs = anonymous.get("/docs").await;
     assert!(
         docs.headers()["content-type"]
             .to_str()
             .unwrap()
             .starts_with("text/html")
     );
-    let (s, code, _) = error_of(
-        app.client
-            .get(format!("{}/nope", app.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, code, _) = error_of(anonymous.get("/nope").await).await;
     assert_eq!((s, code.as_str()), (404, "not_found"));
-    let (s, code, _) = error_of(app.get("/generate").await).await;
+    let (s, code, _) = error_of(client.get("/generate").await).await;
     assert_eq!((s, code.as_str()), (405, "method_not_allowed"));
     // Every 405 says what the path takes (RFC 9110 `Allow`).
     for (method, path, allow) in [
@@ -640,9 +580,8 @@ async fn openapi_docs_and_unknown_routes() {
         (reqwest::Method::DELETE, "/files/t/vocals.wav", "GET, HEAD"),
         (reqwest::Method::GET, "/admin/dead/x/requeue", "POST"),
     ] {
-        let r = app
-            .client
-            .request(method.clone(), format!("{}{path}", app.base))
+        let r = anonymous
+            .request(method.clone(), path)
             .send()
             .await
             .unwrap();
@@ -653,36 +592,30 @@ async fn openapi_docs_and_unknown_routes() {
 
 #[actix_rt::test]
 async fn shutdown_turns_readiness_off_before_it_stops_accepting() {
-    let app = spawn_app(&[("SHUTDOWN_GRACE_SECONDS", "1")]);
-    let readyz = format!("{}/readyz", app.base);
-    let client = app.client.clone();
-    let url = readyz.clone();
+    let app = spawn_app(&[("SHUTDOWN_GRACE_SECONDS", "1")]).await;
+    let anonymous = ApiClient::for_app(&app.base).with_auth(Auth::None);
+    let readyz = || anonymous.request(Method::GET, "/readyz").send();
     assert!(
-        common::eventually(Duration::from_secs(5), || {
-            let (c, u) = (client.clone(), url.clone());
-            async move { c.get(u).send().await.is_ok_and(|r| r.status() == 200) }
+        common::eventually(Duration::from_secs(5), || async {
+            readyz().await.is_ok_and(|r| r.status() == 200)
         })
         .await,
         "ready once Redis has answered"
     );
-    let shutdown = app.shutdown.clone();
-    let stopping = actix_rt::spawn(async move { shutdown.graceful().await });
+    app.stopper.drain();
     // Polled until the drain shows (the first answers may still come from before it).
     let mut draining = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while draining.is_none() && std::time::Instant::now() < deadline {
-        let resp = app.client.get(&readyz).send().await.unwrap();
+        let resp = readyz().await.unwrap();
         if resp.status() == 503 {
             draining = Some(resp.json::<Value>().await.unwrap());
         }
     }
     let body = draining.expect("not ready while draining");
     assert_eq!(body["accepting"], false);
-    stopping.await.unwrap();
-    assert!(
-        app.client.get(&readyz).send().await.is_err(),
-        "stopped accepting"
-    );
+    app.running.await.unwrap().unwrap();
+    assert!(readyz().await.is_err(), "stopped accepting");
 }
 
 /// One GET sent byte for byte as given (no client normalises `..` or percent escapes on the
@@ -740,7 +673,7 @@ async fn local_download_paths_outside_the_storage_root_are_refused() {
     std::fs::write(outside.join("secret.wav"), BAIT).unwrap();
     std::fs::write(root.join("secret.wav"), BAIT).unwrap();
     let storage_url = format!("file://{}", root.display());
-    let app = spawn_app(&[("STORAGE_URL", storage_url.as_str())]);
+    let app = spawn_app(&[("STORAGE_URL", storage_url.as_str())]).await;
     let secret = b"test-link-signing-key-0123456789abcdef"; // spawn_app's LINK_SIGNING_KEY
     let expires = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -904,7 +837,8 @@ async fn local_download_paths_outside_the_storage_root_are_refused() {
 #[actix_rt::test]
 async fn two_authorization_headers_are_refused() {
     use base64::Engine;
-    let app = spawn_app(&[]);
+    let app = spawn_app(&[]).await;
+    let anonymous = ApiClient::for_app(&app.base).with_auth(Auth::None);
     let good = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
@@ -918,9 +852,8 @@ async fn two_authorization_headers_are_refused() {
         for v in pair {
             headers.append("authorization", v.parse().unwrap());
         }
-        let resp = app
-            .client
-            .post(format!("{}/generate", app.base))
+        let resp = anonymous
+            .request(Method::POST, "/generate")
             .headers(headers)
             .json(&seed_body(3))
             .send()
@@ -937,14 +870,18 @@ async fn two_authorization_headers_are_refused() {
 /// address is counted in the metrics.
 #[actix_rt::test]
 async fn failed_logins_throttle_the_address() {
-    let app = spawn_app(&[("AUTH_FAILURES_PER_MINUTE", "5")]);
+    let app = spawn_app(&[("AUTH_FAILURES_PER_MINUTE", "5")]).await;
+    let client = ApiClient::for_app(&app.base);
     let post = |password: Option<&str>| {
-        let req = app.client.post(format!("{}/generate", app.base));
-        let req = match password {
-            Some(p) => req.basic_auth(USER, Some(p)),
-            None => req,
+        let auth = match password {
+            Some(p) => Auth::basic(USER, p),
+            None => Auth::None,
         };
-        req.json(&seed_body(3)).send()
+        client
+            .with_auth(auth)
+            .request(Method::POST, "/generate")
+            .json(&seed_body(3))
+            .send()
     };
     for _ in 0..10 {
         assert_eq!(post(None).await.unwrap().status(), 401, "no credentials");
@@ -963,14 +900,12 @@ async fn failed_logins_throttle_the_address() {
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(error_of(resp).await.1, "too_many_auth_failures");
     // Every route that takes credentials is closed to the address.
-    assert_eq!(app.get("/queue").await.status(), 429);
+    assert_eq!(client.get("/queue").await.status(), 429);
     assert_eq!(app.stored_tasks(), (0, 0));
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
+    let metrics = client
+        .with_auth(Auth::None)
+        .get("/metrics")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -981,19 +916,16 @@ async fn failed_logins_throttle_the_address() {
         .and_then(|v| v.parse::<f64>().ok());
     assert!(throttled.is_some_and(|n| n >= 1.0), "{metrics}");
     // Control: a server with throttling off takes the right password after the same guesses.
-    let open = spawn_app(&[("AUTH_FAILURES_PER_MINUTE", "0")]);
+    let open = spawn_app(&[("AUTH_FAILURES_PER_MINUTE", "0")]).await;
+    let open_client = ApiClient::for_app(&open.base);
     for _ in 0..8 {
-        let r = open
-            .client
-            .post(format!("{}/generate", open.base))
-            .basic_auth(USER, Some("wrong-password"))
-            .json(&seed_body(3))
-            .send()
-            .await
-            .unwrap();
+        let r = open_client
+            .with_auth(Auth::basic(USER, "wrong-password"))
+            .generate(&seed_body(3))
+            .await;
         assert_eq!(r.status(), 401);
     }
-    assert_eq!(open.generate(&seed_body(3)).await.status(), 202);
+    assert_eq!(open_client.generate(&seed_body(3)).await.status(), 202);
 }
 
 /// API answers carry `X-Content-Type-Options: nosniff` and `Cache-Control: no-store`; the
@@ -1002,9 +934,10 @@ async fn failed_logins_throttle_the_address() {
 async fn responses_carry_security_headers() {
     use base64::Engine;
     use sha2::Digest;
-    let app = spawn_app(&[]);
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
     for path in ["/health", "/queue", "/openapi.json", "/nope", "/tasks/x"] {
-        let resp = app.get(path).await;
+        let resp = client.get(path).await;
         assert_eq!(
             resp.headers()["x-content-type-options"],
             "nosniff",
@@ -1012,12 +945,7 @@ async fn responses_carry_security_headers() {
         );
         assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
     }
-    let docs = app
-        .client
-        .get(format!("{}/docs", app.base))
-        .send()
-        .await
-        .unwrap();
+    let docs = client.with_auth(Auth::None).get("/docs").await;
     let csp = docs.headers()["content-security-policy"]
         .to_str()
         .unwrap()
@@ -1048,9 +976,9 @@ async fn responses_carry_security_headers() {
 #[actix_rt::test]
 async fn metrics_token_guards_metrics() {
     let token = "scrape-token-0123456789abcdef";
-    let app = spawn_app(&[("METRICS_TOKEN", token)]);
-    let url = format!("{}/metrics", app.base);
-    let none = app.client.get(&url).send().await.unwrap();
+    let app = spawn_app(&[("METRICS_TOKEN", token)]).await;
+    let client = ApiClient::for_app(&app.base);
+    let none = client.with_auth(Auth::None).get("/metrics").await;
     assert_eq!(none.status(), 401);
     assert!(
         none.headers()["www-authenticate"]
@@ -1058,27 +986,15 @@ async fn metrics_token_guards_metrics() {
             .unwrap()
             .starts_with("Bearer")
     );
-    let wrong = app
-        .client
-        .get(&url)
-        .bearer_auth("nope")
-        .send()
-        .await
-        .unwrap();
+    let wrong = client.with_auth(Auth::bearer("nope")).get("/metrics").await;
     assert_eq!(wrong.status(), 401);
-    let basic = app.get("/metrics").await;
+    let basic = client.get("/metrics").await;
     assert_eq!(
         basic.status(),
         401,
         "the API password is not the metrics token"
     );
-    let ok = app
-        .client
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let ok = client.with_auth(Auth::bearer(token)).get("/metrics").await;
     assert_eq!(ok.status(), 200);
     assert!(ok.text().await.unwrap().contains("uvr_http_requests_total"));
 }
@@ -1087,11 +1003,11 @@ async fn metrics_token_guards_metrics() {
 /// task, with another request it is refused with 409 and nothing is queued.
 #[actix_rt::test]
 async fn an_idempotency_key_reused_with_another_body_is_refused() {
-    let app = spawn_app(&[]);
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
     let send = |body: Value| {
-        app.client
-            .post(format!("{}/generate", app.base))
-            .basic_auth(USER, Some(PASSWORD))
+        client
+            .request(Method::POST, "/generate")
             .header("Idempotency-Key", "order-7")
             .json(&body)
             .send()
@@ -1129,14 +1045,20 @@ async fn an_idempotency_key_reused_with_another_body_is_refused() {
 /// for the fetch and the webhook.
 #[actix_rt::test]
 async fn task_views_show_urls_without_their_secrets() {
-    let app = spawn_app(&[]);
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
     let body = json!({
         "audio": "https://user:hunter2@93.184.215.14/a.wav?token=s3cret&v=2",
         "hook_url": "https://93.184.215.14/hook?sig=hook-secret#frag",
     });
-    let accepted: Value = app.generate(&body).await.json().await.unwrap();
+    let accepted: Value = client.generate(&body).await.json().await.unwrap();
     let id = accepted["task_id"].as_str().unwrap();
-    let view = app.get(&format!("/tasks/{id}")).await.text().await.unwrap();
+    let view = client
+        .get(&format!("/tasks/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
     for secret in ["hunter2", "s3cret", "hook-secret", "user:"] {
         assert!(!view.contains(secret), "{secret} shown: {view}");
     }
@@ -1164,13 +1086,13 @@ async fn a_dead_letter_is_requeued_from_scratch() {
     use uvr::actors::scheduler::{Claim, Fail};
     use uvr::queue::Failure;
     use uvr::task::Stage;
-    let app = spawn_app(&[]);
-    let accepted: Value = app.generate(&seed_body(4)).await.json().await.unwrap();
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
+    let accepted: Value = client.generate(&seed_body(4)).await.json().await.unwrap();
     let id = accepted["task_id"].as_str().unwrap().to_string();
     let requeue = |id: String| {
-        app.client
-            .post(format!("{}/admin/dead/{id}/requeue", app.base))
-            .basic_auth(USER, Some(PASSWORD))
+        client
+            .request(Method::POST, &format!("/admin/dead/{id}/requeue"))
             .send()
     };
     // Not dead yet.
@@ -1198,23 +1120,33 @@ async fn a_dead_letter_is_requeued_from_scratch() {
         })
         .await
         .unwrap();
-    let stats: Value = app.get("/queue").await.json().await.unwrap();
+    let stats: Value = client.get("/queue").await.json().await.unwrap();
     assert_eq!(stats["separate"]["dead"], 1, "{stats}");
     assert_eq!(
         stats["deliver"]["waiting"], 1,
         "the failure notice waits: {stats}"
     );
-    let t: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    let t: Value = client
+        .get(&format!("/tasks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(t["status"], "failed");
     let resp = requeue(id.clone()).await.unwrap();
     assert_eq!(resp.status(), 202);
-    let t: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    let t: Value = client
+        .get(&format!("/tasks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(t["status"], "queued", "{t}");
     assert_eq!(t["stage"], "separate");
     assert_eq!(t["attempts"], 0);
     assert!(t["error"].is_null(), "{t}");
     assert_eq!(t["priority"], 4);
-    let stats: Value = app.get("/queue").await.json().await.unwrap();
+    let stats: Value = client.get("/queue").await.json().await.unwrap();
     assert_eq!(stats["separate"]["dead"], 0, "{stats}");
     assert_eq!(stats["separate"]["waiting"], 1);
     assert_eq!(
@@ -1236,9 +1168,9 @@ async fn a_dead_letter_is_requeued_from_scratch() {
     )
     .await;
     assert_eq!((s, code.as_str()), (404, "task_not_found"));
-    let anonymous = app
-        .client
-        .post(format!("{}/admin/dead/{id}/requeue", app.base))
+    let anonymous = client
+        .with_auth(Auth::None)
+        .request(Method::POST, &format!("/admin/dead/{id}/requeue"))
         .send()
         .await
         .unwrap();
@@ -1262,11 +1194,10 @@ async fn client_keys_see_only_their_tasks_and_are_revoked_by_editing_the_file() 
         format!("{alpha_line}\n{beta_line}\n{gamma_line} rate=0.01 burst=1 max_priority=2\n"),
     )
     .unwrap();
-    let app = spawn_app(&[("API_KEYS_FILE", file.to_str().unwrap())]);
+    let app = spawn_app(&[("API_KEYS_FILE", file.to_str().unwrap())]).await;
+    let client = ApiClient::for_app(&app.base);
     let send = |method: reqwest::Method, path: &str, key: &str| {
-        app.client
-            .request(method, format!("{}{path}", app.base))
-            .bearer_auth(key)
+        client.with_auth(Auth::bearer(key)).request(method, path)
     };
     let submit = |key: &str| {
         send(reqwest::Method::POST, "/generate", key)
@@ -1337,25 +1268,19 @@ async fn client_keys_see_only_their_tasks_and_are_revoked_by_editing_the_file() 
     );
     assert_eq!(rec.request.owner.as_deref(), Some("beta"));
     // HTTP Basic with the client's name and key works too; another name with it does not.
-    let basic = app
-        .client
-        .get(format!("{}/tasks/{b}", app.base))
-        .basic_auth("beta", Some(&beta))
-        .send()
-        .await
-        .unwrap();
+    let basic = client
+        .with_auth(Auth::basic("beta", &beta))
+        .get(&format!("/tasks/{b}"))
+        .await;
     assert_eq!(basic.status(), 200);
-    let wrong = app
-        .client
-        .get(format!("{}/tasks/{b}", app.base))
-        .basic_auth("alpha", Some(&beta))
-        .send()
-        .await
-        .unwrap();
+    let wrong = client
+        .with_auth(Auth::basic("alpha", &beta))
+        .get(&format!("/tasks/{b}"))
+        .await;
     assert_eq!(wrong.status(), 401);
     // The administrator sees both.
     for id in [a, b] {
-        assert_eq!(app.get(&format!("/tasks/{id}")).await.status(), 200);
+        assert_eq!(client.get(&format!("/tasks/{id}")).await.status(), 200);
     }
     // The administrator's routes are not a key's; /health shows a key the public view.
     let requeue = status(
@@ -1372,7 +1297,7 @@ async fn client_keys_see_only_their_tasks_and_are_revoked_by_editing_the_file() 
         .await
         .unwrap();
     assert!(health.get("workers").is_none(), "{health}");
-    let admin_health: Value = app.get("/health").await.json().await.unwrap();
+    let admin_health: Value = client.get("/health").await.json().await.unwrap();
     assert!(admin_health.get("workers").is_some(), "{admin_health}");
     // Revoke beta by deleting its line: refused within seconds, alpha goes on.
     std::fs::write(&file, format!("{alpha_line}\n")).unwrap();
@@ -1412,14 +1337,13 @@ async fn a_bad_keys_file_is_a_configuration_error() {
             ("API_PASSWORD", PASSWORD),
             ("API_USERNAME", USER),
             ("API_KEYS_FILE", file.to_str().unwrap()),
+            ("MODELS_DIR", "/nonexistent"),
             ("STORAGE_URL", "file:///tmp/uvr-test-unused-storage"),
             ("LINK_SIGNING_KEY", "test-link-signing-key-0123456789abcdef"),
         ]);
-        let catalog = common::no_models();
-        let err =
-            uvr::api::ApiConfig::from_env(&env, uvr::task::Priority::new(3).unwrap(), catalog)
-                .unwrap_err()
-                .to_string();
+        let err = uvr::settings::Settings::from_env(&env, Some(&[uvr::settings::Role::Api]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("API_KEYS_FILE") && err.contains(why), "{err}");
     }
 }
@@ -1432,30 +1356,32 @@ async fn models_added_to_the_models_dir_are_offered_without_a_restart() {
     let app = spawn_app(&[
         ("MODELS_DIR", dir.path().to_str().unwrap()),
         ("MODELS_RESCAN_SECONDS", "0.2"),
-    ]);
+    ])
+    .await;
+    let client = ApiClient::for_app(&app.base);
     let with_model = || {
         let mut body = seed_body(3);
         body["model"] = json!("tiny");
         body
     };
-    let (code, error, _) = error_of(app.generate(&with_model()).await).await;
+    let (code, error, _) = error_of(client.generate(&with_model()).await).await;
     assert_eq!((code, error.as_str()), (422, "unknown_model"));
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mdx");
     for f in ["tiny.onnx", "tiny.json"] {
         std::fs::copy(fixtures.join(f), dir.path().join(f)).unwrap();
     }
     let offered = common::eventually(Duration::from_secs(5), || async {
-        let models: Value = app.get("/models").await.json().await.unwrap();
+        let models: Value = client.get("/models").await.json().await.unwrap();
         models.to_string().contains("\"tiny\"")
     })
     .await;
     assert!(offered, "the new model is not listed");
-    assert_eq!(app.generate(&with_model()).await.status(), 202);
+    assert_eq!(client.generate(&with_model()).await.status(), 202);
     for f in ["tiny.onnx", "tiny.json"] {
         std::fs::remove_file(dir.path().join(f)).unwrap();
     }
     let withdrawn = common::eventually(Duration::from_secs(5), || async {
-        app.generate(&with_model()).await.status() == 422
+        client.generate(&with_model()).await.status() == 422
     })
     .await;
     assert!(withdrawn, "the removed model is still accepted");
@@ -1470,11 +1396,10 @@ async fn get_tasks_lists_the_callers_own_tasks_in_pages() {
     let (alpha, alpha_line) = uvr::api::keys::generate("alpha");
     let (beta, beta_line) = uvr::api::keys::generate("beta");
     std::fs::write(&file, format!("{alpha_line}\n{beta_line}\n")).unwrap();
-    let app = spawn_app(&[("API_KEYS_FILE", file.to_str().unwrap())]);
+    let app = spawn_app(&[("API_KEYS_FILE", file.to_str().unwrap())]).await;
+    let client = ApiClient::for_app(&app.base);
     let call = |method: reqwest::Method, path: &str, key: &str| {
-        app.client
-            .request(method, format!("{}{path}", app.base))
-            .bearer_auth(key)
+        client.with_auth(Auth::bearer(key)).request(method, path)
     };
     let mut mine = Vec::new();
     for _ in 0..3 {
@@ -1535,7 +1460,7 @@ async fn get_tasks_lists_the_callers_own_tasks_in_pages() {
     // Each sees its own.
     let (ids, _) = list("/tasks".into(), beta.clone()).await;
     assert_eq!(ids, vec![theirs["task_id"].as_str().unwrap().to_string()]);
-    let admin: Value = app.get("/tasks").await.json().await.unwrap();
+    let admin: Value = client.get("/tasks").await.json().await.unwrap();
     assert_eq!(admin["tasks"], json!([]), "{admin}");
     // Bad parameters.
     for path in [
@@ -1583,18 +1508,20 @@ async fn a_preset_is_submitted_as_its_models_and_ensemble() {
     let app = spawn_app(&[
         ("MODELS_DIR", models.to_str().unwrap()),
         ("ENSEMBLE_PRESETS_FILE", presets.to_str().unwrap()),
-    ]);
-    let listed: Value = app.get("/models").await.json().await.unwrap();
+    ])
+    .await;
+    let client = ApiClient::for_app(&app.base);
+    let listed: Value = client.get("/models").await.json().await.unwrap();
     assert_eq!(
         listed["presets"],
         json!({"pair": {"models": ["a", "b"], "ensemble": "max_spec"}})
     );
     let mut body = seed_body(3);
     body["preset"] = json!("pair");
-    let resp = app.generate(&body).await;
+    let resp = client.generate(&body).await;
     assert_eq!(resp.status(), 202);
     let accepted: Value = resp.json().await.unwrap();
-    let task: Value = app
+    let task: Value = client
         .get(&format!("/tasks/{}", accepted["task_id"].as_str().unwrap()))
         .await
         .json()
@@ -1611,7 +1538,7 @@ async fn a_preset_is_submitted_as_its_models_and_ensemble() {
         for (k, v) in extra.as_object().unwrap() {
             body[k] = v.clone();
         }
-        let (status, error, full) = error_of(app.generate(&body).await).await;
+        let (status, error, full) = error_of(client.generate(&body).await).await;
         assert_eq!((status, error.as_str()), (422, code), "{extra}");
         assert_eq!(full["error"]["field"], "preset");
     }

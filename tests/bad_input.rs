@@ -38,8 +38,9 @@
 //! - `api_cases`: the API case table and its runner, `run_api_table`;
 //! - `api_bodies`: the `api_*` tests of request bodies, types, fields and headers;
 //! - `api_urls`: the `api_*` test of hostile URLs, and the names resolving to loopback here;
-//! - `origin`: the loopback HTTP origin (and forward proxy) the pipeline cases fetch from;
-//! - `pipeline_cases`: the pipeline case table and its runner, `run_pipeline_table`;
+//! - `pipeline_cases`: the pipeline case table and its runner, `run_pipeline_table`, which
+//!   serves each case from the shared loopback origin (`Peer` in `tests/common/origin.rs`,
+//!   also a forward proxy);
 //! - `pipeline_files`: the `pipeline_*` test of damaged and non-audio files;
 //! - `pipeline_transport`: the `pipeline_*` tests of limits, redirects, slow sources, large
 //!   outputs, environment proxies and redirects into private space.
@@ -56,8 +57,6 @@ mod api_cases;
 mod api_urls;
 #[path = "bad_input/fixtures.rs"]
 mod fixtures;
-#[path = "bad_input/origin.rs"]
-mod origin;
 #[path = "bad_input/pipeline_cases.rs"]
 mod pipeline_cases;
 #[path = "bad_input/pipeline_files.rs"]

@@ -31,9 +31,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::client::ApiClient;
 use common::e2e::{
-    Deployment, HookAction, HookHit, HookReceiver, PASSWORD, Peer, Proxy, S3_KEY, S3_SECRET,
-    Seaweed, Service, WEBHOOK_SECRET, test_wav, verify_signature,
+    Deployment, HookAction, HookHit, HookReceiver, Peer, Proxy, S3_KEY, S3_SECRET, Seaweed,
+    Service, WEBHOOK_SECRET, test_wav, verify_signature,
 };
 use common::{RedisServer, eventually};
 use serde_json::{Value, json};
@@ -53,63 +54,26 @@ fn task_count(default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The API as a client sees it.
-struct Api {
-    client: reqwest::Client,
-    base: String,
+/// The API as a client sees it: the administrator, each request given up after 15 s.
+fn api_of(dep: &Deployment) -> ApiClient {
+    dep.client().with_http(
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .unwrap(),
+    )
 }
 
-impl Api {
-    fn new(base: &str) -> Self {
-        Self {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .unwrap(),
-            base: base.to_string(),
-        }
+/// Submits a task per song, all accepted at once; their ids.
+async fn submit_all(api: &ApiClient, audio: &[String], hook_url: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for a in audio {
+        ids.push(
+            api.submit_id(&json!({"audio": a, "hook_url": hook_url}))
+                .await,
+        );
     }
-
-    /// Submits a task that must be accepted at once; returns its id.
-    async fn submit(&self, audio: &str, hook_url: &str) -> String {
-        let resp = self
-            .client
-            .post(format!("{}/generate", self.base))
-            .basic_auth("admin", Some(PASSWORD))
-            .json(&json!({"audio": audio, "hook_url": hook_url}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
-        let v: Value = resp.json().await.unwrap();
-        v["task_id"].as_str().unwrap().to_string()
-    }
-
-    /// `GET /tasks/{id}`: `Ok(Some)` the task, `Ok(None)` no such task (404), `Err` the API
-    /// could not answer (Redis down, connection refused...).
-    async fn task(&self, id: &str) -> Result<Option<Value>, String> {
-        let resp = self
-            .client
-            .get(format!("{}/tasks/{id}", self.base))
-            .basic_auth("admin", Some(PASSWORD))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        match resp.status().as_u16() {
-            200 => resp.json().await.map(Some).map_err(|e| e.to_string()),
-            404 => Ok(None),
-            s => Err(format!("status {s}")),
-        }
-    }
-
-    /// Submits every task, all accepted at once.
-    async fn submit_all(&self, audio: &[String], hook_url: &str) -> Vec<String> {
-        let mut ids = Vec::new();
-        for a in audio {
-            ids.push(self.submit(a, hook_url).await);
-        }
-        ids
-    }
+    ids
 }
 
 fn is_final(t: &Value) -> bool {
@@ -121,7 +85,11 @@ fn is_final(t: &Value) -> bool {
 
 /// Polls every task until all are final or `timeout` passes; returns the last view of each
 /// (`None`: the record does not exist).
-async fn settle(api: &Api, ids: &[String], timeout: Duration) -> HashMap<String, Option<Value>> {
+async fn settle(
+    api: &ApiClient,
+    ids: &[String],
+    timeout: Duration,
+) -> HashMap<String, Option<Value>> {
     let deadline = Instant::now() + timeout;
     let mut seen: HashMap<String, Option<Value>> = HashMap::new();
     let mut done: HashSet<String> = HashSet::new();
@@ -130,7 +98,7 @@ async fn settle(api: &Api, ids: &[String], timeout: Duration) -> HashMap<String,
             if done.contains(id) {
                 continue;
             }
-            if let Ok(t) = api.task(id).await {
+            if let Ok(t) = api.try_task(id).await {
                 if t.as_ref().is_some_and(is_final) {
                     done.insert(id.clone());
                 }
@@ -145,9 +113,14 @@ async fn settle(api: &Api, ids: &[String], timeout: Duration) -> HashMap<String,
 }
 
 /// Waits until `pred` holds for the current view of task `id`.
-async fn wait_task(api: &Api, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> bool {
+async fn wait_task(
+    api: &ApiClient,
+    id: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> bool {
     eventually(timeout, || async {
-        matches!(api.task(id).await, Ok(Some(t)) if pred(&t))
+        matches!(api.try_task(id).await, Ok(Some(t)) if pred(&t))
     })
     .await
 }
@@ -236,17 +209,8 @@ fn check_hooks(hits: &[HookHit]) {
 /// What a fault must not leave behind: nothing waiting, held (a stuck lease), delayed or
 /// dead-lettered in either stage once every task is final, and no panic in any process of
 /// the deployment (their stderr; the logs themselves go to stdout).
-async fn check_aftermath(api: &Api, dep: &Deployment) {
-    let stats: Value = api
-        .client
-        .get(format!("{}/queue", api.base))
-        .basic_auth("admin", Some(PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+async fn check_aftermath(api: &ApiClient, dep: &Deployment) {
+    let stats: Value = api.get("/queue").await.json().await.unwrap();
     for stage in ["separate", "deliver"] {
         for what in ["waiting", "in_flight", "delayed", "dead"] {
             assert_eq!(stats[stage][what], 0, "{stage} {what}: {stats}");
@@ -334,13 +298,13 @@ async fn processor_sigkilled_mid_separation_is_replaced() {
     let hooks = HookReceiver::start();
     let dep = Deployment::new(&[("LEASE_SECONDS", "1.5"), ("PROCESSOR_CONCURRENCY", "1")]);
     let _api = dep.spawn("api,uploader", "api");
-    let api = Api::new(&dep.base());
+    let api = api_of(&dep);
     let long = peer.put("long.wav", test_wav(LONG_AUDIO_SECONDS, 44_100));
     let short = peer.put("short.wav", test_wav(1.0, 44_100));
     // The long task first: the processor is separating it when it dies.
     let mut audio = vec![long];
     audio.extend((1..n).map(|_| short.clone()));
-    let ids = api.submit_all(&audio, &hooks.url()).await;
+    let ids = submit_all(&api, &audio, &hooks.url()).await;
     let victim = ids[0].clone();
 
     let mut first = dep.spawn("processor", "processor-1");
@@ -368,7 +332,7 @@ async fn processor_sigkilled_mid_separation_is_replaced() {
     assert!(
         mid,
         "never saw the separation under way: {:?}",
-        api.task(&victim).await
+        api.try_task(&victim).await
     );
     first.kill();
     let at_kill = written();
@@ -430,12 +394,12 @@ async fn uploader_sigkilled_mid_upload_is_replaced() {
     env.push(("LEASE_SECONDS", "1.5".into()));
     let dep = Deployment::new(&pairs(&env));
     let _api = dep.spawn("api,processor", "api");
-    let api = Api::new(&dep.base());
+    let api = api_of(&dep);
     // 8 s of audio: two stems of 1.4 MB each, single PUTs.
     let audio: Vec<String> = (0..n)
         .map(|i| peer.put(&format!("u{i}.wav"), test_wav(8.0, 44_100)))
         .collect();
-    let ids = api.submit_all(&audio, &hooks.url()).await;
+    let ids = submit_all(&api, &audio, &hooks.url()).await;
     let mut first = dep.spawn("uploader", "uploader-1");
     let mid = eventually(Duration::from_secs(120), || async {
         proxy.up_bytes() > 256 * 1024
@@ -444,7 +408,7 @@ async fn uploader_sigkilled_mid_upload_is_replaced() {
     assert!(mid, "no upload started");
     let mut in_flight = 0;
     for id in &ids {
-        if let Ok(Some(t)) = api.task(id).await
+        if let Ok(Some(t)) = api.try_task(id).await
             && t["status"] == "uploading"
         {
             in_flight += 1;
@@ -490,11 +454,11 @@ async fn uploader_sigkilled_mid_webhook_is_replaced() {
         ("WEBHOOK_TIMEOUT_SECONDS", "120"),
     ]);
     let _api = dep.spawn("api,processor", "api");
-    let api = Api::new(&dep.base());
+    let api = api_of(&dep);
     let audio: Vec<String> = (0..n)
         .map(|i| peer.put(&format!("w{i}.wav"), test_wav(1.0, 44_100)))
         .collect();
-    let ids = api.submit_all(&audio, &hooks.url()).await;
+    let ids = submit_all(&api, &audio, &hooks.url()).await;
     let mut first = dep.spawn("uploader", "uploader-1");
     // Every task's webhook request is open at the receiver.
     let open = eventually(Duration::from_secs(120), || async {
@@ -557,7 +521,7 @@ struct Stream {
 /// Submits logical submission after logical submission, retrying each on 503/429 and
 /// connection errors with its own `Idempotency-Key`, until all are acknowledged.
 async fn submitter(
-    api: &Api,
+    api: &ApiClient,
     body: &Value,
     run: &str,
     stream: &Mutex<Stream>,
@@ -580,9 +544,7 @@ async fn submitter(
                 "submission {i} never acknowledged"
             );
             let resp = api
-                .client
-                .post(format!("{}/generate", api.base))
-                .basic_auth("admin", Some(PASSWORD))
+                .request(reqwest::Method::POST, "/generate")
                 .header("Idempotency-Key", &key)
                 .json(body)
                 .send()
@@ -633,7 +595,7 @@ async fn redis_killed_during_submissions(fsync: &'static str) {
     );
     let _api = dep.spawn("api", "api");
     let _workers = dep.spawn("processor,uploader", "workers");
-    let api = Api::new(&dep.base());
+    let api = api_of(&dep);
     let body = json!({
         "audio": peer.put("r.wav", test_wav(0.3, 44_100)),
         "hook_url": hooks.url(),
@@ -783,18 +745,18 @@ async fn s3_outage_during_delivery_is_ridden_out() {
     env.push(("WEBHOOK_RETRY_MAX_SECONDS", "2".into()));
     let dep = Deployment::new(&pairs(&env));
     let _api = dep.spawn("api,processor", "api");
-    let api = Api::new(&dep.base());
+    let api = api_of(&dep);
     let audio: Vec<String> = (0..n)
         .map(|i| peer.put(&format!("s{i}.wav"), test_wav(2.0, 44_100)))
         .collect();
-    let ids = api.submit_all(&audio, &hooks.url()).await;
+    let ids = submit_all(&api, &audio, &hooks.url()).await;
     // All separated and waiting in the deliver stage.
     for id in &ids {
         let ok = wait_task(&api, id, Duration::from_secs(120), |t| {
             t["status"] == "separated"
         })
         .await;
-        assert!(ok, "{id} not separated: {:?}", api.task(id).await);
+        assert!(ok, "{id} not separated: {:?}", api.try_task(id).await);
     }
     s3.stop();
     let _uploader = dep.spawn("uploader", "uploader");
@@ -804,7 +766,7 @@ async fn s3_outage_during_delivery_is_ridden_out() {
     let tried = eventually(Duration::from_secs(60), || async {
         let mut tried = 0;
         for id in &ids {
-            if matches!(api.task(id).await, Ok(Some(t)) if t["attempts"].as_u64() >= Some(1)) {
+            if matches!(api.try_task(id).await, Ok(Some(t)) if t["attempts"].as_u64() >= Some(1)) {
                 tried += 1;
             }
         }
@@ -858,7 +820,7 @@ fn webhook_deployment(extra: &[(&str, &str)]) -> Deployment {
 /// webhook signatures and that the queues are empty and nothing panicked.
 async fn conclude(
     name: &str,
-    api: &Api,
+    api: &ApiClient,
     dep: &Deployment,
     ids: &[String],
     hooks: &HookReceiver,
@@ -886,7 +848,7 @@ fn short_audio(peer: &Peer, n: usize) -> Vec<String> {
 struct WebhookScenario {
     n: usize,
     ids: Vec<String>,
-    api: Api,
+    api: ApiClient,
     hooks: HookReceiver,
     _svc: Service,
     dep: Deployment,
@@ -900,8 +862,8 @@ impl WebhookScenario {
         let peer = Peer::start();
         let dep = webhook_deployment(extra);
         let svc = dep.spawn("api,processor,uploader", "all");
-        let api = Api::new(&dep.base());
-        let ids = api.submit_all(&short_audio(&peer, n), &hooks.url()).await;
+        let api = api_of(&dep);
+        let ids = submit_all(&api, &short_audio(&peer, n), &hooks.url()).await;
         Self {
             n,
             ids,
@@ -934,7 +896,7 @@ async fn webhook_receiver_down_then_up() {
             outcomes(t).iter().filter(|o| *o == "retry").count() >= 2
         })
         .await;
-        assert!(refused, "{id}: {:?}", api.task(id).await);
+        assert!(refused, "{id}: {:?}", api.try_task(id).await);
     }
     sc.hooks.up();
 
@@ -1081,7 +1043,7 @@ async fn webhook_in_hand(
     Deployment,
     Service,
     Service,
-    Api,
+    ApiClient,
     String,
 ) {
     let peer = Peer::start();
@@ -1090,9 +1052,10 @@ async fn webhook_in_hand(
     let dep = Deployment::new(extra);
     let api_svc = dep.spawn("api,processor", "api");
     let up = dep.spawn("uploader", uploader);
-    let api = Api::new(&dep.base());
+    let api = api_of(&dep);
+    let audio = peer.put("t.wav", test_wav(1.0, 44_100));
     let id = api
-        .submit(&peer.put("t.wav", test_wav(1.0, 44_100)), &hooks.url())
+        .submit_id(&json!({"audio": audio, "hook_url": hooks.url()}))
         .await;
     let open = eventually(Duration::from_secs(60), || async {
         !hooks.hits().is_empty()
@@ -1128,7 +1091,7 @@ async fn sigterm_lets_the_uploader_finish_the_webhook_in_hand_then_exit_0() {
         .unwrap_or_else(|| panic!("never exited: {}", uploader.log_text()));
     assert!(status.success(), "{status:?}: {}", uploader.log_text());
     assert!(signalled.elapsed() >= Duration::from_millis(1500));
-    let t = api.task(&id).await.unwrap().expect("task");
+    let t = api.try_task(&id).await.unwrap().expect("task");
     assert_eq!(t["status"], "succeeded", "{t}");
     assert_eq!(t["result"]["webhook"]["state"], "delivered", "{t}");
     assert_eq!(hooks.hits().len(), 1, "delivered once, not again");
@@ -1165,7 +1128,7 @@ async fn a_second_sigterm_stops_at_once_and_the_lease_brings_the_task_back() {
     // delivers it.
     let _second = dep.spawn("uploader", "uploader-2");
     let done = wait_task(&api, &id, SETTLE, |t| t["status"] == "succeeded").await;
-    assert!(done, "{:?}", api.task(&id).await);
+    assert!(done, "{:?}", api.try_task(&id).await);
     let hits = hooks.hits();
     assert_eq!(
         hits.len(),
@@ -1173,6 +1136,6 @@ async fn a_second_sigterm_stops_at_once_and_the_lease_brings_the_task_back() {
         "the interrupted delivery is sent again, once"
     );
     assert!(hits.iter().all(|h| h.id() == id));
-    let t = api.task(&id).await.unwrap().unwrap();
+    let t = api.try_task(&id).await.unwrap().unwrap();
     assert_eq!(t["result"]["webhook"]["state"], "delivered", "{t}");
 }

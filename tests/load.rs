@@ -36,7 +36,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::e2e::{Deployment, PASSWORD, Peer, Service, test_wav};
+use common::client::ApiClient;
+use common::e2e::{Deployment, Peer, Service, test_wav};
 use common::{redis_used_memory, rss_bytes};
 use serde_json::{Value, json};
 
@@ -349,8 +350,8 @@ impl Pipeline {
 
     /// Submits one task and waits for its webhook, so every role is up before the clock
     /// starts; returns its id (to leave out of the counts).
-    async fn warm_up(&self, client: &reqwest::Client, peer: &Peer, audio: &str) -> String {
-        let out = submit(client, &self.dep.base(), audio, &peer.hook_url(), 3).await;
+    async fn warm_up(&self, client: &ApiClient, peer: &Peer, audio: &str) -> String {
+        let out = submit(client, audio, &peer.hook_url(), 3).await;
         let Outcome::Accepted { id, .. } = out else {
             panic!("warm-up submission refused: {out:?}\n{}", self.logs());
         };
@@ -368,17 +369,10 @@ enum Outcome {
     Failed(String),
 }
 
-async fn submit(
-    client: &reqwest::Client,
-    base: &str,
-    audio: &str,
-    hook: &str,
-    priority: u8,
-) -> Outcome {
+async fn submit(client: &ApiClient, audio: &str, hook: &str, priority: u8) -> Outcome {
     let sent = Instant::now();
     let resp = client
-        .post(format!("{base}/generate"))
-        .basic_auth("admin", Some(PASSWORD))
+        .request(reqwest::Method::POST, "/generate")
         .json(&json!({"audio": audio, "hook_url": hook, "priority": priority}))
         .send()
         .await;
@@ -436,22 +430,22 @@ async fn capacity_probe() {
     let peer = Peer::start();
     let audio = peer.put("load.wav", test_wav(audio_seconds, 44_100));
     let p = Pipeline::start(processors, uploaders, 60.0);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = p.dep.client().with_http(
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    );
     let warm = p.warm_up(&client, &peer, &audio).await;
 
     // A burst: the queue holds the backlog, so every processor is busy until it drains.
     let start = Instant::now();
-    let base = p.dep.base();
     let hook = peer.hook_url();
     let mut handles = Vec::new();
     for i in 0..tasks {
-        let (client, base, audio, hook) =
-            (client.clone(), base.clone(), audio.clone(), hook.clone());
+        let (client, audio, hook) = (client.clone(), audio.clone(), hook.clone());
         handles.push(actix_rt::spawn(async move {
-            submit(&client, &base, &audio, &hook, (i % 5) as u8 + 1).await
+            submit(&client, &audio, &hook, (i % 5) as u8 + 1).await
         }));
     }
     let mut accepted = Vec::new();
@@ -530,11 +524,12 @@ async fn sustained_load() {
     let audio = peer.put("load.wav", test_wav(audio_seconds, 44_100));
     let hook = peer.hook_url();
     let p = Pipeline::start(processors, uploaders, retention);
-    let base = p.dep.base();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = p.dep.client().with_http(
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    );
     let warm = p.warm_up(&client, &peer, &audio).await;
     let names = p.names();
 
@@ -566,10 +561,9 @@ async fn sustained_load() {
         if lag > LATE_AFTER {
             late += 1;
         }
-        let (client, base, audio, hook) =
-            (client.clone(), base.clone(), audio.clone(), hook.clone());
+        let (client, audio, hook) = (client.clone(), audio.clone(), hook.clone());
         handles.push(actix_rt::spawn(async move {
-            let out = submit(&client, &base, &audio, &hook, (i % 5) as u8 + 1).await;
+            let out = submit(&client, &audio, &hook, (i % 5) as u8 + 1).await;
             (sent, out)
         }));
         submitted.fetch_add(1, Ordering::SeqCst);
@@ -703,8 +697,7 @@ async fn sustained_load() {
     }
     for id in missing.iter().take(5) {
         let record = match client
-            .get(format!("{base}/tasks/{id}"))
-            .basic_auth("admin", Some(PASSWORD))
+            .request(reqwest::Method::GET, &format!("/tasks/{id}"))
             .send()
             .await
         {
@@ -788,12 +781,14 @@ struct Hit {
 }
 
 /// `clients` closed-loop clients POSTing as fast as the API answers for `secs`.
-async fn hammer(base: &str, clients: usize, secs: f64, timeout: Duration) -> Vec<Hit> {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .pool_max_idle_per_host(clients)
-        .build()
-        .unwrap();
+async fn hammer(dep: &Deployment, clients: usize, secs: f64, timeout: Duration) -> Vec<Hit> {
+    let client = dep.client().with_http(
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(clients)
+            .build()
+            .unwrap(),
+    );
     let body = json!({
         "audio": "http://127.0.0.1:9/never-fetched.wav",
         "hook_url": "http://127.0.0.1:9/hook",
@@ -801,14 +796,13 @@ async fn hammer(base: &str, clients: usize, secs: f64, timeout: Duration) -> Vec
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut handles = Vec::new();
     for _ in 0..clients {
-        let (client, url, body) = (client.clone(), format!("{base}/generate"), body.clone());
+        let (client, body) = (client.clone(), body.clone());
         handles.push(actix_rt::spawn(async move {
             let mut hits = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();
                 let resp = client
-                    .post(&url)
-                    .basic_auth("admin", Some(PASSWORD))
+                    .request(reqwest::Method::POST, "/generate")
                     .json(&body)
                     .send()
                     .await;
@@ -943,7 +937,7 @@ async fn overload(title: &str, extra: &[(&str, &str)], shed_status: u16) -> Over
         Arc::new(AtomicUsize::new(0)),
         || 0,
     );
-    let hits = hammer(&dep.base(), clients, secs, timeout).await;
+    let hits = hammer(&dep, clients, secs, timeout).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let samples = sampler.finish();
     let rss_after = rss_bytes(api_pid);

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::client::{ApiClient, Auth};
 use common::{seed_body, spawn_app};
 
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -20,17 +21,10 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[actix_rt::test]
 async fn metrics_parse_and_counters_move() {
-    let app = spawn_app(&[]);
-    let scrape = || async {
-        app.client
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let app = spawn_app(&[]).await;
+    let client = ApiClient::for_app(&app.base);
+    let anonymous = client.with_auth(Auth::None);
+    let scrape = || async { anonymous.get("/metrics").await.text().await.unwrap() };
     let before = scrape().await;
     let accepted = |t: &str| {
         metric(
@@ -48,14 +42,14 @@ async fn metrics_parse_and_counters_move() {
             &[("stage", "separate"), ("priority", "5")],
         )
     };
-    let first = app.generate(&seed_body(5)).await;
+    let first = client.generate(&seed_body(5)).await;
     assert_eq!(first.status(), 202);
     let id = first.json::<serde_json::Value>().await.unwrap()["task_id"]
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(app.generate(&seed_body(5)).await.status(), 202);
-    assert_eq!(app.generate(&seed_body(9)).await.status(), 422);
+    assert_eq!(client.generate(&seed_body(5)).await.status(), 202);
+    assert_eq!(client.generate(&seed_body(9)).await.status(), 422);
     // This app has a Redis of its own: the gauge is sampled from it on every scrape.
     assert_eq!(depth5(&before), 0.0, "empty queue before");
     let after = scrape().await;
@@ -105,9 +99,9 @@ async fn metrics_parse_and_counters_move() {
         )
     };
     let before = after;
-    assert_eq!(app.get(&format!("/tasks/{id}")).await.status(), 200);
-    assert_eq!(app.get(&format!("/tasks/{id}")).await.status(), 200);
-    assert_eq!(app.get(&format!("/tasks/{missing}")).await.status(), 404);
+    assert_eq!(client.get(&format!("/tasks/{id}")).await.status(), 200);
+    assert_eq!(client.get(&format!("/tasks/{id}")).await.status(), 200);
+    assert_eq!(client.get(&format!("/tasks/{missing}")).await.status(), 404);
     let after = scrape().await;
     // The requests were counted, under the route template.
     assert_eq!(tasks(&after, "200") - tasks(&before, "200"), 2.0);
@@ -138,4 +132,59 @@ async fn metrics_parse_and_counters_move() {
             assert!(TEMPLATES.contains(&route), "{line}");
         }
     }
+}
+
+/// A process without the API serves `/metrics` and `/livez` on `METRICS_PORT` with the API's
+/// own handlers: the token closes `/metrics`, the queue gauges are refreshed before the
+/// answer, `/livez` answers as the API's does, and the listener goes away with the process.
+#[actix_rt::test]
+async fn a_process_without_the_api_serves_metrics_on_its_own_port() {
+    let redis = common::RedisServer::start();
+    let staging = tempfile::tempdir().unwrap();
+    let token = "scrape-token-0123456789abcdef";
+    let env = uvr::config::Env::from_pairs([
+        ("UVR_ROLES", "processor".to_string()),
+        ("REDIS_URL", redis.url()),
+        ("MODELS_DIR", "/nonexistent".into()),
+        ("STAGING_DIR", staging.path().display().to_string()),
+        ("METRICS_PORT", "0".into()),
+        ("METRICS_TOKEN", token.into()),
+    ]);
+    let settings = uvr::settings::Settings::from_env(&env, None).unwrap();
+    assert!(settings.api.is_none() && settings.processor.is_some());
+    let service = uvr::service::Service::start_as(settings, "metrics-only")
+        .await
+        .unwrap();
+    assert!(service.api_addr.is_none());
+    let base = format!(
+        "http://{}",
+        service.metrics_addr.expect("a metrics listener")
+    );
+    let stopper = service.stopper();
+    let running = actix_rt::spawn(service.run());
+    let scraper = ApiClient::new(&base, Auth::bearer(token));
+    let anonymous = scraper.with_auth(Auth::None);
+
+    let open = anonymous.get("/metrics").await;
+    assert_eq!(open.status(), 401);
+    assert_eq!(
+        open.headers()["www-authenticate"],
+        "Bearer realm=\"metrics\""
+    );
+    let scraped = scraper.get("/metrics").await;
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.unwrap();
+    assert_eq!(metric(&text, "uvr_redis_up", &[]), 1.0, "{text}");
+    let live = anonymous.get("/livez").await;
+    assert_eq!(live.status(), 200);
+    let body: serde_json::Value = live.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+
+    stopper.drain();
+    running.await.unwrap().unwrap();
+    let after = reqwest::Client::new().get(format!("{base}/livez")).send();
+    assert!(
+        after.await.is_err(),
+        "the listener stopped with the process"
+    );
 }

@@ -5,35 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::e2e::{
-    Deployment, PASSWORD, Peer, WEBHOOK_SECRET, read_wav, test_wav, verify_signature,
-};
+use common::client::{ApiClient, Auth, no_redirects};
+use common::e2e::{Deployment, Peer, WEBHOOK_SECRET, read_wav, test_wav, verify_signature};
 use common::eventually;
 use serde_json::{Value, json};
-
-async fn submit(client: &reqwest::Client, base: &str, body: Value) -> Value {
-    let resp = client
-        .post(format!("{base}/generate"))
-        .basic_auth("admin", Some(PASSWORD))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
-    resp.json().await.unwrap()
-}
-
-async fn task(client: &reqwest::Client, base: &str, id: &str) -> Value {
-    client
-        .get(format!("{base}/tasks/{id}"))
-        .basic_auth("admin", Some(PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use uvr::settings::{Role, Settings};
 
 /// The centred voice of [`song_wav`] at time `t` (seconds): four harmonics of 220 Hz.
 fn song_voice(t: f64) -> f64 {
@@ -84,14 +60,11 @@ async fn a_submitted_song_is_separated_stored_and_announced() {
     let peer = Peer::start();
     let dep = Deployment::new(&[]);
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
+    let client = dep.client();
     let audio = peer.put("song.wav", song_wav(3.0, 48_000));
-    let accepted = submit(
-        &client,
-        &dep.base(),
-        json!({"audio": audio, "hook_url": peer.hook_url(), "priority": 4}),
-    )
-    .await;
+    let accepted = client
+        .submit(&json!({"audio": audio, "hook_url": peer.hook_url(), "priority": 4}))
+        .await;
     let id = accepted["task_id"].as_str().unwrap().to_string();
 
     let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
@@ -113,7 +86,15 @@ async fn a_submitted_song_is_separated_stored_and_announced() {
     let mut stems = Vec::new();
     for stem in ["vocals", "instrumental"] {
         let url = hook.body["stems"][stem]["url"].as_str().unwrap();
-        let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
+        let bytes = client
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         let (spec, frames) = read_wav(&bytes);
         assert_eq!((spec.channels, spec.sample_rate), (2, 44_100));
         assert_eq!(
@@ -124,7 +105,7 @@ async fn a_submitted_song_is_separated_stored_and_announced() {
         stems.push(frames);
         // A tampered link is refused.
         let bad = url.replace("sig=", "sig=00");
-        assert_eq!(client.get(&bad).send().await.unwrap().status(), 403);
+        assert_eq!(client.http.get(&bad).send().await.unwrap().status(), 403);
     }
     // Expected audio in closed form, independent of the service's decoder and resampler:
     // the 48 kHz source is band-limited, so at 44.1 kHz it is the same functions sampled at
@@ -164,7 +145,7 @@ async fn a_submitted_song_is_separated_stored_and_announced() {
         "instrumental against the tones: {a_snr:.1} dB"
     );
 
-    let t = task(&client, &dep.base(), &id).await;
+    let t = client.task(&id).await;
     assert_eq!(t["status"], "succeeded");
     assert_eq!(t["progress"], 100);
     assert!(t["result"]["stems"]["vocals"]["url"].is_string());
@@ -181,7 +162,7 @@ async fn failures_are_announced_with_their_code() {
     let peer = Peer::start();
     let dep = Deployment::new(&[("MAX_ATTEMPTS", "2")]);
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
+    let client = dep.client();
     let missing = format!("{}/audio/missing.wav", peer.base);
     let corrupt = peer.put(
         "corrupt.wav",
@@ -193,12 +174,9 @@ async fn failures_are_announced_with_their_code() {
     );
     let mut ids = Vec::new();
     for url in [&missing, &corrupt, &text] {
-        let a = submit(
-            &client,
-            &dep.base(),
-            json!({"audio": url, "hook_url": peer.hook_url()}),
-        )
-        .await;
+        let a = client
+            .submit(&json!({"audio": url, "hook_url": peer.hook_url()}))
+            .await;
         ids.push(a["task_id"].as_str().unwrap().to_string());
     }
     let hooks = peer.wait_hooks(3, Duration::from_secs(60)).await;
@@ -215,7 +193,7 @@ async fn failures_are_announced_with_their_code() {
         assert_eq!(h.body["status"], "failed");
         assert_eq!(h.body["error"]["code"], code, "{}", h.body);
         assert_eq!(h.body["model"], "dsp-centre", "the webhook names the model");
-        let t = task(&client, &dep.base(), id).await;
+        let t = client.task(id).await;
         assert_eq!(t["status"], "failed");
         assert_eq!(t["error"]["code"], code);
     }
@@ -228,17 +206,14 @@ async fn priorities_are_honoured_end_to_end() {
         ("PROCESSOR_CONCURRENCY", "1"),
         ("UPLOADER_CONCURRENCY", "1"),
     ]);
-    let api = dep.spawn("api", "api");
-    let client = reqwest::Client::new();
+    let _api = dep.spawn("api", "api");
+    let client = dep.client();
     let audio = peer.put("short.wav", test_wav(0.3, 44_100));
     let mut expected = Vec::new();
     for p in [1, 3, 5, 1, 3, 5] {
-        let a = submit(
-            &client,
-            &api.base,
-            json!({"audio": audio, "hook_url": peer.hook_url(), "priority": p}),
-        )
-        .await;
+        let a = client
+            .submit(&json!({"audio": audio, "hook_url": peer.hook_url(), "priority": p}))
+            .await;
         expected.push((p, a["task_id"].as_str().unwrap().to_string()));
     }
     expected.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
@@ -260,28 +235,17 @@ async fn priorities_are_honoured_end_to_end() {
 async fn cancel_before_processing_means_no_work_and_no_webhook() {
     let peer = Peer::start();
     let dep = Deployment::new(&[]);
-    let api = dep.spawn("api", "api");
-    let client = reqwest::Client::new();
+    let _api = dep.spawn("api", "api");
+    let client = dep.client();
     let audio = peer.put("c.wav", test_wav(0.5, 44_100));
-    let a = submit(
-        &client,
-        &api.base,
-        json!({"audio": audio, "hook_url": peer.hook_url()}),
-    )
-    .await;
-    let keep = submit(
-        &client,
-        &api.base,
-        json!({"audio": audio, "hook_url": peer.hook_url()}),
-    )
-    .await;
+    let a = client
+        .submit(&json!({"audio": audio, "hook_url": peer.hook_url()}))
+        .await;
+    let keep = client
+        .submit(&json!({"audio": audio, "hook_url": peer.hook_url()}))
+        .await;
     let id = a["task_id"].as_str().unwrap();
-    let resp = client
-        .delete(format!("{}/tasks/{id}", api.base))
-        .basic_auth("admin", Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.delete(&format!("/tasks/{id}")).await;
     assert_eq!(resp.status(), 202);
     let _workers = dep.spawn("processor,uploader", "workers");
     let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
@@ -289,15 +253,15 @@ async fn cancel_before_processing_means_no_work_and_no_webhook() {
     let hooks_after = peer.hooks();
     assert_eq!(hooks_after.len(), 1, "only the other task is announced");
     assert_eq!(hooks[0].body["task_id"], keep["task_id"]);
-    assert_eq!(task(&client, &api.base, id).await["status"], "cancelled");
+    assert_eq!(client.task(id).await["status"], "cancelled");
 }
 
 #[actix_rt::test]
 async fn a_processor_killed_mid_task_is_replaced_and_the_task_completes_once() {
     let peer = Peer::start();
     let dep = Deployment::new(&[("LEASE_SECONDS", "1.5")]);
-    let api = dep.spawn("api,uploader", "api");
-    let client = reqwest::Client::new();
+    let _api = dep.spawn("api,uploader", "api");
+    let client = dep.client();
     let wav = test_wav(2.0, 44_100);
     let audio = peer.put("slow.wav", wav.clone());
     // Drip the download so the processor is mid-task when it dies.
@@ -306,24 +270,15 @@ async fn a_processor_killed_mid_task_is_replaced_and_the_task_completes_once() {
         .unwrap()
         .drip
         .insert("slow.wav".into(), wav.len() / 2);
-    let a = submit(
-        &client,
-        &api.base,
-        json!({"audio": audio, "hook_url": peer.hook_url()}),
-    )
-    .await;
+    let a = client
+        .submit(&json!({"audio": audio, "hook_url": peer.hook_url()}))
+        .await;
     let id = a["task_id"].as_str().unwrap().to_string();
     let mut first = dep.spawn("processor", "processor-1");
     // Wait until it holds the task.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let t = task(&client, &api.base, &id).await;
-        if t["status"] == "processing" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never claimed: {t}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    client
+        .wait_status(&id, |s| s == "processing", Duration::from_secs(20))
+        .await;
     first.kill();
     // The download no longer needs to be slow for the second processor.
     peer.state.lock().unwrap().drip.clear();
@@ -333,7 +288,7 @@ async fn a_processor_killed_mid_task_is_replaced_and_the_task_completes_once() {
     assert_eq!(hooks[0].body["status"], "succeeded");
     dep.redis.settled(Duration::from_secs(30)).await;
     assert_eq!(peer.hooks().len(), 1, "exactly one success webhook");
-    let t = task(&client, &api.base, &id).await;
+    let t = client.task(&id).await;
     assert_eq!(t["status"], "succeeded");
 }
 
@@ -346,14 +301,11 @@ async fn a_failing_webhook_is_retried_and_logged() {
         ("WEBHOOK_RETRY_MAX_SECONDS", "0.3"),
     ]);
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
+    let client = dep.client();
     let audio = peer.put("r.wav", test_wav(0.3, 44_100));
-    let a = submit(
-        &client,
-        &dep.base(),
-        json!({"audio": audio, "hook_url": peer.hook_url()}),
-    )
-    .await;
+    let a = client
+        .submit(&json!({"audio": audio, "hook_url": peer.hook_url()}))
+        .await;
     let id = a["task_id"].as_str().unwrap();
     let hooks = peer.wait_hooks(3, Duration::from_secs(60)).await;
     assert_eq!(hooks.len(), 3, "two failures, then delivered");
@@ -362,7 +314,7 @@ async fn a_failing_webhook_is_retried_and_logged() {
         "same id on every retry"
     );
     dep.redis.settled(Duration::from_secs(30)).await;
-    let t = task(&client, &dep.base(), id).await;
+    let t = client.task(id).await;
     assert_eq!(t["status"], "succeeded");
     let log = t["webhook_deliveries"].as_array().unwrap();
     let outcomes: Vec<&str> = log.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
@@ -383,14 +335,11 @@ async fn stems_go_to_s3_with_presigned_links() {
         ("RESULT_URL_TTL", "600"),
     ]);
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
+    let client = dep.client();
     let audio = peer.put("s3.wav", test_wav(1.0, 44_100));
-    let a = submit(
-        &client,
-        &dep.base(),
-        json!({"audio": audio, "hook_url": peer.hook_url(), "output_format": "wav24"}),
-    )
-    .await;
+    let a = client
+        .submit(&json!({"audio": audio, "hook_url": peer.hook_url(), "output_format": "wav24"}))
+        .await;
     let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
     assert_eq!(hooks.len(), 1, "{}", _svc.log_text());
     assert_eq!(hooks[0].body["task_id"], a["task_id"]);
@@ -399,7 +348,7 @@ async fn stems_go_to_s3_with_presigned_links() {
         let url = hooks[0].body["stems"][stem]["url"].as_str().unwrap();
         assert!(url.starts_with(&endpoint), "{url}");
         assert!(url.contains("X-Amz-Signature="), "presigned: {url}");
-        let resp = client.get(url).send().await.unwrap();
+        let resp = client.http.get(url).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(
             resp.headers()["content-type"],
@@ -410,7 +359,10 @@ async fn stems_go_to_s3_with_presigned_links() {
         assert_eq!(spec.bits_per_sample, 24);
         assert_eq!(frames.len(), 44_100);
         let tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0");
-        assert_eq!(client.get(&tampered).send().await.unwrap().status(), 403);
+        assert_eq!(
+            client.http.get(&tampered).send().await.unwrap().status(),
+            403
+        );
     }
 }
 
@@ -451,11 +403,11 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
         ("REAPER_INTERVAL_SECONDS", "0.2".into()),
         ("ALLOW_PRIVATE_NETWORKS", "true".into()),
         ("STAGING_DIR", dir.path().display().to_string()),
+        ("MODELS_DIR", "/nonexistent".into()),
     ]);
-    let cfg = uvr::config::Config::from(&env).unwrap();
-    let scheduler = SchedulerHandle::start(uvr::queue::Queue::connect(&cfg).unwrap());
-    let pcfg = uvr::pipeline::ProcessorConfig::from_env(&env, common::no_models(), cfg.queue.lease)
-        .unwrap();
+    let settings = Settings::from_env(&env, Some(&[Role::Processor])).unwrap();
+    let scheduler = SchedulerHandle::start(uvr::queue::Queue::connect(&settings.base).unwrap());
+    let pcfg = settings.processor.unwrap();
     let sep = SeparatorActor::new(scheduler.clone(), pcfg, "sup-test".into()).start_supervised();
     let restarts = || {
         metrics
@@ -591,8 +543,9 @@ async fn a_name_rebound_to_loopback_after_submission_is_refused_at_connect_time(
     let port = url::Url::parse(&served).unwrap().port().unwrap();
     let audio = format!("http://media.rebind.invalid:{port}/audio/song.wav");
 
-    let app = common::spawn_app(&[("ALLOW_PRIVATE_NETWORKS", "false")]);
-    let resp = app
+    let app = common::spawn_app(&[("ALLOW_PRIVATE_NETWORKS", "false")]).await;
+    let client = ApiClient::for_app(&app.base);
+    let resp = client
         .generate(&json!({"audio": audio, "hook_url": "https://93.184.215.14/webhook"}))
         .await;
     assert_eq!(resp.status(), 202, "accepted at submission");
@@ -606,13 +559,12 @@ async fn a_name_rebound_to_loopback_after_submission_is_refused_at_connect_time(
     let env = uvr::config::Env::from_pairs([
         ("ALLOW_PRIVATE_NETWORKS", "false".to_string()),
         ("STAGING_DIR", staging.path().display().to_string()),
+        ("MODELS_DIR", "/nonexistent".into()),
     ]);
-    let mut pcfg = uvr::pipeline::ProcessorConfig::from_env(
-        &env,
-        common::no_models(),
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let mut pcfg = Settings::from_env(&env, Some(&[Role::Processor]))
+        .unwrap()
+        .processor
+        .unwrap();
     assert!(!pcfg.fetch.policy.allow_private);
     let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     pcfg.fetch.lookup = Lookup::Custom(std::sync::Arc::new(PointsAt {
@@ -621,18 +573,11 @@ async fn a_name_rebound_to_loopback_after_submission_is_refused_at_connect_time(
     }));
     let _sep = SeparatorActor::new(app.scheduler.clone(), pcfg, "rebind".into()).start_supervised();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let t = loop {
-        let t: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
-        if t["status"] != "queued" && t["status"] != "processing" {
-            break t;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the task was not attempted: {t}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Attempted: neither queued nor processing any more.
+    let attempted = |s: &str| s != "queued" && s != "processing";
+    let t = client
+        .wait_status(&id, attempted, Duration::from_secs(30))
+        .await;
     assert_eq!(t["status"], "failed", "{t}");
     assert_eq!(t["error"]["code"], "private_address", "{t}");
     let message = t["error"]["message"].as_str().unwrap();
@@ -755,18 +700,18 @@ impl Receiver {
 /// targets allowed, local storage and fast retries; `extra` on top.
 struct InProcess {
     app: common::TestApp,
+    client: ApiClient,
     peer: Peer,
     _dir: tempfile::TempDir,
-    _sep: actix::Addr<uvr::actors::separator::SeparatorActor>,
-    _up: actix::Addr<uvr::actors::uploader::UploaderActor>,
 }
 
 impl InProcess {
-    fn start(extra: &[(&str, &str)]) -> Self {
+    async fn start(extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let staging = dir.path().join("staging").display().to_string();
         let storage = format!("file://{}", dir.path().join("stems").display());
         let mut pairs: Vec<(&str, &str)> = vec![
+            ("UVR_ROLES", "api,processor,uploader"),
             ("ALLOW_PRIVATE_NETWORKS", "true"),
             ("STAGING_DIR", &staging),
             ("STORAGE_URL", &storage),
@@ -776,70 +721,29 @@ impl InProcess {
             ("CLAIM_POLL_SECONDS", "0.1"),
         ];
         pairs.extend_from_slice(extra);
-        let app = common::spawn_app(&pairs);
-        let redis_url = app.redis.url();
-        pairs.push(("REDIS_URL", &redis_url));
-        let env = uvr::config::Env::from_pairs(pairs.iter().copied());
-        let cfg = uvr::config::Config::from(&env).unwrap();
-        let catalog = common::no_models();
-        let pcfg =
-            uvr::pipeline::ProcessorConfig::from_env(&env, catalog, cfg.queue.lease).unwrap();
-        std::fs::create_dir_all(&pcfg.staging_dir).unwrap();
-        let ucfg = uvr::pipeline::UploaderConfig::from_env(&env, &cfg.queue).unwrap();
-        let storage = uvr::pipeline::storage::Storage::open(&ucfg.storage).unwrap();
-        let sep = uvr::actors::separator::SeparatorActor::new(
-            app.scheduler.clone(),
-            pcfg,
-            "in-process-processor".into(),
-        )
-        .start_supervised();
-        let up = uvr::actors::uploader::UploaderActor::new(
-            app.scheduler.clone(),
-            ucfg,
-            storage,
-            "in-process-uploader".into(),
-        )
-        .start_supervised();
+        let app = common::spawn_app(&pairs).await;
         Self {
+            client: ApiClient::for_app(&app.base),
             app,
             peer: Peer::start(),
             _dir: dir,
-            _sep: sep,
-            _up: up,
         }
     }
 
     /// Submits a short song with `hook_url`; the task id.
     async fn submit(&self, hook_url: &str) -> String {
         let audio = self.peer.put("song.wav", test_wav(0.3, 44_100));
-        let resp = self
-            .app
-            .generate(&json!({"audio": audio, "hook_url": hook_url}))
-            .await;
-        assert_eq!(resp.status(), 202);
-        resp.json::<Value>().await.unwrap()["task_id"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        self.client
+            .submit_id(&json!({"audio": audio, "hook_url": hook_url}))
+            .await
     }
 
     /// The task once it has ended (succeeded or failed); fails after 30 s.
     async fn ended(&self, id: &str) -> Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let t: Value = self
-                .app
-                .get(&format!("/tasks/{id}"))
-                .await
-                .json()
-                .await
-                .unwrap();
-            if t["status"] == "succeeded" || t["status"] == "failed" {
-                return t;
-            }
-            assert!(std::time::Instant::now() < deadline, "not ended: {t}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ended = |s: &str| s == "succeeded" || s == "failed";
+        self.client
+            .wait_status(id, ended, Duration::from_secs(30))
+            .await
     }
 }
 
@@ -850,7 +754,8 @@ impl InProcess {
 /// `webhook.state` `refused`.
 #[actix_rt::test]
 async fn a_redirecting_webhook_receiver_is_not_followed_nor_retried() {
-    let sys = InProcess::start(&[("RETRY_BASE_SECONDS", "0.1"), ("WEBHOOK_MAX_ATTEMPTS", "5")]);
+    let sys =
+        InProcess::start(&[("RETRY_BASE_SECONDS", "0.1"), ("WEBHOOK_MAX_ATTEMPTS", "5")]).await;
     let receiver = Receiver::start();
     let target = Receiver::start();
     for status in [302u16, 307] {
@@ -891,7 +796,8 @@ async fn a_webhook_retry_waits_for_the_receivers_retry_after() {
     let sys = InProcess::start(&[
         ("RETRY_BASE_SECONDS", "0.05"),
         ("WEBHOOK_RETRY_MAX_SECONDS", "0.1"),
-    ]);
+    ])
+    .await;
     let receiver = Receiver::start();
     let hook = receiver.plan("/busy", vec![(503, vec![("Retry-After", "3".into())])]);
     let id = sys.submit(&hook).await;
@@ -922,7 +828,8 @@ async fn a_failing_webhook_is_given_up_after_webhook_max_attempts() {
         ("RETRY_BASE_SECONDS", "0.05"),
         ("WEBHOOK_RETRY_MAX_SECONDS", "0.1"),
         ("WEBHOOK_MAX_ATTEMPTS", "3"),
-    ]);
+    ])
+    .await;
     let receiver = Receiver::start();
     let hook = receiver.plan("/down", vec![(500, Vec::new()); 10]);
     let id = sys.submit(&hook).await;
@@ -982,14 +889,11 @@ async fn stored_stems_and_staging_leftovers_are_deleted_after_their_ttl() {
             .unwrap();
     }
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
+    let client = dep.client();
     let audio = peer.put("song.wav", test_wav(1.0, 44_100));
-    let accepted = submit(
-        &client,
-        &dep.base(),
-        json!({"audio": audio, "hook_url": peer.hook_url()}),
-    )
-    .await;
+    let accepted = client
+        .submit(&json!({"audio": audio, "hook_url": peer.hook_url()}))
+        .await;
     let id = accepted["task_id"].as_str().unwrap().to_string();
     let hooks = peer.wait_hooks(1, Duration::from_secs(60)).await;
     assert_eq!(hooks.len(), 1);
@@ -1009,7 +913,7 @@ async fn stored_stems_and_staging_leftovers_are_deleted_after_their_ttl() {
         stored.exists(),
         leftover.exists()
     );
-    let t = task(&client, &dep.base(), &id).await;
+    let t = client.task(&id).await;
     assert_eq!(t["status"], "succeeded", "the record is kept");
     for p in &foreign {
         assert!(p.exists(), "{} was deleted", p.display());
@@ -1023,7 +927,7 @@ async fn stored_stems_and_staging_leftovers_are_deleted_after_their_ttl() {
 #[actix_rt::test]
 async fn the_s3_retention_sweep_deletes_only_its_own_objects_past_the_cutoff() {
     use std::time::SystemTime;
-    use uvr::pipeline::storage::{Storage, StorageConfig};
+    use uvr::pipeline::storage::Storage;
     let s3 = common::e2e::Seaweed::start();
     let endpoint = s3.endpoint();
     let open = |url: &str| {
@@ -1033,7 +937,7 @@ async fn the_s3_retention_sweep_deletes_only_its_own_objects_past_the_cutoff() {
             ("AWS_ACCESS_KEY_ID", common::e2e::S3_KEY),
             ("AWS_SECRET_ACCESS_KEY", common::e2e::S3_SECRET),
         ]);
-        Storage::open(&StorageConfig::from_env(&env).unwrap()).unwrap()
+        Storage::open(&s3_storage(&env)).unwrap()
     };
     let mine = open("s3://stems/sweep");
     let theirs = open("s3://stems/elsewhere");
@@ -1093,7 +997,7 @@ async fn the_s3_retention_sweep_deletes_only_its_own_objects_past_the_cutoff() {
 /// and its ETag is a multipart one (`"<md5 of the parts' md5s>-3"`).
 #[actix_rt::test]
 async fn a_stem_over_8_mib_goes_to_s3_in_parts_and_comes_back_whole() {
-    use uvr::pipeline::storage::{Storage, StorageConfig};
+    use uvr::pipeline::storage::Storage;
     let s3 = common::e2e::Seaweed::start();
     let endpoint = s3.endpoint();
     let env = uvr::config::Env::from_pairs([
@@ -1102,7 +1006,7 @@ async fn a_stem_over_8_mib_goes_to_s3_in_parts_and_comes_back_whole() {
         ("AWS_ACCESS_KEY_ID", common::e2e::S3_KEY),
         ("AWS_SECRET_ACCESS_KEY", common::e2e::S3_SECRET),
     ]);
-    let storage = Storage::open(&StorageConfig::from_env(&env).unwrap()).unwrap();
+    let storage = Storage::open(&s3_storage(&env)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("instrumental.wav");
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -1135,24 +1039,6 @@ async fn a_stem_over_8_mib_goes_to_s3_in_parts_and_comes_back_whole() {
     assert_eq!(first_difference, None, "the object differs from the file");
 }
 
-/// Polls `GET /tasks/{id}` until `done` holds for the task, or `timeout` passes.
-async fn poll_task(
-    client: &reqwest::Client,
-    base: &str,
-    id: &str,
-    timeout: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let t = task(client, base, id).await;
-        if done(&t) || std::time::Instant::now() >= deadline {
-            return t;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Polling is first-class: a task without `hook_url` is separated, stored and finished with
 /// no webhook; its links are on the task, and `GET /tasks/{id}/stems/{name}` redirects to a
 /// freshly signed link to the same bytes.
@@ -1162,18 +1048,13 @@ async fn a_task_without_a_webhook_is_polled_to_its_stems_and_links_are_refreshed
     let peer = Peer::start();
     let dep = Deployment::new(&[]);
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let base = dep.base();
+    let client = dep.client().with_http(no_redirects());
     let audio = peer.put("song.wav", test_wav(2.0, 44_100));
-    let accepted = submit(&client, &base, json!({"audio": audio})).await;
+    let accepted = client.submit(&json!({"audio": audio})).await;
     let id = accepted["task_id"].as_str().unwrap().to_string();
-    let t = poll_task(&client, &base, &id, Duration::from_secs(60), |t| {
-        t["status"] == "succeeded"
-    })
-    .await;
+    let t = client
+        .poll_task(&id, Duration::from_secs(60), |t| t["status"] == "succeeded")
+        .await;
     assert_eq!(t["status"], "succeeded", "{t}");
     assert!(t["request"]["hook_url"].is_null(), "{t}");
     assert_eq!(t["result"]["webhook"]["state"], "none");
@@ -1181,6 +1062,7 @@ async fn a_task_without_a_webhook_is_polled_to_its_stems_and_links_are_refreshed
     for stem in ["vocals", "instrumental"] {
         let info = &t["result"]["stems"][stem];
         let bytes = client
+            .http
             .get(info["url"].as_str().unwrap())
             .send()
             .await
@@ -1193,39 +1075,27 @@ async fn a_task_without_a_webhook_is_polled_to_its_stems_and_links_are_refreshed
             hex::encode(sha2::Sha256::digest(&bytes)),
             info["sha256"].as_str().unwrap()
         );
-        let fresh = client
-            .get(format!("{base}/tasks/{id}/stems/{stem}"))
-            .basic_auth("admin", Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
+        let fresh = client.get(&format!("/tasks/{id}/stems/{stem}")).await;
         assert_eq!(fresh.status(), 302, "{stem}");
         let location = fresh.headers()["location"].to_str().unwrap().to_string();
         let body: Value = fresh.json().await.unwrap();
         assert_eq!(body["url"], location.as_str());
-        let again = client.get(&location).send().await.unwrap();
+        let again = client.http.get(&location).send().await.unwrap();
         assert_eq!(again.status(), 200);
         assert_eq!(again.bytes().await.unwrap(), bytes, "{stem}: the same file");
     }
-    let get = |path: String| {
-        client
-            .get(format!("{base}{path}"))
-            .basic_auth("admin", Some(PASSWORD))
-            .send()
-    };
-    let r = get(format!("/tasks/{id}/stems/drums")).await.unwrap();
+    let r = client.get(&format!("/tasks/{id}/stems/drums")).await;
     assert_eq!(r.status(), 404);
     let r: Value = r.json().await.unwrap();
     assert_eq!(r["error"]["code"], "stem_not_found");
-    let r = get("/tasks/0190a2b4-0000-7000-8000-000000000000/stems/vocals".into())
-        .await
-        .unwrap();
+    let r = client
+        .get("/tasks/0190a2b4-0000-7000-8000-000000000000/stems/vocals")
+        .await;
     assert_eq!(r.status(), 404);
     let anonymous = client
-        .get(format!("{base}/tasks/{id}/stems/vocals"))
-        .send()
-        .await
-        .unwrap();
+        .with_auth(Auth::None)
+        .get(&format!("/tasks/{id}/stems/vocals"))
+        .await;
     assert_eq!(anonymous.status(), 401);
     assert!(peer.hooks().is_empty(), "no webhook was sent");
 }
@@ -1238,20 +1108,17 @@ async fn links_are_on_the_task_before_the_webhook_is_delivered() {
     let receiver = common::e2e::HookReceiver::start_down();
     let dep = Deployment::new(&[("RETRY_BASE_SECONDS", "30")]);
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
-    let base = dep.base();
+    let client = dep.client();
     let audio = peer.put("song.wav", test_wav(1.0, 44_100));
-    let accepted = submit(
-        &client,
-        &base,
-        json!({"audio": audio, "hook_url": receiver.url()}),
-    )
-    .await;
+    let accepted = client
+        .submit(&json!({"audio": audio, "hook_url": receiver.url()}))
+        .await;
     let id = accepted["task_id"].as_str().unwrap().to_string();
-    let t = poll_task(&client, &base, &id, Duration::from_secs(60), |t| {
-        t["result"]["stems"]["vocals"]["url"].is_string()
-    })
-    .await;
+    let t = client
+        .poll_task(&id, Duration::from_secs(60), |t| {
+            t["result"]["stems"]["vocals"]["url"].is_string()
+        })
+        .await;
     let url = t["result"]["stems"]["vocals"]["url"]
         .as_str()
         .unwrap_or_else(|| panic!("no link on the task: {t}"));
@@ -1264,7 +1131,7 @@ async fn links_are_on_the_task_before_the_webhook_is_delivered() {
         .cloned()
         .unwrap_or_default();
     assert!(log.iter().all(|a| a["outcome"] != "delivered"), "{log:?}");
-    let resp = client.get(url).send().await.unwrap();
+    let resp = client.http.get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
         read_wav(&resp.bytes().await.unwrap()).1.len(),
@@ -1282,8 +1149,7 @@ async fn stems_in_flac_mp3_and_opus_are_stored_and_served_with_ranges() {
     let peer = Peer::start();
     let dep = Deployment::new(&[]);
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
-    let base = dep.base();
+    let client = dep.client();
     let audio = peer.put("song.wav", test_wav(2.0, 44_100));
     for (format, extra, ext, content_type, rate) in [
         (
@@ -1306,17 +1172,16 @@ async fn stems_in_flac_mp3_and_opus_are_stored_and_served_with_ranges() {
         for (k, v) in extra.as_object().unwrap() {
             body[k] = v.clone();
         }
-        let accepted = submit(&client, &base, body).await;
+        let accepted = client.submit(&body).await;
         let id = accepted["task_id"].as_str().unwrap().to_string();
-        let t = poll_task(&client, &base, &id, Duration::from_secs(60), |t| {
-            t["status"] == "succeeded"
-        })
-        .await;
+        let t = client
+            .poll_task(&id, Duration::from_secs(60), |t| t["status"] == "succeeded")
+            .await;
         assert_eq!(t["status"], "succeeded", "{t}");
         assert_eq!(t["result"]["sample_rate"], rate, "{t}");
         let url = t["result"]["stems"]["vocals"]["url"].as_str().unwrap();
         assert!(url.contains(&format!("/vocals.{ext}?")), "{url}");
-        let full = client.get(url).send().await.unwrap();
+        let full = client.http.get(url).send().await.unwrap();
         assert_eq!(full.status(), 200);
         assert_eq!(full.headers()["content-type"], content_type);
         assert!(full.headers()["accept-ranges"] == "bytes");
@@ -1324,6 +1189,7 @@ async fn stems_in_flac_mp3_and_opus_are_stored_and_served_with_ranges() {
         let bytes = full.bytes().await.unwrap();
         // Range: the middle 100 bytes.
         let part = client
+            .http
             .get(url)
             .header("range", "bytes=100-199")
             .send()
@@ -1332,13 +1198,14 @@ async fn stems_in_flac_mp3_and_opus_are_stored_and_served_with_ranges() {
         assert_eq!(part.status(), 206);
         assert_eq!(part.bytes().await.unwrap(), bytes.slice(100..200));
         let cached = client
+            .http
             .get(url)
             .header("if-none-match", &etag)
             .send()
             .await
             .unwrap();
         assert_eq!(cached.status(), 304);
-        let head = client.head(url).send().await.unwrap();
+        let head = client.http.head(url).send().await.unwrap();
         assert_eq!(head.status(), 200);
         assert_eq!(
             head.headers()["content-length"].to_str().unwrap(),
@@ -1403,10 +1270,10 @@ fn form(parts: &[Part<'_>], closed: bool) -> Vec<u8> {
     body
 }
 
-async fn post_form(client: &reqwest::Client, url: String, body: Vec<u8>) -> (u16, Value) {
+/// POSTs a `multipart/form-data` body to `path`: the status and the JSON answer.
+async fn post_form(client: &ApiClient, path: &str, body: Vec<u8>) -> (u16, Value) {
     let r = client
-        .post(url)
-        .basic_auth("admin", Some(PASSWORD))
+        .request(reqwest::Method::POST, path)
         .header(
             "content-type",
             format!("multipart/form-data; boundary={BOUNDARY}"),
@@ -1435,13 +1302,12 @@ fn upload_files(dep: &Deployment) -> Vec<String> {
 async fn uploaded_songs_are_separated_and_bad_uploads_leave_nothing() {
     let dep = Deployment::new(&[("MAX_AUDIO_BYTES", "400000")]);
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
-    let base = dep.base();
+    let client = dep.client();
     let song = test_wav(1.0, 44_100);
     // 1. In the request itself, with other fields as form fields.
     let (s, accepted) = post_form(
         &client,
-        format!("{base}/generate"),
+        "/generate",
         form(
             &[
                 Part::Text("output_format", "flac"),
@@ -1454,10 +1320,9 @@ async fn uploaded_songs_are_separated_and_bad_uploads_leave_nothing() {
     .await;
     assert_eq!(s, 202, "{accepted}");
     let id = accepted["task_id"].as_str().unwrap().to_string();
-    let t = poll_task(&client, &base, &id, Duration::from_secs(60), |t| {
-        t["status"] == "succeeded"
-    })
-    .await;
+    let t = client
+        .poll_task(&id, Duration::from_secs(60), |t| t["status"] == "succeeded")
+        .await;
     assert_eq!(t["status"], "succeeded", "{t}");
     assert!(
         t["request"]["audio"]
@@ -1472,19 +1337,20 @@ async fn uploaded_songs_are_separated_and_bad_uploads_leave_nothing() {
     // 2. Uploaded first, then named.
     let (s, up) = post_form(
         &client,
-        format!("{base}/uploads"),
+        "/uploads",
         form(&[Part::File("audio", "song.wav", &song)], true),
     )
     .await;
     assert_eq!(s, 201, "{up}");
     assert_eq!(up["bytes"], song.len());
     let reference = up["upload"].as_str().unwrap().to_string();
-    let accepted = submit(&client, &base, json!({"audio": reference})).await;
+    let accepted = client.submit(&json!({"audio": reference})).await;
     let id2 = accepted["task_id"].as_str().unwrap().to_string();
-    let t = poll_task(&client, &base, &id2, Duration::from_secs(60), |t| {
-        t["status"] == "succeeded"
-    })
-    .await;
+    let t = client
+        .poll_task(&id2, Duration::from_secs(60), |t| {
+            t["status"] == "succeeded"
+        })
+        .await;
     assert_eq!(t["status"], "succeeded", "{t}");
     let gone = eventually(Duration::from_secs(10), || {
         let dep = &dep;
@@ -1493,13 +1359,7 @@ async fn uploaded_songs_are_separated_and_bad_uploads_leave_nothing() {
     .await;
     assert!(gone, "uploads left: {:?}", upload_files(&dep));
     // The upload went with its task.
-    let r = client
-        .post(format!("{base}/generate"))
-        .basic_auth("admin", Some(PASSWORD))
-        .json(&json!({"audio": reference}))
-        .send()
-        .await
-        .unwrap();
+    let r = client.generate(&json!({"audio": reference})).await;
     assert_eq!(r.status(), 422);
     let r: Value = r.json().await.unwrap();
     assert_eq!(r["error"]["code"], "unknown_upload");
@@ -1568,7 +1428,7 @@ async fn uploaded_songs_are_separated_and_bad_uploads_leave_nothing() {
             "out_of_range",
         ),
     ] {
-        let (s, body) = post_form(&client, format!("{base}/{url}"), body).await;
+        let (s, body) = post_form(&client, &format!("/{url}"), body).await;
         assert_eq!(
             (s, body["error"]["code"].as_str().unwrap_or_default()),
             (status, code),
@@ -1582,20 +1442,13 @@ async fn uploaded_songs_are_separated_and_bad_uploads_leave_nothing() {
         ),
         ("upload://../../etc/passwd", "invalid_url"),
     ] {
-        let r = client
-            .post(format!("{base}/generate"))
-            .basic_auth("admin", Some(PASSWORD))
-            .json(&json!({"audio": audio}))
-            .send()
-            .await
-            .unwrap();
+        let r = client.generate(&json!({"audio": audio})).await;
         assert_eq!(r.status(), 422, "{audio}");
         let r: Value = r.json().await.unwrap();
         assert_eq!(r["error"]["code"], code, "{audio}");
     }
     let wrong_type = client
-        .post(format!("{base}/uploads"))
-        .basic_auth("admin", Some(PASSWORD))
+        .request(reqwest::Method::POST, "/uploads")
         .header("content-type", "audio/wav")
         .body(song.clone())
         .send()
@@ -1607,15 +1460,7 @@ async fn uploaded_songs_are_separated_and_bad_uploads_leave_nothing() {
         Vec::<String>::new(),
         "nothing left on disk"
     );
-    let q: Value = client
-        .get(format!("{base}/queue"))
-        .basic_auth("admin", Some(PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let q: Value = client.get("/queue").await.json().await.unwrap();
     assert_eq!(q["separate"]["waiting"], 0, "nothing queued: {q}");
     assert_eq!(q["separate"]["in_flight"], 0, "{q}");
 }
@@ -1640,23 +1485,31 @@ async fn an_ensemble_is_the_combination_of_its_models_outputs() {
         .unwrap();
     }
     let _svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
-    let base = dep.base();
+    let client = dep.client();
     let audio = peer.put("song.wav", test_wav(1.5, 44_100));
     let run = |body: Value| {
-        let (client, base) = (client.clone(), base.clone());
+        let client = client.clone();
         async move {
-            let accepted = submit(&client, &base, body).await;
+            let accepted = client.submit(&body).await;
             let id = accepted["task_id"].as_str().unwrap().to_string();
-            let t = poll_task(&client, &base, &id, Duration::from_secs(120), |t| {
-                t["status"] == "succeeded" || t["status"] == "failed"
-            })
-            .await;
+            let t = client
+                .poll_task(&id, Duration::from_secs(120), |t| {
+                    t["status"] == "succeeded" || t["status"] == "failed"
+                })
+                .await;
             assert_eq!(t["status"], "succeeded", "{t}");
             let mut stems = std::collections::BTreeMap::new();
             for stem in ["vocals", "instrumental"] {
                 let url = t["result"]["stems"][stem]["url"].as_str().unwrap();
-                let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
+                let bytes = client
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
                 let mut r = hound::WavReader::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
                 let s: Vec<f32> = r.samples::<f32>().map(Result::unwrap).collect();
                 stems.insert(stem, s);
@@ -1723,4 +1576,15 @@ async fn an_ensemble_is_the_combination_of_its_models_outputs() {
             .zip(&outputs[0]["vocals"])
             .any(|(a, b)| (a - b).abs() > 1e-4)
     );
+}
+
+/// The S3 store `env` names, as an uploader reads it.
+fn s3_storage(env: &uvr::config::Env) -> uvr::pipeline::storage::StorageConfig {
+    let api = uvr::config::Listen {
+        host: "127.0.0.1".into(),
+        port: 8000,
+    };
+    uvr::pipeline::storage::StorageConfig::from_env(env, &api, Default::default(), true)
+        .unwrap()
+        .expect("S3 credentials")
 }

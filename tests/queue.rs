@@ -437,7 +437,10 @@ async fn two_stages_keep_the_priority_and_finish_as_succeeded() {
     let c_high = claim(&s, Stage::Separate, "p").await.unwrap();
     let c_low = claim(&s, Stage::Separate, "p").await.unwrap();
     assert_eq!(c_low.id(), &low);
-    let stems = serde_json::json!({"vocals": "staging/vocals.wav"});
+    let stems: uvr::task::result::StageResult = serde_json::from_value(serde_json::json!({
+        "stems": {"vocals": {"file": "staging/vocals.wav", "bytes": 1, "sha256": "ab"}},
+    }))
+    .unwrap();
     let out = s
         .ask(Ack {
             claimed: c_low,

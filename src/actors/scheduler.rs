@@ -23,6 +23,7 @@ use crate::queue::{
     QueueError, QueueStats, RedisInfo, WorkerInfo,
 };
 use crate::supervise::{self, RestartTracker, Verdict};
+use crate::task::result::StageResult;
 use crate::task::{Stage, TaskId, TaskRecord};
 
 /// Adds a new task to the separation stage.
@@ -59,7 +60,7 @@ pub struct Ack {
     /// The claim.
     pub claimed: Claimed,
     /// Output of the stage to store on the record (stem locations, links...).
-    pub result: Option<serde_json::Value>,
+    pub result: Option<StageResult>,
     /// End the task as `failed` instead of `succeeded` (deliver stage only: used once the
     /// failure notification of a task has been delivered).
     pub failed: bool,
@@ -123,7 +124,7 @@ pub struct SaveResult {
     /// The task.
     pub id: TaskId,
     /// The result.
-    pub result: serde_json::Value,
+    pub result: StageResult,
 }
 
 /// Reads queue statistics of both stages.

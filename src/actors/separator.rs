@@ -120,8 +120,8 @@ impl Separation {
         let mut ended = Ended::Done;
         let report = match outcome {
             Ok(Some(mut result)) => {
-                result["timings"]["processing_seconds"] =
-                    serde_json::json!((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
+                result.timings.processing_seconds =
+                    Some(crate::task::result::round3(started.elapsed().as_secs_f64()));
                 let ack = Ack {
                     claimed: claimed.clone(),
                     result: Some(result),

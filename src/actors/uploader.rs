@@ -16,15 +16,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
 use crate::actors::scheduler::{Ack, AppendLog, Fail, SaveResult, SchedulerHandle};
 use crate::actors::worker::{self, Ended, Job, WorkerActor};
 use crate::pipeline::process::{Progress, task_dir};
 use crate::pipeline::storage::Storage;
-use crate::pipeline::{JobError, UploaderConfig, webhook};
+use crate::pipeline::webhook::{self, Payload};
+use crate::pipeline::{JobError, UploaderConfig};
 use crate::queue::{Claimed, Failure, Outcome};
-use crate::task::{Stage, Status};
+use crate::task::result::{StageResult, Stem, WebhookOutcome, WebhookState, round3};
+use crate::task::{Stage, Status, field};
 
 pub use crate::actors::messages::{Drain, Restart};
 
@@ -87,7 +91,7 @@ impl Job for Delivery {
 /// What a delivery attempt decided.
 enum Next {
     /// End the task (succeeded, or failed for a failure notice) with this result.
-    Finish(Value),
+    Finish(Box<StageResult>),
     /// Try again later.
     Retry(JobError),
 }
@@ -112,7 +116,7 @@ impl Delivery {
             Next::Finish(result) => {
                 let ack = Ack {
                     claimed: claimed.clone(),
-                    result: Some(result),
+                    result: Some(*result),
                     failed,
                 };
                 let r = worker::report(&self.scheduler, "deliver", ack).await;
@@ -161,16 +165,15 @@ impl Delivery {
     async fn attempt(&self, claimed: &Claimed, failed: bool) -> Next {
         let rec = &claimed.record;
         let started = Instant::now();
-        let mut result = rec.result.clone().unwrap_or_else(|| json!({}));
-        let mut links = serde_json::Map::new();
+        let mut result = rec.result.clone().unwrap_or_default();
         if !failed {
-            let stems = result["stems"].as_object().cloned().unwrap_or_default();
-            for (stem, info) in stems {
-                let key = match (info["file"].as_str(), info["key"].as_str()) {
+            let mut links = BTreeMap::new();
+            for (name, stem) in std::mem::take(&mut result.stems) {
+                let key = match (&stem.file, &stem.key) {
                     (Some(file), _) => {
                         let local = self.cfg.staging_dir.join(file);
                         let ext = local.extension().and_then(|e| e.to_str()).unwrap_or("wav");
-                        let key = format!("{}/{stem}.{ext}", rec.id);
+                        let key = format!("{}/{name}.{ext}", rec.id);
                         if let Err(e) = self.storage.put_file(&key, &local).await {
                             let exhausted = rec.attempts >= rec.max_attempts;
                             let err = JobError::new("upload_failed", e.to_string(), !exhausted);
@@ -179,26 +182,28 @@ impl Delivery {
                         key
                     }
                     // Stored by an earlier attempt (its links are on the task): sign anew.
-                    (None, Some(key)) => key.to_string(),
+                    (None, Some(key)) => key.clone(),
                     (None, None) => continue,
                 };
                 match self.storage.link(&key).await {
                     Ok(link) => {
-                        links.insert(
-                            stem,
-                            json!({"url": link.url, "expires_at": link.expires_at,
-                                   "bytes": info["bytes"], "sha256": info["sha256"],
-                                   "key": key}),
-                        );
+                        let stored = Stem {
+                            file: None,
+                            url: Some(link.url),
+                            expires_at: Some(link.expires_at),
+                            bytes: stem.bytes,
+                            sha256: stem.sha256,
+                            key: Some(key),
+                        };
+                        links.insert(name, stored);
                     }
                     Err(e) => {
                         return Next::Retry(JobError::new("upload_failed", e.to_string(), true));
                     }
                 }
             }
-            result["stems"] = Value::Object(links.clone());
-            result["timings"]["upload_seconds"] =
-                json!((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
+            result.stems = links;
+            result.timings.upload_seconds = Some(round3(started.elapsed().as_secs_f64()));
             // The links are the client's as soon as the stems are stored, webhook or not.
             let save = SaveResult {
                 id: rec.id.clone(),
@@ -210,10 +215,13 @@ impl Delivery {
         }
         // No webhook: the client polls the task.
         let Some(hook_url) = rec.request.hook_url.as_deref() else {
-            result["webhook"] = json!({"state": "none", "attempts": 0});
-            return Next::Finish(result);
+            result.webhook = Some(WebhookOutcome {
+                state: WebhookState::None,
+                attempts: 0,
+            });
+            return Next::Finish(Box::new(result));
         };
-        let payload = self.payload(claimed, &result, failed);
+        let payload = Payload::new(rec, &result, failed);
         let body = serde_json::to_vec(&payload).expect("payload serialises");
         let (attempt, sent) = webhook::send(
             &self.client,
@@ -227,51 +235,26 @@ impl Delivery {
         crate::metrics::webhook_delivery(attempt.outcome);
         let log = AppendLog {
             id: rec.id.clone(),
-            field: "webhook_log",
+            field: field::WEBHOOK_LOG,
             entry: serde_json::to_value(&attempt).unwrap_or(Value::Null),
         };
         if let Err(e) = self.scheduler.ask(log).await {
             tracing::warn!(task = %rec.id, error = %e, "could not log the webhook attempt");
         }
-        let webhook_state = match sent {
-            Ok(()) => "delivered",
+        let state = match sent {
+            Ok(()) => WebhookState::Delivered,
             Err(e) if e.retryable && rec.attempts < rec.max_attempts => return Next::Retry(e),
-            Err(e) if e.code == "webhook_gone" => "gone",
-            Err(_) if rec.attempts >= rec.max_attempts => "gave_up",
-            Err(_) => "refused",
+            Err(e) if e.code == "webhook_gone" => WebhookState::Gone,
+            Err(_) if rec.attempts >= rec.max_attempts => WebhookState::GaveUp,
+            Err(_) => WebhookState::Refused,
         };
-        if webhook_state != "delivered" {
-            tracing::warn!(task = %rec.id, state = webhook_state, "webhook not delivered; results stay on the task");
+        if state != WebhookState::Delivered {
+            tracing::warn!(task = %rec.id, ?state, "webhook not delivered; results stay on the task");
         }
-        result["webhook"] = json!({"state": webhook_state, "attempts": rec.attempts});
-        Next::Finish(result)
-    }
-
-    fn payload(&self, claimed: &Claimed, result: &Value, failed: bool) -> Value {
-        let rec = &claimed.record;
-        let queued = rec
-            .extra
-            .get("separated_at")
-            .and_then(|s| s.parse::<u64>().ok())
-            .map(|sep| sep.saturating_sub(rec.created_at_ms) as f64 / 1000.0);
-        json!({
-            "task_id": rec.id,
-            "status": if failed { "failed" } else { "succeeded" },
-            "priority": rec.request.priority,
-            "model": result.get("model").cloned().unwrap_or_else(|| json!(rec.request.model)),
-            "family": result.get("family").cloned().unwrap_or(Value::Null),
-            "stems": if failed { json!({}) } else { result["stems"].clone() },
-            "duration_seconds": result.get("duration_seconds").cloned().unwrap_or(Value::Null),
-            "timings": {
-                "time_to_separated_seconds": queued,
-                "separation_seconds": result["timings"].get("separation_seconds").cloned().unwrap_or(Value::Null),
-                "upload_seconds": result["timings"].get("upload_seconds").cloned().unwrap_or(Value::Null),
-            },
-            "error": if failed {
-                json!({"code": rec.error_code, "message": rec.error_message})
-            } else {
-                Value::Null
-            },
-        })
+        result.webhook = Some(WebhookOutcome {
+            state,
+            attempts: rec.attempts,
+        });
+        Next::Finish(Box::new(result))
     }
 }

@@ -57,7 +57,7 @@ pub async fn stem_link(
     let stem = rec
         .result
         .as_ref()
-        .and_then(|r| r["stems"].get(&name))
+        .and_then(|r| r.stems.get(&name))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -65,7 +65,7 @@ pub async fn stem_link(
                 format!("task {id} has no stem {name:?} (see result.stems of the task)"),
             )
         })?;
-    if stem.get("url").is_none() {
+    if stem.url.is_none() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "stems_not_stored",
@@ -80,9 +80,10 @@ pub async fn stem_link(
             "this API has no access to the stem store (S3 credentials are not set for it)",
         ));
     };
-    let key = stem["key"]
-        .as_str()
-        .map_or_else(|| format!("{id}/{name}.wav"), str::to_string);
+    let key = stem
+        .key
+        .clone()
+        .unwrap_or_else(|| format!("{id}/{name}.wav"));
     let stored = storage.exists(&key).await.map_err(|e| {
         tracing::warn!(task = %id, error = %e, "stem store unreachable");
         unavailable("the stem store")

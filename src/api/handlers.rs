@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, MetricsAccess, Throttle};
 use crate::actors::intake::{ClientLimits, Submit};
 use crate::actors::scheduler::{GetTask, Info, LiveWorkers, Stats};
 use crate::task::{TaskId, TaskRecord};
@@ -85,19 +85,19 @@ pub(super) fn authenticate(req: &HttpRequest, st: &AppState) -> Result<Caller, A
         };
         caller.is_some()
     };
-    check_credentials(req, st, verify, header)?;
+    check_credentials(req, &st.throttle, verify, header)?;
     caller.ok_or_else(ApiError::unauthorized)
 }
 
 /// Runs `verify` on `header` under the failed-login throttle of the caller's address.
 fn check_credentials(
     req: &HttpRequest,
-    st: &AppState,
+    throttle: &Throttle,
     verify: impl FnOnce(Option<&str>) -> bool,
     header: Option<&str>,
 ) -> Result<(), ApiError> {
     let ip = req.peer_addr().map(|a| a.ip());
-    if let Some(wait) = ip.and_then(|ip| st.throttle.blocked(ip)) {
+    if let Some(wait) = ip.and_then(|ip| throttle.blocked(ip)) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_auth_failures",
@@ -111,7 +111,7 @@ fn check_credentials(
     // A request without credentials is a client finding out it needs them, not a guess.
     if header.is_some()
         && let Some(ip) = ip
-        && st.throttle.failed(ip)
+        && throttle.failed(ip)
     {
         tracing::warn!(%ip, "failed-login limit reached; the address is throttled");
         crate::metrics::auth_throttled();
@@ -428,21 +428,22 @@ pub(super) async fn readyz(st: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// `/metrics`, on the API and on the metrics listener of a process without it.
 pub(super) async fn metrics(
     req: HttpRequest,
-    st: web::Data<AppState>,
+    access: web::Data<MetricsAccess>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(token) = &st.metrics_token {
+    if let Some(token) = &access.token {
         let header = authorization(&req)?;
-        check_credentials(&req, &st, |h| token.verify(h), header)
+        check_credentials(&req, &access.throttle, |h| token.verify(h), header)
             .map_err(|e| e.www_authenticate("Bearer realm=\"metrics\""))?;
     }
     // Refresh the queue gauges; a Redis outage shows as uvr_redis_up 0, not as an error.
-    let up = st.scheduler.ask(Stats).await.is_ok();
+    let up = access.scheduler.ask(Stats).await.is_ok();
     crate::metrics::redis_up(up);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(st.metrics.render()))
+        .body(access.recorder.render()))
 }
 
 pub(super) async fn openapi() -> HttpResponse {

@@ -11,6 +11,8 @@ mod error;
 mod files;
 mod handlers;
 pub mod keys;
+#[cfg(test)]
+mod openapi_tests;
 mod tasks;
 mod upload;
 
@@ -26,7 +28,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::actors::intake::{Intake, IntakeConfig};
 use crate::actors::scheduler::SchedulerHandle;
-use crate::config::{ConfigError, Env};
+use crate::config::{ConfigError, Env, Listen, SecretPolicy, Shared};
 use crate::models::Library;
 use crate::net::UrlPolicy;
 use crate::task::Priority;
@@ -34,6 +36,10 @@ use crate::task::Priority;
 pub use auth::{BearerToken, Credentials, Throttle};
 pub use error::ApiError;
 pub use handlers::{check_json_content_type, parse_json_body};
+
+/// Failed logins per client address and minute before it is refused, unless
+/// `AUTH_FAILURES_PER_MINUTE` says otherwise.
+const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 20;
 
 /// API settings.
 #[derive(Debug, Clone)]
@@ -90,18 +96,25 @@ impl std::fmt::Debug for FilesConfig {
 }
 
 impl ApiConfig {
-    /// Reads the API settings; `catalog` is the installed model catalogue.
+    /// Reads the API's own settings; `shared` holds those other roles read too, `catalog` is
+    /// the installed model catalogue and `storage` the stem store when the API can sign its
+    /// links (local storage, or S3 with credentials).
     pub fn from_env(
         env: &Env,
+        shared: &Shared,
+        listen: Listen,
         default_priority: Priority,
         catalog: Arc<Library>,
+        storage: Option<crate::pipeline::storage::StorageConfig>,
     ) -> Result<Self, ConfigError> {
         let password = env.get("API_PASSWORD").ok_or(ConfigError::Invalid {
             var: "API_PASSWORD",
             value: String::new(),
             reason: "must be set (the password of POST /generate's HTTP Basic auth)".into(),
         })?;
-        crate::config::require_strong(env, "API_PASSWORD", password.as_bytes(), 12)?;
+        shared
+            .secret_policy
+            .require_strong("API_PASSWORD", password.as_bytes(), 12)?;
         let username = env.string("API_USERNAME", "admin");
         if username.contains(':') {
             return Err(ConfigError::Invalid {
@@ -133,16 +146,6 @@ impl ApiConfig {
             }
         }
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // Only local storage is served by the API; with S3 the API needs none of its
-        // settings (nor its credentials).
-        let local = env
-            .string("STORAGE_URL", "file://data/stems")
-            .starts_with("file://");
-        let s3_credentials =
-            env.get("AWS_ACCESS_KEY_ID").is_some() && env.get("AWS_SECRET_ACCESS_KEY").is_some();
-        let storage = (local || s3_credentials)
-            .then(|| crate::pipeline::storage::StorageConfig::from_env(env))
-            .transpose()?;
         let files = match &storage {
             Some(crate::pipeline::storage::StorageConfig::Local { root, key, .. }) => {
                 Some(FilesConfig {
@@ -153,20 +156,24 @@ impl ApiConfig {
             _ => None,
         };
         Ok(Self {
-            host: env.string("API_HOST", "127.0.0.1"),
-            port: env.ranged("API_PORT", 8000, 0..=65535)?,
+            host: listen.host,
+            port: listen.port,
             workers: env.ranged("API_WORKERS", cpus, 1..=256)?,
             credentials: Credentials::new(&username, password),
             keys: Arc::new(keys),
-            auth_failures_per_minute: env.ranged("AUTH_FAILURES_PER_MINUTE", 20, 0..=1_000_000)?,
-            metrics_token: metrics_token(env)?,
+            auth_failures_per_minute: env.ranged(
+                "AUTH_FAILURES_PER_MINUTE",
+                DEFAULT_AUTH_FAILURES_PER_MINUTE,
+                0..=1_000_000,
+            )?,
+            metrics_token: metrics_token(env, shared.secret_policy)?,
             max_request_bytes: env.ranged("MAX_REQUEST_BYTES", 65536, 1024..=16 << 20)?,
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", Duration::from_secs(2))?,
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_SECONDS", Duration::from_secs(30))?,
             intake: IntakeConfig {
                 default_priority,
                 url_policy: UrlPolicy {
-                    allow_private: env.boolean("ALLOW_PRIVATE_NETWORKS", false)?,
+                    allow_private: shared.allow_private,
                 },
                 rate_per_second: rate,
                 rate_burst: burst,
@@ -187,20 +194,23 @@ impl ApiConfig {
             files,
             storage,
             uploads: crate::pipeline::uploads::Uploads::new(
-                std::path::Path::new(&env.string("STAGING_DIR", "data/staging")),
-                env.parse("MAX_AUDIO_BYTES", 1u64 << 30)?,
+                &shared.staging_dir,
+                shared.max_audio_bytes,
             ),
         })
     }
 }
 
 /// `METRICS_TOKEN`, checked like the other secrets.
-pub fn metrics_token(env: &Env) -> Result<Option<BearerToken>, ConfigError> {
+pub fn metrics_token(
+    env: &Env,
+    secret_policy: SecretPolicy,
+) -> Result<Option<BearerToken>, ConfigError> {
     match env.get("METRICS_TOKEN") {
         None => Ok(None),
         Some(t) => {
             let t = t.trim();
-            crate::config::require_strong(env, "METRICS_TOKEN", t.as_bytes(), 16)?;
+            secret_policy.require_strong("METRICS_TOKEN", t.as_bytes(), 16)?;
             Ok(Some(BearerToken::new(t)))
         }
     }
@@ -218,11 +228,9 @@ impl ApiConfig {
 pub struct AppState {
     intake: Addr<Intake>,
     scheduler: SchedulerHandle,
-    metrics: PrometheusHandle,
     credentials: Credentials,
     keys: Arc<keys::Keyring>,
     throttle: Arc<Throttle>,
-    metrics_token: Option<BearerToken>,
     catalog: Arc<Library>,
     presets: Arc<crate::separation::presets::Presets>,
     ready: Arc<AtomicBool>,
@@ -254,14 +262,19 @@ impl ApiServer {
             move |_| Intake::new(intake_cfg, scheduler)
         });
         let ready = Arc::new(AtomicBool::new(true));
+        let throttle = Arc::new(Throttle::per_minute(cfg.auth_failures_per_minute));
+        let access = web::Data::new(MetricsAccess {
+            scheduler: scheduler.clone(),
+            recorder: crate::metrics::install(),
+            token: cfg.metrics_token.clone(),
+            throttle: throttle.clone(),
+        });
         let state = AppState {
             intake,
             scheduler,
-            metrics: crate::metrics::install(),
             credentials: cfg.credentials.clone(),
             keys: cfg.keys.clone(),
-            throttle: Arc::new(Throttle::per_minute(cfg.auth_failures_per_minute)),
-            metrics_token: cfg.metrics_token.clone(),
+            throttle,
             catalog: cfg.intake.catalog.clone(),
             presets: cfg.intake.presets.clone(),
             ready: ready.clone(),
@@ -279,6 +292,7 @@ impl ApiServer {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
+                .app_data(access.clone())
                 .wrap(security_headers())
                 .wrap_fn(|req, srv| {
                     let start = Instant::now();
@@ -320,6 +334,54 @@ impl ApiServer {
             ready: self.ready.clone(),
             grace: self.grace,
         }
+    }
+}
+
+/// What `/metrics` needs: the recorder, the bearer token it asks for, the failed-login
+/// throttle, and the Scheduler (to refresh the queue gauges first).
+pub(crate) struct MetricsAccess {
+    scheduler: SchedulerHandle,
+    recorder: PrometheusHandle,
+    token: Option<BearerToken>,
+    throttle: Arc<Throttle>,
+}
+
+/// The metrics listener of a process without the API: `/metrics` and `/livez`, served by
+/// the API's own handlers.
+pub struct MetricsServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The server future; await it (or spawn it) to run the server.
+    pub server: Server,
+}
+
+impl MetricsServer {
+    /// Binds `listen`; `/metrics` asks for `token` when there is one.
+    pub fn bind(
+        listen: &Listen,
+        token: Option<BearerToken>,
+        scheduler: SchedulerHandle,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((listen.host.as_str(), listen.port))?;
+        let addr = listener.local_addr()?;
+        let access = web::Data::new(MetricsAccess {
+            scheduler,
+            recorder: crate::metrics::install(),
+            token,
+            throttle: Arc::new(Throttle::per_minute(DEFAULT_AUTH_FAILURES_PER_MINUTE)),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(access.clone())
+                .wrap(security_headers())
+                .route("/metrics", web::get().to(handlers::metrics))
+                .route("/livez", web::get().to(handlers::livez))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        Ok(Self { addr, server })
     }
 }
 

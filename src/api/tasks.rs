@@ -5,13 +5,15 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::handlers::{authenticate, parse_id};
 use super::{ApiError, AppState};
 use crate::actors::scheduler::{Cancel, GetTask};
 use crate::queue::CancelOutcome;
-use crate::task::{TaskId, TaskRecord};
+use crate::task::result::{StageResult, TaskError};
+use crate::task::{Priority, Stage, Status, TaskId, TaskRecord};
 
 /// The task `raw_id` names, for an authenticated caller who may see it: its id, record and
 /// position while it waits. Another client's task is "not found" to it, as if it did not
@@ -34,50 +36,107 @@ fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// The public view of a task.
-pub fn task_json(rec: &TaskRecord, position: Option<u64>) -> Value {
-    // The last error, unless the task got past it and succeeded.
-    let error = match &rec.error_code {
-        Some(code) if rec.status != crate::task::Status::Succeeded => {
-            json!({"code": code, "message": rec.error_message})
+/// The public view of a task (the OpenAPI schema `Task`, checked against this type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The task.
+    pub task_id: TaskId,
+    /// Lifecycle state.
+    pub status: Status,
+    /// The stage it is in.
+    pub stage: Stage,
+    /// Its priority.
+    pub priority: Priority,
+    /// 0-based position in its stage's queue while it waits there.
+    pub position: Option<u64>,
+    /// Progress 0-100 of the current stage.
+    pub progress: u8,
+    /// Attempts made in the current stage.
+    pub attempts: u32,
+    /// Attempts allowed per stage.
+    pub max_attempts: u32,
+    /// The worker holding, or last holding, the lease.
+    pub worker: Option<String>,
+    /// A cancel was requested.
+    pub cancel_requested: bool,
+    /// RFC 3339 times.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+    /// When the current claim started.
+    pub started_at: Option<String>,
+    /// When the task ended.
+    pub finished_at: Option<String>,
+    /// The last failure, unless the task got past it and succeeded.
+    pub error: Option<TaskError>,
+    /// What the stages left.
+    pub result: Option<StageResult>,
+    /// The webhook delivery log, oldest first.
+    pub webhook_deliveries: Vec<Value>,
+    /// The request, without user info or query values.
+    pub request: RequestView,
+}
+
+/// The request as a task view shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestView {
+    /// The audio URL, redacted.
+    pub audio: String,
+    /// The webhook URL, redacted.
+    pub hook_url: Option<String>,
+    /// The model asked for.
+    pub model: Option<String>,
+    /// An ensemble's models.
+    pub models: Option<Vec<String>>,
+    /// An ensemble's algorithm.
+    pub ensemble: Option<String>,
+    /// The stems asked for.
+    pub stems: Option<Vec<String>>,
+    /// The output format asked for.
+    pub output_format: Option<String>,
+}
+
+impl TaskView {
+    /// The view of `rec`, at `position` in its queue.
+    pub fn new(rec: &TaskRecord, position: Option<u64>) -> Self {
+        let error = match &rec.error_code {
+            Some(code) if rec.status != Status::Succeeded => Some(TaskError {
+                code: Some(code.clone()),
+                message: rec.error_message.clone(),
+            }),
+            _ => None,
+        };
+        Self {
+            task_id: rec.id.clone(),
+            status: rec.status,
+            stage: rec.stage,
+            priority: rec.request.priority,
+            position,
+            progress: rec.progress,
+            attempts: rec.attempts,
+            max_attempts: rec.max_attempts,
+            worker: rec.worker.clone(),
+            cancel_requested: rec.cancel_requested,
+            created_at: rfc3339(rec.created_at_ms),
+            updated_at: rfc3339(rec.updated_at_ms),
+            started_at: rec.started_at_ms.map(rfc3339),
+            finished_at: rec.finished_at_ms.map(rfc3339),
+            error,
+            result: rec.result.clone(),
+            webhook_deliveries: rec.webhook_log(),
+            // Shown without user info or query values; the record keeps the full URLs for
+            // the fetch and the webhook only.
+            request: RequestView {
+                audio: crate::net::redact_str(&rec.request.audio),
+                hook_url: rec.request.hook_url.as_deref().map(crate::net::redact_str),
+                model: rec.request.model.clone(),
+                models: rec.request.models.clone(),
+                ensemble: rec.request.ensemble.clone(),
+                stems: rec.request.stems.clone(),
+                output_format: rec.request.output_format.clone(),
+            },
         }
-        _ => Value::Null,
-    };
-    let webhook: Value = rec
-        .extra
-        .get("webhook_log")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(Value::Array(vec![]));
-    json!({
-        "task_id": rec.id,
-        "status": rec.status,
-        "stage": rec.stage,
-        "priority": rec.request.priority,
-        "position": position,
-        "progress": rec.progress,
-        "attempts": rec.attempts,
-        "max_attempts": rec.max_attempts,
-        "worker": rec.worker,
-        "cancel_requested": rec.cancel_requested,
-        "created_at": rfc3339(rec.created_at_ms),
-        "updated_at": rfc3339(rec.updated_at_ms),
-        "started_at": rec.started_at_ms.map(rfc3339),
-        "finished_at": rec.finished_at_ms.map(rfc3339),
-        "error": error,
-        "result": rec.result,
-        "webhook_deliveries": webhook,
-        // Shown without user info or query values; the record keeps the full URLs for the
-        // fetch and the webhook only.
-        "request": {
-            "audio": crate::net::redact_str(&rec.request.audio),
-            "hook_url": rec.request.hook_url.as_deref().map(crate::net::redact_str),
-            "model": rec.request.model,
-            "models": rec.request.models,
-            "ensemble": rec.request.ensemble,
-            "stems": rec.request.stems,
-            "output_format": rec.request.output_format,
-        },
-    })
+    }
 }
 
 pub(super) async fn get_task(
@@ -86,7 +145,7 @@ pub(super) async fn get_task(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, rec, position) = owned_task(&req, &st, &path).await?;
-    Ok(HttpResponse::Ok().json(task_json(&rec, position)))
+    Ok(HttpResponse::Ok().json(TaskView::new(&rec, position)))
 }
 
 /// `GET /tasks`: the caller's own tasks, newest first, a page at a time
@@ -143,7 +202,7 @@ pub(super) async fn list_tasks(
             limit,
         })
         .await?;
-    let tasks: Vec<Value> = records.iter().map(|r| task_json(r, None)).collect();
+    let tasks: Vec<TaskView> = records.iter().map(|r| TaskView::new(r, None)).collect();
     Ok(HttpResponse::Ok().json(json!({"tasks": tasks, "next": next.map(|n| n.to_string())})))
 }
 

@@ -368,10 +368,9 @@ async fn a_webhook_to_a_rebound_name_is_refused_at_connect_time() {
     let dns = Script::new(&[&["127.0.0.1"]]);
     let cfg = config(false, &dns);
     let webhook =
-        crate::pipeline::webhook::WebhookConfig::from_env(&crate::config::Env::from_pairs([(
-            "WEBHOOK_SECRET",
-            "test-webhook-secret-0123456789-abcdefgh",
-        )]))
+        crate::pipeline::webhook::WebhookConfig::from_test_env(&crate::config::Env::from_pairs([
+            ("WEBHOOK_SECRET", "test-webhook-secret-0123456789-abcdefgh"),
+        ]))
         .unwrap();
     let url = format!("http://hooks.rebind.test:{}/hook", origin.port);
     let (attempt, r) = crate::pipeline::webhook::send(

@@ -1,7 +1,8 @@
 //! `uvr-api`: the HTTP API alone (the seed's API service).
 
 use clap::Parser;
-use uvr::service::{self, Role};
+use uvr::service;
+use uvr::settings::Role;
 
 #[derive(Debug, Parser)]
 #[command(

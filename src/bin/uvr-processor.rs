@@ -1,7 +1,8 @@
 //! `uvr-processor`: the processor role alone (the seed's processor service; run any number of them).
 
 use clap::Parser;
-use uvr::service::{self, Role};
+use uvr::service;
+use uvr::settings::Role;
 
 /// Separation allocates and frees large tensor buffers all the time: mimalloc reuses their
 /// pages instead of faulting them in anew for every operation.

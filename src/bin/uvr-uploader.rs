@@ -1,7 +1,8 @@
 //! `uvr-uploader`: the uploader role alone (the seed's uploader service; run any number of them).
 
 use clap::Parser;
-use uvr::service::{self, Role};
+use uvr::service;
+use uvr::settings::Role;
 
 #[derive(Debug, Parser)]
 #[command(

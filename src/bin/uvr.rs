@@ -164,11 +164,9 @@ fn serve() -> ExitCode {
 }
 
 fn catalog(env: &Env) -> Result<uvr::models::Catalog, LocalError> {
-    uvr::models::Catalog::scan(
-        std::path::Path::new(&env.string("MODELS_DIR", "models")),
-        env.get("DEFAULT_MODEL"),
-    )
-    .map_err(|e| LocalError::Model(e.to_string()))
+    let (dir, default) = uvr::models::location(env);
+    uvr::models::Catalog::scan(&dir, default.as_deref())
+        .map_err(|e| LocalError::Model(e.to_string()))
 }
 
 fn models(json: bool) -> ExitCode {
@@ -316,25 +314,24 @@ fn separate(args: SeparateArgs) -> ExitCode {
     let mut failed = 0usize;
     let mut report = |o: &Outcome| match &o.result {
         Ok(summary) if json => {
-            let mut s = summary.clone();
+            let mut s = serde_json::to_value(summary).unwrap_or_default();
             s["input"] = serde_json::Value::String(o.input.clone());
             println!("{s}");
         }
         Ok(summary) => {
-            let files: Vec<String> = summary["stems"]
-                .as_object()
-                .map(|m| {
-                    m.values()
-                        .filter_map(|v| v["file"].as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let files: Vec<&str> = summary
+                .stems
+                .values()
+                .filter_map(|v| v.file.as_deref())
+                .collect();
+            // Shown as JSON numbers (`3.0`, not `3`).
+            let number = |x: Option<f64>| serde_json::json!(x);
             println!(
                 "{} -> {} ({} s of audio, {}x real time)",
                 o.input,
                 files.join(", "),
-                summary["duration_seconds"],
-                summary["realtime_factor"]
+                number(summary.duration_seconds),
+                number(summary.realtime_factor)
             );
         }
         Err(e) => {

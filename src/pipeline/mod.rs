@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::audio::fetch::FetchConfig;
-use crate::config::{ConfigError, Env};
+use crate::config::{ConfigError, Env, Shared};
 use crate::net::UrlPolicy;
 
 /// A failure of one attempt, with its stable code.
@@ -71,18 +71,21 @@ pub struct ProcessorConfig {
 }
 
 impl ProcessorConfig {
-    /// Reads the processor settings.
+    /// Reads the processor's own settings; `shared` holds those other roles read too, and
+    /// `fetch` the download limits (read once for the processor and the uploader).
     pub fn from_env(
         env: &Env,
+        shared: &Shared,
         catalog: std::sync::Arc<crate::models::Library>,
         lease: Duration,
+        fetch: FetchConfig,
     ) -> Result<Self, ConfigError> {
         let default_model = catalog.current().default.clone();
         Ok(Self {
             engine: std::sync::Arc::new(engine(env, catalog)?),
             lease,
-            staging_dir: PathBuf::from(env.string("STAGING_DIR", "data/staging")),
-            fetch: fetch_config(env)?,
+            staging_dir: shared.staging_dir.clone(),
+            fetch,
             max_audio_seconds: env.parse("MAX_AUDIO_SECONDS", 3 * 3600u64)?,
             max_output_bytes: env.parse("MAX_OUTPUT_BYTES", 4u64 << 30)?,
             concurrency: env.ranged("PROCESSOR_CONCURRENCY", 1usize, 1..=64)?,
@@ -109,35 +112,17 @@ pub fn engine(
     let opts = crate::mdx::DemixOptions {
         overlap,
         denoise: env.boolean("MDX_DENOISE", false)?,
-        batch: env
-            .get("MDX_BATCH")
-            .is_some()
-            .then(|| env.ranged("MDX_BATCH", 4usize, 1..=64))
-            .transpose()?,
+        batch: env.optional_ranged("MDX_BATCH", 1usize..=64)?,
     };
     let cache_dir = env.string("SEPARATOR_CACHE_DIR", "data/cache");
     let tuning = crate::mdx::device::Tuning {
         // `off`: no persistent cache, every process tunes anew.
         cache_dir: (!cache_dir.eq_ignore_ascii_case("off")).then(|| PathBuf::from(cache_dir)),
-        level: env
-            .get("SEPARATOR_AUTOTUNE")
-            .map(|_| {
-                env.parse(
-                    "SEPARATOR_AUTOTUNE",
-                    crate::mdx::device::TuneLevel::Balanced,
-                )
-            })
-            .transpose()?,
+        level: env.optional("SEPARATOR_AUTOTUNE")?,
     };
     let roformer = crate::roformer::RoformerOptions {
-        num_overlap: env
-            .get("ROFORMER_NUM_OVERLAP")
-            .map(|_| env.ranged("ROFORMER_NUM_OVERLAP", 2usize, 1..=64))
-            .transpose()?,
-        batch_size: env
-            .get("ROFORMER_BATCH_SIZE")
-            .map(|_| env.ranged("ROFORMER_BATCH_SIZE", 1usize, 1..=64))
-            .transpose()?,
+        num_overlap: env.optional_ranged("ROFORMER_NUM_OVERLAP", 1usize..=64)?,
+        batch_size: env.optional_ranged("ROFORMER_BATCH_SIZE", 1usize..=64)?,
     };
     Ok(crate::engine::Engine::new(catalog, choice, opts)
         .with_tuning(tuning)
@@ -145,12 +130,12 @@ pub fn engine(
 }
 
 /// The HTTP client limits shared by downloads and webhooks.
-pub fn fetch_config(env: &Env) -> Result<FetchConfig, ConfigError> {
+pub fn fetch_config(env: &Env, shared: &Shared) -> Result<FetchConfig, ConfigError> {
     Ok(FetchConfig {
         policy: UrlPolicy {
-            allow_private: env.boolean("ALLOW_PRIVATE_NETWORKS", false)?,
+            allow_private: shared.allow_private,
         },
-        max_bytes: env.parse("MAX_AUDIO_BYTES", 1u64 << 30)?,
+        max_bytes: shared.max_audio_bytes,
         connect_timeout: env.seconds("FETCH_CONNECT_TIMEOUT_SECONDS", Duration::from_secs(10))?,
         read_timeout: env.seconds("FETCH_READ_TIMEOUT_SECONDS", Duration::from_secs(30))?,
         total_timeout: match env.seconds("FETCH_TOTAL_TIMEOUT_SECONDS", Duration::from_secs(600))? {
@@ -205,11 +190,22 @@ pub struct UploaderConfig {
 }
 
 impl UploaderConfig {
-    /// Reads the uploader settings.
-    pub fn from_env(env: &Env, queue: &crate::config::QueueConfig) -> Result<Self, ConfigError> {
-        let staging_dir = PathBuf::from(env.string("STAGING_DIR", "data/staging"));
-        let storage = storage::StorageConfig::from_env(env)?;
-        let webhook = webhook::WebhookConfig::from_env(env)?;
+    /// Reads the uploader's own settings; `shared` holds those other roles read too,
+    /// `storage` is the stem store (read once for the API and the uploader) and `fetch` the
+    /// HTTP client limits (read once for the processor and the uploader).
+    pub fn from_env(
+        env: &Env,
+        shared: &Shared,
+        queue: &crate::config::QueueConfig,
+        storage: storage::StorageConfig,
+        fetch: FetchConfig,
+    ) -> Result<Self, ConfigError> {
+        let staging_dir = shared.staging_dir.clone();
+        let webhook = webhook::WebhookConfig::from_env(
+            env,
+            shared.secret_policy,
+            queue.deliver_max_attempts,
+        )?;
         let every = env.seconds("RETENTION_SWEEP_SECONDS", Duration::from_secs(3600))?;
         if !every.is_zero() && every < Duration::from_millis(100) {
             return Err(ConfigError::Invalid {
@@ -234,7 +230,7 @@ impl UploaderConfig {
             staging_dir,
             storage,
             webhook,
-            fetch: fetch_config(env)?,
+            fetch,
             concurrency: env.ranged("UPLOADER_CONCURRENCY", 4usize, 1..=256)?,
         })
     }

@@ -3,13 +3,13 @@
 //! it and write the requested stems, reporting progress and honouring a stop request between
 //! chunks. Everything streams: peak memory depends on the chunk size, not the song length.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
 
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{JobError, ProcessorConfig};
@@ -18,6 +18,7 @@ use crate::audio::fetch::{self, FetchError};
 use crate::audio::{AudioReader, Frame, SAMPLE_RATE};
 use crate::separation::{Control, Listener, SeparateError, StemSink};
 
+use crate::task::result::{StageResult, Stem, Timings, round3};
 use crate::task::{TaskId, TaskRecord};
 
 /// Progress and stop flag shared between the separation thread and the actor.
@@ -167,7 +168,7 @@ pub fn separate(
     record: &TaskRecord,
     source: &Path,
     progress: Arc<Progress>,
-) -> Result<Value, JobError> {
+) -> Result<StageResult, JobError> {
     let dir = source
         .parent()
         .expect("source lies in the attempt directory");
@@ -244,7 +245,10 @@ impl SeparateJob<'_> {
 /// (file, bytes, sha256), duration, timings (`model_seconds`: loading and warming up the
 /// model, non-zero only for a process's first job with it; `separation_seconds`: decoding,
 /// separating and writing) and the real-time factor of the separation.
-pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<Value, JobError> {
+pub fn separate_file(
+    job: &SeparateJob<'_>,
+    progress: Arc<Progress>,
+) -> Result<StageResult, JobError> {
     if let Some((models, algorithm)) = &job.ensemble {
         return separate_ensemble(job, models, *algorithm, progress);
     }
@@ -323,7 +327,7 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
         w.finish()
             .map_err(|e| JobError::internal(format!("finishing a stem: {e}")))?;
     }
-    let mut stems = serde_json::Map::new();
+    let mut stems = BTreeMap::new();
     for (stem, path) in files {
         stems.insert(stem, stem_entry(&path, job.relative_to)?);
     }
@@ -345,7 +349,7 @@ pub fn separate_file(job: &SeparateJob<'_>, progress: Arc<Progress>) -> Result<V
 struct Summary {
     model: String,
     family: String,
-    stems: serde_json::Map<String, Value>,
+    stems: BTreeMap<String, Stem>,
     encoding: Encoding,
     rate: u32,
     frames: u64,
@@ -355,23 +359,29 @@ struct Summary {
 }
 
 /// The stage result stored on the task record.
-fn summary(s: Summary) -> Value {
+fn summary(s: Summary) -> StageResult {
     let duration = s.frames as f64 / f64::from(SAMPLE_RATE);
-    json!({
-        "model": s.model,
-        "family": s.family,
-        "stems": s.stems,
-        "format": s.encoding.name(),
-        "sample_rate": s.rate,
-        "bitrate": s.encoding.kbps(),
-        "duration_seconds": round3(duration),
-        "source_sample_rate": s.source_rate,
-        "timings": {
-            "model_seconds": round3(s.model_seconds),
-            "separation_seconds": round3(s.seconds),
+    StageResult {
+        model: Some(s.model),
+        family: Some(s.family),
+        stems: s.stems,
+        format: Some(s.encoding.name().to_string()),
+        sample_rate: Some(s.rate),
+        bitrate: s.encoding.kbps(),
+        duration_seconds: Some(round3(duration)),
+        source_sample_rate: Some(s.source_rate),
+        timings: Timings {
+            model_seconds: Some(round3(s.model_seconds)),
+            separation_seconds: Some(round3(s.seconds)),
+            ..Timings::default()
         },
-        "realtime_factor": round3(if duration > 0.0 { s.seconds / duration } else { 0.0 }),
-    })
+        realtime_factor: Some(round3(if duration > 0.0 {
+            s.seconds / duration
+        } else {
+            0.0
+        })),
+        ..StageResult::default()
+    }
 }
 
 /// Progress of one model of an ensemble: its share of the whole.
@@ -430,13 +440,13 @@ fn separate_ensemble(
     models: &[String],
     algorithm: crate::separation::ensemble::Algorithm,
     progress: Arc<Progress>,
-) -> Result<Value, JobError> {
+) -> Result<StageResult, JobError> {
     let started = Instant::now();
     let encoding = job.encoding()?;
     let work = job.out_dir.join("ensemble");
     std::fs::create_dir_all(&work)
         .map_err(|e| JobError::internal(format!("{}: {e}", work.display())))?;
-    let cleanup = |r: Result<Value, JobError>| {
+    let cleanup = |r: Result<StageResult, JobError>| {
         let _ = std::fs::remove_dir_all(&work);
         r
     };
@@ -490,7 +500,7 @@ fn separate_ensemble(
         }
     }
     let rate = output_rate(encoding, job.sample_rate, source_rate);
-    let mut stems = serde_json::Map::new();
+    let mut stems = BTreeMap::new();
     for (stem, inputs) in &raw {
         if inputs.len() != models.len() {
             continue; // not a stem of every model
@@ -529,14 +539,14 @@ fn separate_ensemble(
         model_seconds,
         seconds: started.elapsed().as_secs_f64() - model_seconds,
     });
-    result["models"] = json!(models);
-    result["ensemble"] = json!(algorithm.name());
+    result.models = Some(models.to_vec());
+    result.ensemble = Some(algorithm.name().to_string());
     cleanup(Ok(result))
 }
 
 /// A written stem as the result lists it: its file (relative to the staging directory), size
 /// and SHA-256.
-fn stem_entry(path: &Path, relative_to: &Path) -> Result<Value, JobError> {
+fn stem_entry(path: &Path, relative_to: &Path) -> Result<Stem, JobError> {
     let (bytes, sha256) = file_digest(path)
         .map_err(|e| JobError::internal(format!("reading {}: {e}", path.display())))?;
     let file = path
@@ -544,11 +554,12 @@ fn stem_entry(path: &Path, relative_to: &Path) -> Result<Value, JobError> {
         .unwrap_or(path)
         .to_string_lossy()
         .to_string();
-    Ok(json!({"file": file, "bytes": bytes, "sha256": sha256}))
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+    Ok(Stem {
+        file: Some(file),
+        bytes,
+        sha256,
+        ..Stem::default()
+    })
 }
 
 /// Size and SHA-256 of a file, streamed.

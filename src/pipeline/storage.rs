@@ -23,7 +23,7 @@ use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use sha2::Sha256;
 use tokio::io::AsyncReadExt;
 
-use crate::config::{ConfigError, Env};
+use crate::config::{ConfigError, Env, Listen, SecretPolicy};
 
 /// Files above this size are uploaded in parts.
 const MULTIPART_THRESHOLD: u64 = 8 << 20;
@@ -96,14 +96,14 @@ impl std::fmt::Debug for StorageConfig {
 }
 
 /// The link signing key from `LINK_SIGNING_KEY` (required for local storage).
-pub fn link_key(env: &Env) -> Result<Arc<Vec<u8>>, ConfigError> {
+fn link_key(env: &Env, secret_policy: SecretPolicy) -> Result<Arc<Vec<u8>>, ConfigError> {
     let key = env.get("LINK_SIGNING_KEY").ok_or(ConfigError::Invalid {
         var: "LINK_SIGNING_KEY",
         value: String::new(),
         reason: "must be set to sign download links of local storage (any long random string)"
             .into(),
     })?;
-    crate::config::require_strong(env, "LINK_SIGNING_KEY", key.as_bytes(), 32)?;
+    secret_policy.require_strong("LINK_SIGNING_KEY", key.as_bytes(), 32)?;
     Ok(Arc::new(key.as_bytes().to_vec()))
 }
 
@@ -117,8 +117,16 @@ impl StorageConfig {
 }
 
 impl StorageConfig {
-    /// Reads `STORAGE_URL` and its companions.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    /// Reads `STORAGE_URL` and its companions; local links point at the API's address
+    /// `api` unless `PUBLIC_BASE_URL` is set. `stores`: this process stores stems (the
+    /// uploader), so S3 credentials are required; without it (the API, which only signs
+    /// fresh links) an S3 store without credentials is `None`.
+    pub fn from_env(
+        env: &Env,
+        api: &Listen,
+        secret_policy: SecretPolicy,
+        stores: bool,
+    ) -> Result<Option<Self>, ConfigError> {
         let raw = env.string("STORAGE_URL", "file://data/stems");
         let ttl = env.seconds("RESULT_URL_TTL", Duration::from_secs(7 * 86400))?;
         let invalid = |reason: &str| ConfigError::Invalid {
@@ -130,23 +138,21 @@ impl StorageConfig {
             if path.is_empty() {
                 return Err(invalid("file:// needs a directory"));
             }
-            let host = env.string("API_HOST", "127.0.0.1");
-            let host = if host == "0.0.0.0" || host == "::" {
-                "127.0.0.1".to_string()
-            } else {
-                host
+            let host = match api.host.as_str() {
+                "0.0.0.0" | "::" => "127.0.0.1",
+                host => host,
             };
-            let port = env.string("API_PORT", "8000");
+            let port = api.port;
             let public_base_url = env
                 .get("PUBLIC_BASE_URL")
                 .map(|u| u.trim_end_matches('/').to_string())
                 .unwrap_or_else(|| format!("http://{host}:{port}"));
-            return Ok(StorageConfig::Local {
+            return Ok(Some(StorageConfig::Local {
                 root: PathBuf::from(path),
                 public_base_url,
-                key: link_key(env)?,
+                key: link_key(env, secret_policy)?,
                 ttl,
-            });
+            }));
         }
         if let Some(rest) = raw.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -160,24 +166,33 @@ impl StorageConfig {
                     reason: "S3 presigned links last at most 604800 s (7 days)".into(),
                 });
             }
-            let need = |var: &'static str| {
-                env.get(var)
-                    .map(str::to_string)
-                    .ok_or(ConfigError::Invalid {
-                        var,
+            let endpoint = env.get("S3_ENDPOINT").map(str::to_string);
+            let region = env.string("S3_REGION", "us-east-1");
+            let access_key = env.get("AWS_ACCESS_KEY_ID").map(str::to_string);
+            let secret_key = env.get("AWS_SECRET_ACCESS_KEY").map(str::to_string);
+            let (access_key, secret_key) = match (access_key, secret_key) {
+                (Some(a), Some(s)) => (a, s),
+                _ if !stores => return Ok(None),
+                (a, _) => {
+                    return Err(ConfigError::Invalid {
+                        var: match a {
+                            None => "AWS_ACCESS_KEY_ID",
+                            Some(_) => "AWS_SECRET_ACCESS_KEY",
+                        },
                         value: String::new(),
                         reason: "must be set for s3:// storage".into(),
-                    })
+                    });
+                }
             };
-            return Ok(StorageConfig::S3 {
+            return Ok(Some(StorageConfig::S3 {
                 bucket: bucket.to_string(),
                 prefix: prefix.trim_matches('/').to_string(),
-                endpoint: env.get("S3_ENDPOINT").map(str::to_string),
-                region: env.string("S3_REGION", "us-east-1"),
-                access_key: need("AWS_ACCESS_KEY_ID")?,
-                secret_key: Arc::new(need("AWS_SECRET_ACCESS_KEY")?),
+                endpoint,
+                region,
+                access_key,
+                secret_key: Arc::new(secret_key),
                 ttl,
-            });
+            }));
         }
         Err(invalid("expected file:///dir or s3://bucket"))
     }

@@ -14,6 +14,7 @@
 //! and again with something it has refused). The address policy is checked again at
 //! delivery time.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -23,7 +24,9 @@ use sha2::Sha256;
 
 use super::JobError;
 use crate::audio::fetch::{FetchConfig, FetchError, classify};
-use crate::config::{ConfigError, Env};
+use crate::config::{ConfigError, Env, SecretPolicy};
+use crate::task::result::{StageResult, Stem, TaskError};
+use crate::task::{Priority, Status, TaskId, TaskRecord};
 
 /// Webhook settings.
 #[derive(Clone)]
@@ -50,8 +53,13 @@ impl std::fmt::Debug for WebhookConfig {
 }
 
 impl WebhookConfig {
-    /// Reads the webhook settings; `WEBHOOK_SECRET` is required.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    /// Reads the webhook settings; `WEBHOOK_SECRET` is required. `max_attempts` is the
+    /// deliver stage's (`WEBHOOK_MAX_ATTEMPTS`, read with the queue settings).
+    pub fn from_env(
+        env: &Env,
+        secret_policy: SecretPolicy,
+        max_attempts: u32,
+    ) -> Result<Self, ConfigError> {
         let raw = env.get("WEBHOOK_SECRET").ok_or(ConfigError::Invalid {
             var: "WEBHOOK_SECRET",
             value: String::new(),
@@ -71,15 +79,21 @@ impl WebhookConfig {
                     })?,
                 None => part.as_bytes().to_vec(),
             };
-            crate::config::require_strong(env, "WEBHOOK_SECRET", &key, 32)?;
+            secret_policy.require_strong("WEBHOOK_SECRET", &key, 32)?;
             secrets.push(key);
         }
         Ok(Self {
             secrets,
             timeout: env.seconds("WEBHOOK_TIMEOUT_SECONDS", Duration::from_secs(15))?,
-            max_attempts: env.ranged("WEBHOOK_MAX_ATTEMPTS", 15u32, 1..=1000)?,
+            max_attempts,
             retry_max: env.seconds("WEBHOOK_RETRY_MAX_SECONDS", Duration::from_secs(3600))?,
         })
+    }
+
+    /// The settings of `env` with the default attempts (unit tests).
+    #[cfg(test)]
+    pub(crate) fn from_test_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::from_env(env, SecretPolicy::from_env(env)?, 15)
     }
 
     /// The `webhook-signature` header value for a message.
@@ -100,6 +114,75 @@ impl WebhookConfig {
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// The body of a webhook (the OpenAPI schema `WebhookPayload`, checked against this type).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Payload {
+    /// The task.
+    pub task_id: TaskId,
+    /// `succeeded` or `failed`.
+    pub status: Status,
+    /// Its priority.
+    pub priority: Priority,
+    /// The model used (the request's when separation never ran).
+    pub model: Option<String>,
+    /// The model's family.
+    pub family: Option<String>,
+    /// Stem name -> stored file and link; empty when the task failed.
+    pub stems: BTreeMap<String, Stem>,
+    /// Length of the input, seconds.
+    pub duration_seconds: Option<f64>,
+    /// Seconds spent in each phase; null for a phase the task did not reach.
+    pub timings: PayloadTimings,
+    /// Why the task failed; null when it succeeded.
+    pub error: Option<TaskError>,
+}
+
+/// The phases a webhook reports.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PayloadTimings {
+    /// From submission to the end of separation.
+    pub time_to_separated_seconds: Option<f64>,
+    /// Fetching, decoding, separating and writing the stems.
+    pub separation_seconds: Option<f64>,
+    /// Storing the stems and signing their links.
+    pub upload_seconds: Option<f64>,
+}
+
+impl Payload {
+    /// The webhook of a task whose stage result is `result`.
+    pub fn new(rec: &TaskRecord, result: &StageResult, failed: bool) -> Self {
+        let queued = rec
+            .separated_at_ms()
+            .map(|sep| sep.saturating_sub(rec.created_at_ms) as f64 / 1000.0);
+        Self {
+            task_id: rec.id.clone(),
+            status: if failed {
+                Status::Failed
+            } else {
+                Status::Succeeded
+            },
+            priority: rec.request.priority,
+            model: result.model.clone().or_else(|| rec.request.model.clone()),
+            family: result.family.clone(),
+            stems: if failed {
+                BTreeMap::new()
+            } else {
+                result.stems.clone()
+            },
+            duration_seconds: result.duration_seconds,
+            timings: PayloadTimings {
+                time_to_separated_seconds: queued,
+                separation_seconds: result.timings.separation_seconds,
+                upload_seconds: result.timings.upload_seconds,
+            },
+            error: failed.then(|| TaskError {
+                code: rec.error_code.clone(),
+                message: rec.error_message.clone(),
+            }),
+        }
     }
 }
 
@@ -251,7 +334,7 @@ mod tests {
             ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
             ("ALLOW_WEAK_SECRETS", "true"),
         ]);
-        let cfg = WebhookConfig::from_env(&env).unwrap();
+        let cfg = WebhookConfig::from_test_env(&env).unwrap();
         let sig = cfg.signature(
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
             1614265330,
@@ -262,15 +345,15 @@ mod tests {
 
     #[test]
     fn secrets_are_required_and_never_shown() {
-        assert!(WebhookConfig::from_env(&Env::default()).is_err());
+        assert!(WebhookConfig::from_test_env(&Env::default()).is_err());
         let env = Env::from_pairs([(
             "WEBHOOK_SECRET",
             "a-long-enough-secret-of-32-bytes! old-secret-also-long-enough-0123",
         )]);
-        let cfg = WebhookConfig::from_env(&env).unwrap();
+        let cfg = WebhookConfig::from_test_env(&env).unwrap();
         assert_eq!(cfg.secrets.len(), 2);
         assert!(!format!("{cfg:?}").contains("long-enough"));
-        let weak = WebhookConfig::from_env(&Env::from_pairs([(
+        let weak = WebhookConfig::from_test_env(&Env::from_pairs([(
             "WEBHOOK_SECRET",
             "a-long-enough-secret-of-32-bytes! short-one",
         )]))
@@ -327,7 +410,7 @@ mod tests {
     async fn only_transient_answers_are_retried() {
         use std::sync::atomic::Ordering;
         let fetch = loopback_fetch();
-        let cfg = WebhookConfig::from_env(&Env::from_pairs([(
+        let cfg = WebhookConfig::from_test_env(&Env::from_pairs([(
             "WEBHOOK_SECRET",
             "test-webhook-secret-0123456789-abcdefgh",
         )]))
@@ -386,7 +469,7 @@ mod tests {
             );
         }
         let fetch = loopback_fetch();
-        let cfg = WebhookConfig::from_env(&Env::from_pairs([(
+        let cfg = WebhookConfig::from_test_env(&Env::from_pairs([(
             "WEBHOOK_SECRET",
             "test-webhook-secret-0123456789-abcdefgh",
         )]))

@@ -32,6 +32,7 @@ use rand::Rng;
 use redis::AsyncCommands;
 
 use crate::config::{Config, QueueConfig};
+use crate::task::result::StageResult;
 use crate::task::{Priority, Stage, Status, TaskId, TaskRecord};
 
 pub use error::QueueError;
@@ -371,7 +372,7 @@ impl Queue {
     pub async fn ack(
         &self,
         claimed: &Claimed,
-        result: Option<&serde_json::Value>,
+        result: Option<&StageResult>,
     ) -> Result<Outcome, QueueError> {
         let final_stage = claimed.stage == Stage::Deliver;
         self.ack_inner(claimed, result, final_stage, Status::Succeeded)
@@ -383,7 +384,7 @@ impl Queue {
     pub async fn ack_failed(
         &self,
         claimed: &Claimed,
-        result: Option<&serde_json::Value>,
+        result: Option<&StageResult>,
     ) -> Result<Outcome, QueueError> {
         self.ack_inner(claimed, result, true, Status::Failed).await
     }
@@ -391,7 +392,7 @@ impl Queue {
     async fn ack_inner(
         &self,
         claimed: &Claimed,
-        result: Option<&serde_json::Value>,
+        result: Option<&StageResult>,
         final_stage: bool,
         final_status: Status,
     ) -> Result<Outcome, QueueError> {
@@ -419,7 +420,7 @@ impl Queue {
                     .arg(id.as_str())
                     .arg(claimed.token)
                     .arg(if final_stage { "final" } else { "next" })
-                    .arg(result.map(|r| r.to_string()).unwrap_or_default())
+                    .arg(result.map(to_json).unwrap_or_default())
                     .arg(self.cfg.retention.as_millis() as u64)
                     .arg(self.keys.wake(Stage::Deliver))
                     .arg(final_status.as_str())
@@ -635,6 +636,11 @@ fn protocol(script: &'static str, reply: &[String]) -> QueueError {
         script,
         reply: format!("{reply:?}"),
     }
+}
+
+/// A stage result as its record field stores it.
+fn to_json(result: &StageResult) -> String {
+    serde_json::to_string(result).expect("a stage result serialises")
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use super::{
     Maintenance, QueueError, QueueStats, RedisInfo, StageStats, WorkerInfo, priority_band,
     redis_time,
 };
-use crate::task::{Priority, Stage, Status, TaskId, TaskRecord};
+use crate::task::result::StageResult;
+use crate::task::{Priority, Stage, Status, TaskId, TaskRecord, field};
 
 impl super::Queue {
     /// Reads a task record and, while it waits, its 0-based position in its stage queue.
@@ -144,17 +145,15 @@ impl super::Queue {
 
     /// Writes `result` onto a task record that still exists (stored stems and their links,
     /// shown by `GET /tasks/{id}` before the webhook is called).
-    pub async fn save_result(
-        &self,
-        id: &TaskId,
-        result: &serde_json::Value,
-    ) -> Result<(), QueueError> {
+    pub async fn save_result(&self, id: &TaskId, result: &StageResult) -> Result<(), QueueError> {
         self.timed(async {
             let mut conn = self.conn().await?;
             let key = self.keys.record(id);
             let exists: bool = conn.exists(&key).await?;
             if exists {
-                let _: () = conn.hset(&key, "result", result.to_string()).await?;
+                let _: () = conn
+                    .hset(&key, field::RESULT, super::to_json(result))
+                    .await?;
             }
             Ok(())
         })

@@ -9,7 +9,7 @@ use crate::common::spawn_app;
 /// Malformed bodies, content types, sizes and the JSON shape.
 #[actix_rt::test]
 async fn api_rejects_malformed_bodies_with_stable_codes() {
-    let app = spawn_app(&[]);
+    let app = spawn_app(&[]).await;
     let valid = serde_json::to_vec(&with("priority", None)).unwrap();
     let malformed = |name: &str, bytes: &[u8]| {
         case(
@@ -105,7 +105,7 @@ async fn api_rejects_malformed_bodies_with_stable_codes() {
 /// Every field with every wrong JSON type, missing fields, out-of-range and unknown values.
 #[actix_rt::test]
 async fn api_rejects_wrong_types_missing_fields_and_bad_priorities() {
-    let app = spawn_app(&[]);
+    let app = spawn_app(&[]).await;
     let mut cases = vec![
         case(
             "empty object",

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{PASSWORD, TestApp, USER};
+use crate::common::TestApp;
+use crate::common::client::{ApiClient, Auth};
 
 /// A request body as sent.
 pub(crate) enum Body {
@@ -69,16 +70,14 @@ pub(crate) fn reject422(code: &'static str, field: &'static str) -> Answer {
 /// (exactly one task when accepted), and `/health` answers 200 after it. Every mismatch is
 /// collected, so one run reports all of them.
 pub(crate) async fn run_api_table(app: &TestApp, cases: Vec<ApiCase>) {
-    let url = format!("{}/generate", app.base);
-    let health = format!("{}/health", app.base);
+    let api = ApiClient::for_app(&app.base);
+    let anonymous = api.with_auth(Auth::None);
     let mut failures = Vec::new();
     let mut lines = Vec::new();
     for c in &cases {
         let before = app.stored_tasks();
-        let mut req = app
-            .client
-            .post(&url)
-            .basic_auth(USER, Some(PASSWORD))
+        let mut req = api
+            .request(reqwest::Method::POST, "/generate")
             .timeout(Duration::from_secs(20));
         for (k, v) in &c.headers {
             req = req.header(*k, reqwest::header::HeaderValue::from_bytes(v).unwrap());
@@ -145,7 +144,7 @@ pub(crate) async fn run_api_table(app: &TestApp, cases: Vec<ApiCase>) {
                     problems.push(format!("expected one new task, {before:?} -> {after:?}"));
                 }
                 if let Some(id) = body["task_id"].as_str() {
-                    let t: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+                    let t = api.task(id).await;
                     for f in ["audio", "hook_url"] {
                         let u = t["request"][f].as_str().unwrap_or_default();
                         if !u.is_ascii() || u.chars().any(|ch| ch.is_control() || ch == ' ') {
@@ -155,9 +154,8 @@ pub(crate) async fn run_api_table(app: &TestApp, cases: Vec<ApiCase>) {
                 }
             }
         }
-        let up = app
-            .client
-            .get(&health)
+        let up = anonymous
+            .request(reqwest::Method::GET, "/health")
             .send()
             .await
             .is_ok_and(|r| r.status() == 200);

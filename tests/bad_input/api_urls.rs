@@ -47,7 +47,7 @@ fn local_names() -> Vec<String> {
 /// URL syntax and unicode tricks, schemes, and every spelling of a non-public target.
 #[actix_rt::test]
 async fn api_rejects_hostile_urls_with_stable_codes() {
-    let app = spawn_app(&[]);
+    let app = spawn_app(&[]).await;
     let mut cases = Vec::new();
     let mut audio = |name: &str, url: &str, answer: Answer| {
         cases.push(case(

@@ -4,14 +4,11 @@
 //! service is still up.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::origin::{Origin, Silence};
-use crate::common;
-use crate::common::e2e::{Deployment, Received, WEBHOOK_SECRET, verify_signature};
+use crate::common::e2e::{Deployment, Peer, Received, Silence, WEBHOOK_SECRET, verify_signature};
 
 /// Where a case's audio comes from.
 #[derive(Clone)]
@@ -70,26 +67,19 @@ fn slug(name: &str) -> String {
 }
 
 /// Serves a case's source from `origin`; returns the path to ask for.
-fn install(origin: &Origin, key: &str, source: &Source) -> String {
-    let mut st = origin.state.lock().unwrap();
+fn install(origin: &Peer, key: &str, source: &Source) -> String {
     match source {
         Source::File(bytes) => {
-            st.files.insert(key.into(), Arc::new(bytes.clone()));
+            origin.put(key, bytes.clone());
             format!("/audio/{key}")
         }
         Source::Missing => format!("/audio/{key}"),
-        Source::Stream(s) => {
-            st.streams.insert(key.into(), *s);
-            format!("/stream/{key}")
-        }
-        Source::Trickle(every) => {
-            st.trickles.insert(key.into(), *every);
-            format!("/trickle/{key}")
-        }
+        Source::Stream(s) => origin.stream(key, *s),
+        Source::Trickle(every) => origin.trickle(key, *every),
         Source::Redirects { hops, then } => {
             for i in 0..*hops {
-                st.redirects.insert(
-                    format!("{key}-{i}"),
+                origin.redirect(
+                    &format!("{key}-{i}"),
                     Some(format!("/redirect/{key}-{}", i + 1)),
                 );
             }
@@ -97,24 +87,9 @@ fn install(origin: &Origin, key: &str, source: &Source) -> String {
                 t.replace("{port}", &origin.port.to_string())
                     .replace("{self}", &format!("/redirect/{key}-{hops}"))
             });
-            st.redirects.insert(format!("{key}-{hops}"), last);
+            origin.redirect(&format!("{key}-{hops}"), last);
             format!("/redirect/{key}-0")
         }
-    }
-}
-
-async fn api_get(client: &reqwest::Client, base: &str, path: &str) -> (u16, Value) {
-    match client
-        .get(format!("{base}{path}"))
-        .basic_auth("admin", Some(common::e2e::PASSWORD))
-        .send()
-        .await
-    {
-        Ok(r) => {
-            let s = r.status().as_u16();
-            (s, r.json().await.unwrap_or(Value::Null))
-        }
-        Err(_) => (0, Value::Null),
     }
 }
 
@@ -137,35 +112,29 @@ fn dir_entries(p: &Path) -> Vec<String> {
 /// through the proxy); hooks go to `hook_base`.
 pub(crate) async fn run_pipeline_table(
     dep: &Deployment,
-    origin: &Origin,
+    origin: &Peer,
     audio_base: &str,
     hook_base: &str,
     cases: Vec<PipeCase>,
 ) {
     let mut svc = dep.spawn("api,processor,uploader", "all");
-    let client = reqwest::Client::new();
-    let base = dep.base();
+    let api = dep.client();
     let started = Instant::now();
     let mut ids = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         let key = format!("{i:02}-{}", slug(&c.name));
         let path = install(origin, &key, &c.source);
-        let resp = client
-            .post(format!("{base}/generate"))
-            .basic_auth("admin", Some(common::e2e::PASSWORD))
-            .json(&json!({"audio": format!("{audio_base}{path}"), "hook_url": format!("{hook_base}/hook")}))
-            .send()
-            .await
-            .unwrap();
+        let resp = api
+            .generate(&json!({"audio": format!("{audio_base}{path}"), "hook_url": format!("{hook_base}/hook")}))
+            .await;
         assert_eq!(resp.status(), 202, "{}: {:?}", c.name, resp.text().await);
         let body: Value = resp.json().await.unwrap();
         ids.push(body["task_id"].as_str().unwrap().to_string());
     }
     // Every task ends with a webhook.
-    let deadline = Instant::now() + Duration::from_secs(150);
-    while origin.hooks().len() < cases.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    origin
+        .wait_hooks(cases.len(), Duration::from_secs(150))
+        .await;
     // And no task sends a second one: nothing is left to claim.
     dep.redis.settled(Duration::from_secs(60)).await;
     let hooks = origin.hooks();
@@ -175,7 +144,7 @@ pub(crate) async fn run_pipeline_table(
     let stems = dep.path("stems");
     for (c, id) in cases.iter().zip(&ids) {
         let mut problems = Vec::new();
-        let (_, t) = api_get(&client, &base, &format!("/tasks/{id}")).await;
+        let (_, t) = api.get_json(&format!("/tasks/{id}")).await;
         let status = t["status"].as_str().unwrap_or("?").to_string();
         let code = t["error"]["code"].as_str().map(str::to_string);
         let mine: Vec<&Received> = hooks
@@ -288,7 +257,7 @@ pub(crate) async fn run_pipeline_table(
     if !alive {
         failures.push("the service exited".into());
     }
-    let (h, _) = api_get(&client, &base, "/health").await;
+    let (h, _) = api.get_json("/health").await;
     if h != 200 {
         failures.push(format!("/health answers {h}"));
     }

@@ -3,9 +3,8 @@
 //! counts.
 
 use super::fixtures;
-use super::origin::Origin;
 use super::pipeline_cases::{End, LIMITS, file, run_pipeline_table};
-use crate::common::e2e::Deployment;
+use crate::common::e2e::{Deployment, Peer};
 
 /// Every format the decoder handles, intact, truncated at several points and corrupted;
 /// degenerate and lying headers; non-audio; extreme sample rates and channel counts.
@@ -13,7 +12,7 @@ use crate::common::e2e::Deployment;
 async fn pipeline_ends_every_damaged_file_with_a_stable_code() {
     use End::{Fail, Ok};
     use fixtures::*;
-    let origin = Origin::start();
+    let origin = Peer::start();
     let dep = Deployment::new(&LIMITS);
     let pcm16 = tone(1.0, 44_100);
     let mut cases = vec![

@@ -2,20 +2,18 @@
 //! caps, redirect chains, trickling sources, oversized outputs, proxies in the environment,
 //! and redirects into private space.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::fixtures;
-use super::origin::{Origin, Silence};
 use super::pipeline_cases::{End, LIMITS, Source, pipe, run_pipeline_table};
-use crate::common::e2e::Deployment;
+use crate::common::e2e::{Deployment, Peer, Silence};
 
 /// Transport-level input: missing files, an hour of silence against the size and duration
 /// caps (streamed, with and without `Content-Length`), redirect chains and broken redirects.
 #[actix_rt::test]
 async fn pipeline_limits_and_redirect_chains_end_with_stable_codes() {
     use End::{Fail, Ok};
-    let origin = Origin::start();
+    let origin = Peer::start();
     let dep = Deployment::new(&LIMITS);
     let hour = |rate, channels, content_length, unknown_length| {
         Source::Stream(Silence {
@@ -27,12 +25,7 @@ async fn pipeline_limits_and_redirect_chains_end_with_stable_codes() {
         })
     };
     let song = Some("/audio/shared".to_string());
-    origin
-        .state
-        .lock()
-        .unwrap()
-        .files
-        .insert("shared".into(), Arc::new(fixtures::tone(0.5, 44_100)));
+    origin.put("shared", fixtures::tone(0.5, 44_100));
     let cases = vec![
         pipe("404 Not Found", Source::Missing, Fail("audio_http_status")),
         pipe(
@@ -138,8 +131,8 @@ async fn pipeline_limits_and_redirect_chains_end_with_stable_codes() {
 #[actix_rt::test]
 async fn pipeline_bounds_slow_sources_and_large_outputs_and_ignores_environment_proxies() {
     use End::{Fail, Ok};
-    let origin = Origin::start();
-    let decoy = Origin::start();
+    let origin = Peer::start();
+    let decoy = Peer::start();
     let dep = Deployment::new(&[
         LIMITS[0],
         LIMITS[1],
@@ -192,11 +185,11 @@ async fn pipeline_bounds_slow_sources_and_large_outputs_and_ignores_environment_
         "the trickling source was not cut off at its deadline"
     );
     assert_eq!(
-        decoy.state.lock().unwrap().asked,
+        decoy.audio_requests(),
         Vec::<String>::new(),
         "a request went through an environment proxy"
     );
-    assert_eq!(origin.state.lock().unwrap().asked.len(), 3);
+    assert_eq!(origin.audio_requests().len(), 3);
 }
 
 /// Redirects into private space, with the address policy on. The origin is reached through a
@@ -205,19 +198,14 @@ async fn pipeline_bounds_slow_sources_and_large_outputs_and_ignores_environment_
 #[actix_rt::test]
 async fn pipeline_refuses_redirects_into_private_space() {
     use End::{Fail, Ok};
-    let origin = Origin::start();
+    let origin = Peer::start();
     let dep = Deployment::new(&[
         LIMITS[0],
         LIMITS[1],
         ("ALLOW_PRIVATE_NETWORKS", "false"),
         ("OUTBOUND_PROXY", origin.base.as_str()),
     ]);
-    origin
-        .state
-        .lock()
-        .unwrap()
-        .files
-        .insert("shared".into(), Arc::new(fixtures::tone(0.5, 44_100)));
+    origin.put("shared", fixtures::tone(0.5, 44_100));
     let to = |target: &str| Source::Redirects {
         hops: 0,
         then: Some(target.to_string()),

@@ -1,8 +1,10 @@
-//! End-to-end helpers: the real `uvr` binary as child processes, and a loopback HTTP server
-//! that serves audio and receives webhooks.
+//! End-to-end helpers: the real `uvr` binary as child processes, the loopback origin that
+//! serves audio and receives webhooks (`origin.rs`), SeaweedFS, and fault injectors.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+#[path = "origin.rs"]
+mod origin;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -11,147 +13,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
+use super::client::{ApiClient, Auth};
 use super::{RedisServer, free_port};
-
-/// A webhook as received.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub headers: HashMap<String, String>,
-    pub body: serde_json::Value,
-    pub raw: Vec<u8>,
-    pub at: Instant,
-}
-
-/// What the loopback peer serves and has received.
-#[derive(Default)]
-pub struct PeerState {
-    pub files: HashMap<String, Vec<u8>>,
-    /// Per file: bytes per second to drip at (slow downloads).
-    pub drip: HashMap<String, usize>,
-    pub hooks: Vec<Received>,
-    /// Statuses to answer webhooks with, in order; 200 once exhausted.
-    pub hook_statuses: Vec<u16>,
-    /// Every audio request, by file name, in arrival order.
-    pub audio_requests: Vec<String>,
-}
-
-/// The loopback audio server and webhook receiver.
-#[derive(Clone)]
-pub struct Peer {
-    pub base: String,
-    pub state: Arc<Mutex<PeerState>>,
-}
-
-async fn serve_file(req: HttpRequest, st: web::Data<Arc<Mutex<PeerState>>>) -> HttpResponse {
-    let name = req.match_info().get("name").unwrap_or_default().to_string();
-    let (data, drip) = {
-        let mut s = st.lock().unwrap();
-        s.audio_requests.push(name.clone());
-        (s.files.get(&name).cloned(), s.drip.get(&name).copied())
-    };
-    match (data, drip) {
-        (None, _) => HttpResponse::NotFound().finish(),
-        (Some(d), None) => HttpResponse::Ok().content_type("audio/wav").body(d),
-        (Some(d), Some(rate)) => {
-            let chunks: Vec<Vec<u8>> = d.chunks(rate.max(1) / 10 + 1).map(|c| c.to_vec()).collect();
-            let stream = futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
-                let c = it.next()?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                Some((Ok::<_, std::io::Error>(web::Bytes::from(c)), it))
-            });
-            HttpResponse::Ok()
-                .content_type("audio/wav")
-                .streaming(stream)
-        }
-    }
-}
-
-/// A request's headers by name, values lossily as text.
-pub fn header_map(req: &HttpRequest) -> HashMap<String, String> {
-    req.headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                v.to_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
-async fn receive_hook(
-    req: HttpRequest,
-    body: web::Bytes,
-    st: web::Data<Arc<Mutex<PeerState>>>,
-) -> HttpResponse {
-    let headers = header_map(&req);
-    let mut s = st.lock().unwrap();
-    s.hooks.push(Received {
-        headers,
-        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-        raw: body.to_vec(),
-        at: Instant::now(),
-    });
-    let status = if s.hook_statuses.is_empty() {
-        200
-    } else {
-        s.hook_statuses.remove(0)
-    };
-    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
-}
-
-impl Peer {
-    /// Starts the peer on a free loopback port (inside an actix system).
-    pub fn start() -> Self {
-        let state = Arc::new(Mutex::new(PeerState::default()));
-        let data = web::Data::new(state.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/audio/{name}", web::get().to(serve_file))
-                .route("/hook", web::post().to(receive_hook))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_rt::spawn(server);
-        Self { base, state }
-    }
-
-    pub fn put(&self, name: &str, data: Vec<u8>) -> String {
-        self.state.lock().unwrap().files.insert(name.into(), data);
-        format!("{}/audio/{name}", self.base)
-    }
-
-    pub fn hook_url(&self) -> String {
-        format!("{}/hook", self.base)
-    }
-
-    pub fn hooks(&self) -> Vec<Received> {
-        self.state.lock().unwrap().hooks.clone()
-    }
-
-    /// Every audio request so far (file names, in arrival order).
-    pub fn audio_requests(&self) -> Vec<String> {
-        self.state.lock().unwrap().audio_requests.clone()
-    }
-
-    /// Waits until `n` webhooks arrived.
-    pub async fn wait_hooks(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let hooks = self.hooks();
-            if hooks.len() >= n || Instant::now() > deadline {
-                return hooks;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
+#[allow(unused_imports)] // each test binary uses a part
+pub use origin::{Peer, PeerState, Received, Silence, header_map, verify_signature};
 
 pub const WEBHOOK_SECRET: &str = "whsec_BwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSY=";
 pub const PASSWORD: &str = "e2e-password-0123";
@@ -240,6 +105,11 @@ impl Deployment {
 
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
+    }
+
+    /// A client of the API as the administrator; take it once the API is up (its port).
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.base(), Auth::basic("admin", PASSWORD))
     }
 
     /// Starts `uvr` with `roles`; waits for the API when it hosts it.
@@ -376,24 +246,6 @@ pub fn read_wav(bytes: &[u8]) -> (hound::WavSpec, Vec<[f32; 2]>) {
         hound::SampleFormat::Float => r.into_samples::<f32>().map(|s| s.unwrap()).collect(),
     };
     (spec, samples.chunks(2).map(|c| [c[0], c[1]]).collect())
-}
-
-/// Verifies a Standard Webhooks signature.
-pub fn verify_signature(secret: &str, r: &Received) -> bool {
-    use base64::Engine;
-    use hmac::{Hmac, Mac};
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap();
-    let id = &r.headers["webhook-id"];
-    let ts = &r.headers["webhook-timestamp"];
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(&r.raw);
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    r.headers["webhook-signature"]
-        .split(' ')
-        .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
 /// Waits for a path to exist.

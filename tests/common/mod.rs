@@ -1,6 +1,7 @@
 //! Test helpers: a throwaway `redis-server` on a free port, and configuration pointing at it.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod e2e;
 
 use std::net::TcpListener;
@@ -236,7 +237,10 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub scheduler: uvr::actors::scheduler::SchedulerHandle,
-    pub shutdown: uvr::api::ShutdownHandle,
+    /// Stops the service: drains, as a first SIGTERM does.
+    pub stopper: uvr::service::Stopper,
+    /// The running service; ends once stopped and drained.
+    pub running: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 pub const USER: &str = "admin";
@@ -260,20 +264,14 @@ pub fn task_request(audio: &str, priority: u8) -> uvr::task::TaskRequest {
     }
 }
 
-/// A model catalogue with the built-in separator only.
-pub fn no_models() -> std::sync::Arc<uvr::models::Library> {
-    std::sync::Arc::new(uvr::models::Library::fixed(
-        uvr::models::Catalog::scan(std::path::Path::new("/nonexistent"), None).unwrap(),
-    ))
-}
-
 /// Starts the real app (API + Scheduler) on a free port against a throwaway Redis.
-pub fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
-    spawn_app_on(RedisServer::start(), extra)
+pub async fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(RedisServer::start(), extra).await
 }
 
-/// Starts the real app against `redis`.
-pub fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
+/// Starts the real app against `redis`: the API role, assembled as the binaries assemble
+/// it, or the roles `UVR_ROLES` in `extra` names.
+pub async fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
     let mut pairs: Vec<(String, String)> = vec![
         ("REDIS_URL".into(), redis.url()),
         ("REDIS_TIMEOUT".into(), "2".into()),
@@ -295,15 +293,16 @@ pub fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
     ];
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env = Env::from_pairs(pairs);
-    let cfg = Config::from(&env).unwrap();
-    let catalog = std::sync::Arc::new(uvr::models::Library::from_env(&env).unwrap());
-    let api_cfg = uvr::api::ApiConfig::from_env(&env, cfg.queue.default_priority, catalog).unwrap();
-    let scheduler =
-        uvr::actors::scheduler::SchedulerHandle::start(uvr::queue::Queue::connect(&cfg).unwrap());
-    let server = uvr::api::ApiServer::bind(&api_cfg, scheduler.clone()).unwrap();
-    let base = format!("http://{}", server.addr);
-    let shutdown = server.shutdown_handle();
-    actix_rt::spawn(server.server);
+    let roles = env
+        .get("UVR_ROLES")
+        .is_none()
+        .then_some(&[uvr::settings::Role::Api][..]);
+    let settings = uvr::settings::Settings::from_env(&env, roles).unwrap();
+    let service = uvr::service::Service::start_as(settings, "in-process")
+        .await
+        .unwrap();
+    let base = format!("http://{}", service.api_addr.expect("the API role"));
+    let (scheduler, stopper) = (service.scheduler.clone(), service.stopper());
     TestApp {
         redis,
         base,
@@ -312,42 +311,12 @@ pub fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp {
             .build()
             .unwrap(),
         scheduler,
-        shutdown,
+        stopper,
+        running: actix_rt::spawn(service.run()),
     }
 }
 
 impl TestApp {
-    /// `POST /generate` with the test credentials and a JSON body.
-    pub async fn generate(&self, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}/generate", self.base))
-            .basic_auth(USER, Some(PASSWORD))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// An authenticated GET.
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// An authenticated DELETE.
-    pub async fn delete(&self, path: &str) -> reqwest::Response {
-        self.client
-            .delete(format!("{}{path}", self.base))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap()
-    }
-
     /// Number of tasks waiting in `uvr_tasks` plus task records stored.
     pub fn stored_tasks(&self) -> (usize, usize) {
         let depth = self

@@ -5,182 +5,60 @@
 //! `REDIS_RESULT_QUEUE`, `DEFAULT_PRIORITY`); the rest follow the same style. An invalid
 //! value stops start-up with a [`ConfigError`] naming the variable.
 
-use std::collections::HashMap;
+mod env;
+
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
+
+pub use env::{ConfigError, Env, SecretPolicy, require_strong};
 
 use crate::task::Priority;
 
-/// A configuration value that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The variable is set but its value does not parse or is out of range.
-    #[error("invalid value for {var}: {value:?} ({reason})")]
-    Invalid {
-        /// The environment variable's name.
-        var: &'static str,
-        /// The offending value (never a secret: secrets are not echoed).
-        value: String,
-        /// What was expected.
-        reason: String,
-    },
+/// Where the API listens (`API_HOST`, default `127.0.0.1`; `API_PORT`, default 8000, 0: any
+/// free port). Local storage's links point there unless `PUBLIC_BASE_URL` says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// The host or address.
+    pub host: String,
+    /// The port.
+    pub port: u16,
 }
 
-/// A source of configuration variables: the process environment, or a map in tests.
-#[derive(Debug, Clone, Default)]
-pub struct Env {
-    vars: HashMap<String, String>,
-}
-
-impl Env {
-    /// Reads the process environment.
-    pub fn from_process() -> Self {
-        Self {
-            vars: std::env::vars().collect(),
-        }
-    }
-
-    /// Builds a source from explicit pairs (tests, embedding).
-    pub fn from_pairs<I, K, V>(pairs: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        Self {
-            vars: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        }
-    }
-
-    /// The raw value of `var`; an empty string counts as unset.
-    pub fn get(&self, var: &str) -> Option<&str> {
-        self.vars
-            .get(var)
-            .map(String::as_str)
-            .filter(|v| !v.trim().is_empty())
-    }
-
-    /// The value of `var` as a string, or `default`.
-    pub fn string(&self, var: &str, default: &str) -> String {
-        self.get(var).unwrap_or(default).trim().to_string()
-    }
-
-    /// Parses `var` with `FromStr`, or returns `default` when unset.
-    pub fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
-    where
-        T: FromStr,
-        T::Err: fmt::Display,
-    {
-        match self.get(var) {
-            None => Ok(default),
-            Some(raw) => raw
-                .trim()
-                .parse()
-                .map_err(|e: T::Err| ConfigError::Invalid {
-                    var,
-                    value: raw.to_string(),
-                    reason: e.to_string(),
-                }),
-        }
-    }
-
-    /// Parses a number of seconds (integer or fraction) into a duration.
-    pub fn seconds(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        match self.get(var) {
-            None => Ok(default),
-            Some(raw) => {
-                let secs: f64 = raw.trim().parse().map_err(|_| ConfigError::Invalid {
-                    var,
-                    value: raw.to_string(),
-                    reason: "expected a number of seconds".into(),
-                })?;
-                if !secs.is_finite() || secs < 0.0 {
-                    return Err(ConfigError::Invalid {
-                        var,
-                        value: raw.to_string(),
-                        reason: "expected a non-negative number of seconds".into(),
-                    });
-                }
-                Ok(Duration::from_secs_f64(secs))
-            }
-        }
-    }
-
-    /// Parses a boolean (`true/false/1/0/yes/no/on/off`).
-    pub fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(var).map(|v| v.trim().to_ascii_lowercase()) {
-            None => Ok(default),
-            Some(v) => match v.as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(ConfigError::Invalid {
-                    var,
-                    value: v,
-                    reason: "expected true or false".into(),
-                }),
-            },
-        }
-    }
-
-    /// Parses a non-negative integer that must lie within `range`.
-    pub fn ranged<T>(
-        &self,
-        var: &'static str,
-        default: T,
-        range: std::ops::RangeInclusive<T>,
-    ) -> Result<T, ConfigError>
-    where
-        T: FromStr + PartialOrd + fmt::Display + Copy,
-        T::Err: fmt::Display,
-    {
-        let v = self.parse(var, default)?;
-        if range.contains(&v) {
-            Ok(v)
-        } else {
-            Err(ConfigError::Invalid {
-                var,
-                value: v.to_string(),
-                reason: format!("expected {}..={}", range.start(), range.end()),
-            })
-        }
+impl Listen {
+    /// Reads `API_HOST` and `API_PORT`.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            host: env.string("API_HOST", "127.0.0.1"),
+            port: env.ranged("API_PORT", 8000, 0..=65535)?,
+        })
     }
 }
 
-/// Refuses a guessable secret: shorter than `min_bytes`, or made of fewer than 8 distinct
-/// bytes (`aaaa...`, `abababab...`), unless `ALLOW_WEAK_SECRETS=true` (local development).
-/// The message names the variable, never the value.
-pub fn require_strong(
-    env: &Env,
-    var: &'static str,
-    secret: &[u8],
-    min_bytes: usize,
-) -> Result<(), ConfigError> {
-    let distinct = {
-        let mut seen = [false; 256];
-        secret.iter().for_each(|b| seen[*b as usize] = true);
-        seen.iter().filter(|s| **s).count()
-    };
-    let weakness = if secret.len() < min_bytes {
-        format!("is weak: shorter than {min_bytes} bytes")
-    } else if distinct < 8 {
-        "is weak: fewer than 8 distinct characters".to_string()
-    } else {
-        return Ok(());
-    };
-    if env.boolean("ALLOW_WEAK_SECRETS", false)? {
-        return Ok(());
+/// The settings more than one role uses, read once for all of them.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Staged stems and uploaded audio (`STAGING_DIR`, default `data/staging`): written by
+    /// the API (uploads) and the processor, read by the uploader.
+    pub staging_dir: std::path::PathBuf,
+    /// Largest audio download or upload (`MAX_AUDIO_BYTES`, default 1 GiB).
+    pub max_audio_bytes: u64,
+    /// Whether user URLs may point at private and loopback addresses
+    /// (`ALLOW_PRIVATE_NETWORKS`, default false).
+    pub allow_private: bool,
+    /// Whether guessable secrets are let through (`ALLOW_WEAK_SECRETS`).
+    pub secret_policy: SecretPolicy,
+}
+
+impl Shared {
+    /// Reads the shared settings.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            staging_dir: env.string("STAGING_DIR", "data/staging").into(),
+            max_audio_bytes: env.parse("MAX_AUDIO_BYTES", 1u64 << 30)?,
+            allow_private: env.boolean("ALLOW_PRIVATE_NETWORKS", false)?,
+            secret_policy: SecretPolicy::from_env(env)?,
+        })
     }
-    Err(ConfigError::Invalid {
-        var,
-        value: "<hidden>".into(),
-        reason: format!(
-            "{weakness}; use a long random value (or ALLOW_WEAK_SECRETS=true for local development)"
-        ),
-    })
 }
 
 /// Where Redis is and how to talk to it.
@@ -290,11 +168,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from(&Env::from_process())
-    }
-
     /// Reads the configuration from `env`.
     pub fn from(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
@@ -554,32 +427,6 @@ mod tests {
             "{shown}"
         );
         assert!(Config::from(&env(&[])).unwrap().redis.sentinel.is_none());
-    }
-
-    #[test]
-    fn weak_secrets_are_refused_unless_allowed() {
-        let e = env(&[]);
-        for (secret, min) in [
-            (&b"sh0rt!"[..], 12),
-            (b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 32),
-            (b"abababababababababababababababab", 32),
-            (b"0123456789abcdef0123456789abcde", 32),
-        ] {
-            let err = require_strong(&e, "LINK_SIGNING_KEY", secret, min).unwrap_err();
-            let text = err.to_string();
-            assert!(
-                text.contains("LINK_SIGNING_KEY") && text.contains("weak"),
-                "{text}"
-            );
-            assert!(
-                !text.contains(std::str::from_utf8(secret).unwrap()),
-                "{text}"
-            );
-            let lax = env(&[("ALLOW_WEAK_SECRETS", "true")]);
-            assert!(require_strong(&lax, "LINK_SIGNING_KEY", secret, min).is_ok());
-        }
-        assert!(require_strong(&e, "API_PASSWORD", b"correct-horse-battery", 12).is_ok());
-        assert!(require_strong(&e, "X", b"0123456789abcdef0123456789abcdef", 32).is_ok());
     }
 
     #[test]

@@ -1,4 +1,8 @@
-//! The task model: ids, priorities, stages, lifecycle states and the task record.
+//! The task model: ids, priorities, stages, lifecycle states and the task record, with the
+//! record's [`field`] names and the stages' [`result`].
+
+pub mod field;
+pub mod result;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -291,8 +295,8 @@ pub struct TaskRecord {
     pub error_message: Option<String>,
     /// Whether a cancel was requested while the task was in flight.
     pub cancel_requested: bool,
-    /// Result links and other stage output (JSON), once there is some.
-    pub result: Option<serde_json::Value>,
+    /// What the stages left: stems, links, timings, the webhook's outcome.
+    pub result: Option<result::StageResult>,
     /// Every other field of the hash (delivery log, timings...), as stored.
     pub extra: HashMap<String, String>,
 }
@@ -335,46 +339,54 @@ impl TaskRecord {
         fn opt(h: &mut HashMap<String, String>, f: &str) -> Option<String> {
             h.remove(f).filter(|v| !v.is_empty())
         }
+        use field as f;
         let bad = |field: &'static str| move |reason: String| RecordError { field, reason };
-        let id: TaskId = take(&mut h, "id")?.parse().map_err(bad("id"))?;
-        let status: Status = take(&mut h, "status")?.parse().map_err(bad("status"))?;
-        let stage: Stage = take(&mut h, "stage")?.parse().map_err(bad("stage"))?;
+        let id: TaskId = take(&mut h, f::ID)?.parse().map_err(bad(f::ID))?;
+        let status: Status = take(&mut h, f::STATUS)?.parse().map_err(bad(f::STATUS))?;
+        let stage: Stage = take(&mut h, f::STAGE)?.parse().map_err(bad(f::STAGE))?;
+        let json = |field: &'static str| move |e: serde_json::Error| bad(field)(e.to_string());
         let request: TaskRequest =
-            serde_json::from_str(&take(&mut h, "request")?).map_err(|e| RecordError {
-                field: "request",
-                reason: e.to_string(),
-            })?;
-        let result = match opt(&mut h, "result") {
-            None => None,
-            Some(v) => Some(serde_json::from_str(&v).map_err(|e| RecordError {
-                field: "result",
-                reason: e.to_string(),
-            })?),
-        };
+            serde_json::from_str(&take(&mut h, f::REQUEST)?).map_err(json(f::REQUEST))?;
+        let result = opt(&mut h, f::RESULT)
+            .map(|v| serde_json::from_str(&v).map_err(json(f::RESULT)))
+            .transpose()?;
         Ok(TaskRecord {
             id,
             status,
             stage,
             request,
-            attempts: num(take(&mut h, "attempts")?, "attempts")?,
-            max_attempts: num(take(&mut h, "max_attempts")?, "max_attempts")?,
-            score: num(take(&mut h, "score")?, "score")?,
-            created_at_ms: num(take(&mut h, "created_at")?, "created_at")?,
-            updated_at_ms: num(take(&mut h, "updated_at")?, "updated_at")?,
-            started_at_ms: opt_num(&mut h, "started_at")?,
-            finished_at_ms: opt_num(&mut h, "finished_at")?,
-            worker: opt(&mut h, "worker"),
-            progress: opt_num(&mut h, "progress")?.unwrap_or(0).min(100) as u8,
-            error_code: opt(&mut h, "error_code"),
-            error_message: opt(&mut h, "error_message"),
-            cancel_requested: opt(&mut h, "cancel_requested").is_some_and(|v| v == "1"),
+            attempts: num(take(&mut h, f::ATTEMPTS)?, f::ATTEMPTS)?,
+            max_attempts: num(take(&mut h, f::MAX_ATTEMPTS)?, f::MAX_ATTEMPTS)?,
+            score: num(take(&mut h, f::SCORE)?, f::SCORE)?,
+            created_at_ms: num(take(&mut h, f::CREATED_AT)?, f::CREATED_AT)?,
+            updated_at_ms: num(take(&mut h, f::UPDATED_AT)?, f::UPDATED_AT)?,
+            started_at_ms: opt_num(&mut h, f::STARTED_AT)?,
+            finished_at_ms: opt_num(&mut h, f::FINISHED_AT)?,
+            worker: opt(&mut h, f::WORKER),
+            progress: opt_num(&mut h, f::PROGRESS)?.unwrap_or(0).min(100) as u8,
+            error_code: opt(&mut h, f::ERROR_CODE),
+            error_message: opt(&mut h, f::ERROR_MESSAGE),
+            cancel_requested: opt(&mut h, f::CANCEL_REQUESTED).is_some_and(|v| v == "1"),
             result,
             extra: {
-                h.remove("token");
-                h.remove("lease_until");
+                h.remove(f::TOKEN);
+                h.remove(f::LEASE_UNTIL);
                 h
             },
         })
+    }
+
+    /// When separation ended (the task moved to the deliver stage), ms since the epoch.
+    pub fn separated_at_ms(&self) -> Option<u64> {
+        self.extra.get(field::SEPARATED_AT)?.parse().ok()
+    }
+
+    /// The webhook delivery log, oldest attempt first (empty until one is made).
+    pub fn webhook_log(&self) -> Vec<serde_json::Value> {
+        self.extra
+            .get(field::WEBHOOK_LOG)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
     }
 }
 

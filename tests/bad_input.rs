@@ -28,7 +28,7 @@
 //! leaves the machine, and each redirect target is checked by the policy before any request.
 //! (Through a proxy the connect-time DNS check does not apply, since the proxy resolves names:
 //! that deployment tests the checks of redirect targets, not DNS. The DNS check is tested
-//! without a proxy in `src/audio/fetch.rs` and `tests/pipeline.rs`.)
+//! without a proxy in `src/audio/fetch.rs` and `tests/pipeline/sources.rs`.)
 //!
 //! Layout: this file is the crate root; its modules live in `tests/bad_input/` (declared with
 //! `#[path]`, since a crate root's `mod x;` would look for `tests/x.rs`), one surface each:

@@ -134,6 +134,14 @@ impl ApiClient {
         }
     }
 
+    /// The bytes at `url` (a signed stem link), fetched without credentials; fails on
+    /// anything but 200.
+    pub async fn download(&self, url: &str) -> Vec<u8> {
+        let resp = self.http.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        resp.bytes().await.unwrap().to_vec()
+    }
+
     /// `GET /tasks/{id}`: the task's view.
     pub async fn task(&self, id: &str) -> Value {
         self.get(&format!("/tasks/{id}"))

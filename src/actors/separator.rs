@@ -27,13 +27,20 @@ pub type SeparatorActor = WorkerActor<Separation>;
 impl SeparatorActor {
     /// A separator claiming for `worker` (an id unique to this process).
     pub fn new(scheduler: SchedulerHandle, cfg: ProcessorConfig, worker: String) -> Self {
+        Self::with_job(Separation::new(scheduler, cfg), worker)
+    }
+}
+
+impl Separation {
+    /// The separation job on `scheduler`'s queue, to run in a [`SeparatorActor`] or a task
+    /// at a time ([`worker::step`]).
+    pub fn new(scheduler: SchedulerHandle, cfg: ProcessorConfig) -> Self {
         let client = crate::audio::fetch::client(&cfg.fetch, None);
-        let job = Separation {
+        Self {
             scheduler,
             cfg: Arc::new(cfg),
             client,
-        };
-        Self::with_job(job, worker)
+        }
     }
 }
 

@@ -43,14 +43,21 @@ impl UploaderActor {
         storage: Storage,
         worker: String,
     ) -> Self {
+        Self::with_job(Delivery::new(scheduler, cfg, storage), worker)
+    }
+}
+
+impl Delivery {
+    /// The delivery job on `scheduler`'s queue, to run in an [`UploaderActor`] or a task at
+    /// a time ([`worker::step`]).
+    pub fn new(scheduler: SchedulerHandle, cfg: UploaderConfig, storage: Storage) -> Self {
         let client = crate::audio::fetch::client(&cfg.fetch, Some(cfg.webhook.timeout));
-        let job = Delivery {
+        Self {
             scheduler,
             cfg: Arc::new(cfg),
             storage,
             client,
-        };
-        Self::with_job(job, worker)
+        }
     }
 }
 

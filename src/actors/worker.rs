@@ -138,6 +138,21 @@ where
     Ended::Done
 }
 
+/// One step of a worker: claims the next task of `job`'s stage as `worker`, without waiting,
+/// and works on it until its outcome is reported. `None`: no task was waiting. Tests drive a
+/// worker this way, a task at a time, instead of running its loops and waiting for them.
+pub async fn step<J: Job>(job: &J, worker: &str) -> Result<Option<Ended>, QueueError> {
+    let claim = Claim {
+        stage: J::STAGE,
+        worker: worker.to_string(),
+        wait: Duration::ZERO,
+    };
+    match job.scheduler().ask(claim).await? {
+        Some(claimed) => Ok(Some(job.run(claimed).await)),
+        None => Ok(None),
+    }
+}
+
 /// Runs `work` while renewing the lease every third of `lease` and recording progress.
 /// A cancel request sets `progress.stop`; a lost lease sets it too and makes the second
 /// value `true` (the caller must then abandon the attempt without reporting).

@@ -1,5 +1,6 @@
 //! Supervision: a processor killed mid-task is replaced and the task completes once; a
-//! separator restarted in process comes back and loses no task.
+//! separator restarted in process comes back and loses no task; workers driven one task at
+//! a time.
 
 use std::time::Duration;
 
@@ -7,7 +8,8 @@ use serde_json::json;
 use uvr::settings::{Role, Settings};
 
 use crate::common;
-use crate::common::e2e::{Deployment, Peer, test_wav};
+use crate::common::client::ApiClient;
+use crate::common::e2e::{Deployment, Peer, WEBHOOK_SECRET, test_wav};
 use crate::common::eventually;
 
 #[actix_rt::test]
@@ -178,4 +180,73 @@ async fn a_restarted_separator_comes_back_and_loses_no_task() {
         "one download per attempt"
     );
     assert_eq!(restarts() - restarts_before, 1.0, "no further restart");
+}
+
+/// A worker driven a step at a time: each step claims the one waiting task and returns once
+/// its outcome is on the record, so the test reads each state right after the step that
+/// made it, with no loop running and nothing to wait for.
+#[actix_rt::test]
+async fn workers_can_be_driven_one_task_at_a_time() {
+    use uvr::actors::separator::Separation;
+    use uvr::actors::uploader::Delivery;
+    use uvr::actors::worker::{Ended, step};
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("staging").display().to_string();
+    let storage = format!("file://{}", dir.path().join("stems").display());
+    let app = common::spawn_app(&[
+        ("ALLOW_PRIVATE_NETWORKS", "true"),
+        ("STAGING_DIR", &staging),
+        ("STORAGE_URL", &storage),
+    ])
+    .await;
+    let redis_url = app.redis.url();
+    let env = uvr::config::Env::from_pairs([
+        ("REDIS_URL", redis_url.as_str()),
+        ("MODELS_DIR", "/nonexistent"),
+        ("ALLOW_PRIVATE_NETWORKS", "true"),
+        ("STAGING_DIR", &staging),
+        ("STORAGE_URL", &storage),
+        ("LINK_SIGNING_KEY", "test-link-signing-key-0123456789abcdef"),
+        ("WEBHOOK_SECRET", WEBHOOK_SECRET),
+    ]);
+    let settings = Settings::from_env(&env, Some(&[Role::Processor, Role::Uploader])).unwrap();
+    let (pcfg, ucfg) = (settings.processor.unwrap(), settings.uploader.unwrap());
+    let store = uvr::pipeline::storage::Storage::open(&ucfg.storage).unwrap();
+    let separation = Separation::new(app.scheduler.clone(), pcfg);
+    let delivery = Delivery::new(app.scheduler.clone(), ucfg, store);
+
+    let peer = Peer::start();
+    let client = ApiClient::for_app(&app.base);
+    let audio = peer.put("song.wav", test_wav(0.3, 44_100));
+    let id = client
+        .submit_id(&json!({"audio": audio, "hook_url": peer.hook_url()}))
+        .await;
+    assert_eq!(client.task(&id).await["status"], "queued");
+
+    // Nothing waits to be delivered yet.
+    assert_eq!(step(&delivery, "step-u").await.unwrap(), None);
+    assert_eq!(
+        step(&separation, "step-p").await.unwrap(),
+        Some(Ended::Done)
+    );
+    let t = client.task(&id).await;
+    assert_eq!(t["status"], "separated", "{t}");
+    assert_eq!(t["worker"], "step-p", "{t}");
+    assert!(t["result"]["stems"]["vocals"]["file"].is_string(), "{t}");
+    assert_eq!(
+        step(&separation, "step-p").await.unwrap(),
+        None,
+        "one task, one step"
+    );
+    assert!(peer.hooks().is_empty(), "no webhook before delivery");
+
+    assert_eq!(step(&delivery, "step-u").await.unwrap(), Some(Ended::Done));
+    let t = client.task(&id).await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    assert_eq!(t["result"]["webhook"]["state"], "delivered", "{t}");
+    assert!(t["result"]["stems"]["vocals"]["url"].is_string(), "{t}");
+    let hooks = peer.hooks();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].body["task_id"], id.as_str());
+    assert_eq!(step(&delivery, "step-u").await.unwrap(), None);
 }

@@ -71,21 +71,14 @@ impl Service {
     /// Separator (after its default model is loaded and warmed up) and the Uploader, whose
     /// workers are named `<worker>-processor` and `<worker>-uploader`.
     pub async fn start_as(settings: Settings, worker: &str) -> anyhow::Result<Self> {
-        let Settings {
-            roles,
-            base,
-            api,
-            processor,
-            uploader,
-            metrics,
-        } = settings;
+        let base = &settings.base;
         tracing::info!(redis = ?base.redis, task_queue = %base.queue.task_queue,
-            result_queue = %base.queue.result_queue, ?roles, "starting uvr");
+            result_queue = %base.queue.result_queue, roles = ?settings.roles, "starting uvr");
         crate::metrics::install();
-        let queue = Queue::connect(&base).context("redis configuration")?;
+        let queue = Queue::connect(base).context("redis configuration")?;
         let scheduler = SchedulerHandle::start(queue);
 
-        let api = match api {
+        let api = match settings.api {
             Some(cfg) => {
                 let server = ApiServer::bind(&cfg, scheduler.clone())
                     .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
@@ -94,7 +87,7 @@ impl Service {
             }
             None => None,
         };
-        let metrics = match metrics {
+        let metrics = match settings.metrics {
             Some(MetricsListen { listen, token }) => {
                 let server = MetricsServer::bind(&listen, token, scheduler.clone())
                     .with_context(|| format!("METRICS_PORT {}", listen.port))?;
@@ -104,7 +97,7 @@ impl Service {
             None => None,
         };
 
-        let separator = match processor {
+        let separator = match settings.processor {
             Some(cfg) => {
                 // Load and warm up the default model before the first job (a no-op for
                 // dsp-centre).
@@ -123,7 +116,7 @@ impl Service {
             }
             None => None,
         };
-        let uploader = match uploader {
+        let uploader = match settings.uploader {
             Some(cfg) => {
                 let storage = Storage::open(&cfg.storage)?;
                 tracing::info!(storage = ?cfg.storage, "uploader started");

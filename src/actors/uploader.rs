@@ -239,7 +239,7 @@ impl Delivery {
             &body,
         )
         .await;
-        crate::metrics::webhook_delivery(attempt.outcome);
+        crate::metrics::webhook_delivery(attempt.outcome.as_str());
         let log = AppendLog {
             id: rec.id.clone(),
             field: field::WEBHOOK_LOG,

@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 
 use super::tasks::{RequestView, TaskView};
 use crate::pipeline::webhook::{Payload, PayloadTimings};
-use crate::task::result::{StageResult, Stem, TaskError, Timings, WebhookOutcome, WebhookState};
+use crate::task::result::{
+    DeliveryAttempt, DeliveryOutcome, StageResult, Stem, TaskError, Timings, WebhookOutcome,
+    WebhookState,
+};
 use crate::task::{Priority, Stage, Status, TaskId};
 
 fn document() -> Value {
@@ -51,6 +54,10 @@ fn differences(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut V
             if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
                 differences(doc, sub, v, &format!("{at}.{key}"), out);
             }
+        }
+    } else if let (Some(_), Some(items)) = (schema["items"].as_object(), value.as_array()) {
+        for (i, v) in items.iter().enumerate() {
+            differences(doc, &schema["items"], v, &format!("{at}[{i}]"), out);
         }
     } else if let (Some(each), Some(obj)) = (
         schema["additionalProperties"]
@@ -151,7 +158,13 @@ fn the_task_schema_matches_the_task_view() {
         finished_at: Some("2026-11-30T12:00:01.000Z".into()),
         error: error(),
         result: Some(full_result()),
-        webhook_deliveries: vec![json!({"at": "2026-11-30T12:00:01Z"})],
+        webhook_deliveries: vec![DeliveryAttempt {
+            at: "2026-11-30T12:00:01Z".into(),
+            status: Some(503),
+            duration_ms: 12,
+            outcome: DeliveryOutcome::Retry,
+            error: Some("receiver answered 503".into()),
+        }],
         request: RequestView {
             audio: "https://audio.example/song.wav".into(),
             hook_url: Some("https://hooks.example/uvr".into()),

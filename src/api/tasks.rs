@@ -6,13 +6,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::handlers::{authenticate, parse_id};
 use super::{ApiError, AppState};
 use crate::actors::scheduler::{Cancel, GetTask};
 use crate::queue::CancelOutcome;
-use crate::task::result::{StageResult, TaskError};
+use crate::task::result::{DeliveryAttempt, StageResult, TaskError};
 use crate::task::{Priority, Stage, Status, TaskId, TaskRecord};
 
 /// The task `raw_id` names, for an authenticated caller who may see it: its id, record and
@@ -72,7 +72,7 @@ pub struct TaskView {
     /// What the stages left.
     pub result: Option<StageResult>,
     /// The webhook delivery log, oldest first.
-    pub webhook_deliveries: Vec<Value>,
+    pub webhook_deliveries: Vec<DeliveryAttempt>,
     /// The request, without user info or query values.
     pub request: RequestView,
 }

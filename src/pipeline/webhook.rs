@@ -25,7 +25,7 @@ use sha2::Sha256;
 use super::JobError;
 use crate::audio::fetch::{FetchConfig, FetchError, classify};
 use crate::config::{ConfigError, Env, SecretPolicy};
-use crate::task::result::{StageResult, Stem, TaskError};
+use crate::task::result::{DeliveryAttempt, DeliveryOutcome, StageResult, Stem, TaskError};
 use crate::task::{Priority, Status, TaskId, TaskRecord};
 
 /// Webhook settings.
@@ -187,19 +187,7 @@ impl Payload {
 }
 
 /// The record of one delivery attempt (kept on the task record).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Attempt {
-    /// When (RFC 3339).
-    pub at: String,
-    /// HTTP status, when there was a response.
-    pub status: Option<u16>,
-    /// Round trip in milliseconds.
-    pub duration_ms: u64,
-    /// "delivered", "retry", "gone" or "failed".
-    pub outcome: &'static str,
-    /// What went wrong.
-    pub error: Option<String>,
-}
+pub type Attempt = DeliveryAttempt;
 
 /// Sends one webhook. Ok: delivered. Err: with `retryable` set when worth another attempt.
 pub async fn send(
@@ -227,7 +215,10 @@ pub async fn send(
         Ok(u) => u,
         Err(e) => {
             let err = JobError::new("webhook_refused", e.to_string(), false);
-            return (attempt(None, "failed", Some(e.to_string())), Err(err));
+            return (
+                attempt(None, DeliveryOutcome::Failed, Some(e.to_string())),
+                Err(err),
+            );
         }
     };
     let resp = client
@@ -244,12 +235,15 @@ pub async fn send(
         Ok(r) => {
             let status = r.status().as_u16();
             if r.status().is_success() {
-                return (attempt(Some(status), "delivered", None), Ok(()));
+                return (
+                    attempt(Some(status), DeliveryOutcome::Delivered, None),
+                    Ok(()),
+                );
             }
             if status == 410 {
                 let err = JobError::new("webhook_gone", "receiver answered 410 Gone", false);
                 return (
-                    attempt(Some(status), "gone", Some("410 Gone".into())),
+                    attempt(Some(status), DeliveryOutcome::Gone, Some("410 Gone".into())),
                     Err(err),
                 );
             }
@@ -260,7 +254,11 @@ pub async fn send(
                     false,
                 );
                 return (
-                    attempt(Some(status), "failed", Some(err.message.clone())),
+                    attempt(
+                        Some(status),
+                        DeliveryOutcome::Failed,
+                        Some(err.message.clone()),
+                    ),
                     Err(err),
                 );
             }
@@ -271,7 +269,11 @@ pub async fn send(
                     false,
                 );
                 return (
-                    attempt(Some(status), "failed", Some(err.message.clone())),
+                    attempt(
+                        Some(status),
+                        DeliveryOutcome::Failed,
+                        Some(err.message.clone()),
+                    ),
                     Err(err),
                 );
             }
@@ -288,7 +290,11 @@ pub async fn send(
             );
             err.retry_after = retry_after;
             (
-                attempt(Some(status), "retry", Some(err.message.clone())),
+                attempt(
+                    Some(status),
+                    DeliveryOutcome::Retry,
+                    Some(err.message.clone()),
+                ),
                 Err(err),
             )
         }
@@ -310,7 +316,11 @@ pub async fn send(
                 message.clone(),
                 retryable,
             );
-            let outcome = if retryable { "retry" } else { "failed" };
+            let outcome = if retryable {
+                DeliveryOutcome::Retry
+            } else {
+                DeliveryOutcome::Failed
+            };
             (attempt(None, outcome, Some(message)), Err(err))
         }
     }

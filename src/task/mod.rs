@@ -382,7 +382,7 @@ impl TaskRecord {
     }
 
     /// The webhook delivery log, oldest attempt first (empty until one is made).
-    pub fn webhook_log(&self) -> Vec<serde_json::Value> {
+    pub fn webhook_log(&self) -> Vec<result::DeliveryAttempt> {
         self.extra
             .get(field::WEBHOOK_LOG)
             .and_then(|s| serde_json::from_str(s).ok())

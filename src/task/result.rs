@@ -109,6 +109,53 @@ pub enum WebhookState {
     Refused,
 }
 
+/// One webhook delivery attempt, as the task's delivery log keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    /// When (RFC 3339).
+    pub at: String,
+    /// HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// Round trip in milliseconds.
+    pub duration_ms: u64,
+    /// How the attempt ended.
+    pub outcome: DeliveryOutcome,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// The receiver acknowledged it (2xx).
+    Delivered,
+    /// It failed and will be tried again.
+    Retry,
+    /// The receiver answered 410 Gone.
+    Gone,
+    /// It failed for good (refused, redirected, or not worth retrying).
+    Failed,
+}
+
+impl DeliveryOutcome {
+    /// The label in the log and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retry => "retry",
+            Self::Gone => "gone",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl PartialEq<&str> for DeliveryOutcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// The last failure of a task, as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskError {

@@ -315,6 +315,16 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// A client of the deployment's API whose requests give up after 30 s.
+    fn client(&self) -> ApiClient {
+        self.dep.client().with_http(
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        )
+    }
+
     fn start(processors: usize, uploaders: usize, retention: f64) -> Self {
         let retention = retention.to_string();
         let dep = Deployment::new(&[

@@ -108,11 +108,7 @@ async fn failed_logins_throttle_the_address() {
     }
     let resp = post(Some(PASSWORD)).await.unwrap();
     assert_eq!(resp.status(), 429);
-    let retry: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = common::retry_after(&resp);
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(error_of(resp).await.1, "too_many_auth_failures");
     // Every route that takes credentials is closed to the address.

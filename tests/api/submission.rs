@@ -348,11 +348,7 @@ async fn rate_limit_per_credential_answers_429_with_retry_after() {
     assert_eq!(client.generate(&seed_body(3)).await.status(), 202);
     let resp = client.generate(&seed_body(3)).await;
     assert_eq!(resp.status(), 429);
-    let retry: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = crate::common::retry_after(&resp);
     assert!((1..=2).contains(&retry));
     assert_eq!(error_of(resp).await.1, "rate_limited");
     assert_eq!(app.stored_tasks(), (2, 2));

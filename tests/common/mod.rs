@@ -337,6 +337,15 @@ impl TestApp {
     }
 }
 
+/// The `Retry-After` seconds of a response (which must carry one).
+pub fn retry_after(resp: &reqwest::Response) -> u64 {
+    resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// The seed's request body, with public (IP literal) URLs.
 pub fn seed_body(priority: u8) -> serde_json::Value {
     serde_json::json!({

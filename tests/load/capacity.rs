@@ -16,12 +16,7 @@ async fn capacity_probe() {
     let peer = Peer::start();
     let audio = peer.put("load.wav", test_wav(audio_seconds, 44_100));
     let p = Pipeline::start(processors, uploaders, 60.0);
-    let client = p.dep.client().with_http(
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-    );
+    let client = p.client();
     let warm = p.warm_up(&client, &peer, &audio).await;
 
     // A burst: the queue holds the backlog, so every processor is busy until it drains.

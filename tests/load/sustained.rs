@@ -47,12 +47,7 @@ async fn sustained_load() {
     let audio = peer.put("load.wav", test_wav(audio_seconds, 44_100));
     let hook = peer.hook_url();
     let p = Pipeline::start(processors, uploaders, retention);
-    let client = p.dep.client().with_http(
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-    );
+    let client = p.client();
     let warm = p.warm_up(&client, &peer, &audio).await;
     let names = p.names();
 

@@ -46,6 +46,16 @@ pub(super) fn row_tasks(
     tasks
 }
 
+/// A convolution's bias padded with zeros to `blocks · block` output channels (the register
+/// blocks of a kernel), zeros without one.
+pub(super) fn padded_bias(bias: Option<&[f32]>, cout: usize, len: usize) -> Vec<f32> {
+    let mut b = vec![0.0; len];
+    if let Some(bias) = bias {
+        b[..cout].copy_from_slice(bias);
+    }
+    b
+}
+
 #[cfg(test)]
 pub(super) mod testing {
     /// The convolution by its definition, in f64.
@@ -87,6 +97,15 @@ pub(super) mod testing {
             }
         }
         out
+    }
+
+    /// The largest absolute difference between two results of the same length.
+    pub(crate) fn worst(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len(), "length");
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max)
     }
 
     pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {

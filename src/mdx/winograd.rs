@@ -19,7 +19,7 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::simd::{dispatch, row_tasks};
+use super::simd::{dispatch, padded_bias, row_tasks};
 
 /// Output channels per register block.
 const CB: usize = 6;
@@ -84,16 +84,12 @@ impl WinogradConv {
                 }
             }
         }
-        let mut b = vec![0.0; blocks * CB];
-        if let Some(bias) = bias {
-            b[..cout].copy_from_slice(bias);
-        }
         Some(Self {
             cin,
             cout,
             relu,
             packed,
-            bias: b,
+            bias: padded_bias(bias, cout, blocks * CB),
         })
     }
 
@@ -365,7 +361,7 @@ impl RowPair<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mdx::simd::testing::{reference, values};
+    use crate::mdx::simd::testing::{reference, values, worst};
 
     #[test]
     fn every_geometry_matches_the_definition() {
@@ -390,11 +386,7 @@ mod tests {
             let got = conv.run(&x, xd);
             let want = reference(&x, xd, &w, wd, &b, [1, 1], relu);
             assert_eq!(got.len(), want.len(), "case {i}: length");
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (g - w).abs())
-                .fold(0.0f32, f32::max);
+            let worst = worst(&got, &want);
             assert!(worst < 1e-5, "case {i}: largest difference {worst}");
             if relu {
                 assert!(got.iter().all(|v| *v >= 0.0), "case {i}: ReLU applied");

@@ -17,7 +17,7 @@ use crate::api::{ApiServer, MetricsServer, ShutdownHandle};
 use crate::config::{ConfigError, Env};
 use crate::pipeline::storage::Storage;
 use crate::queue::Queue;
-use crate::settings::{MetricsListen, Role, Settings, SettingsError};
+use crate::settings::{Role, Settings, SettingsError};
 
 /// A started process: its roles running, its listeners bound. [`Service::run`] serves until
 /// its [`Stopper`] says stop; the binaries stop it on signals, the tests by hand.
@@ -80,17 +80,18 @@ impl Service {
 
         let api = match settings.api {
             Some(cfg) => {
-                let server = ApiServer::bind(&cfg, scheduler.clone())
-                    .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
+                let server = ApiServer::bind(&cfg, scheduler.clone()).with_context(|| {
+                    format!("cannot listen on {}:{}", cfg.listen.host, cfg.listen.port)
+                })?;
                 tracing::info!(addr = %server.addr, user = %cfg.credentials_user(), "API listening");
                 Some(server)
             }
             None => None,
         };
         let metrics = match settings.metrics {
-            Some(MetricsListen { listen, token }) => {
-                let server = MetricsServer::bind(&listen, token, scheduler.clone())
-                    .with_context(|| format!("METRICS_PORT {}", listen.port))?;
+            Some(cfg) => {
+                let server = MetricsServer::bind(&cfg, scheduler.clone())
+                    .with_context(|| format!("METRICS_PORT {}", cfg.listen.port))?;
                 tracing::info!(addr = %server.addr, "metrics endpoint");
                 Some(server)
             }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::api::{ApiConfig, BearerToken};
+use crate::api::{AccessConfig, ApiConfig, MetricsConfig};
 use crate::config::{Config, ConfigError, Env, Listen, Shared};
 use crate::models::{Library, LibraryError};
 use crate::pipeline::storage::StorageConfig;
@@ -55,15 +55,6 @@ impl Role {
     }
 }
 
-/// The metrics listener of a process without the API (`METRICS_HOST`, `METRICS_PORT`).
-#[derive(Debug, Clone)]
-pub struct MetricsListen {
-    /// Where it listens.
-    pub listen: Listen,
-    /// The bearer token it requires (`METRICS_TOKEN`).
-    pub token: Option<BearerToken>,
-}
-
 /// Settings that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -98,7 +89,7 @@ pub struct Settings {
     /// The Uploader, when hosted.
     pub uploader: Option<UploaderConfig>,
     /// A metrics listener, for a process without the API that sets `METRICS_PORT`.
-    pub metrics: Option<MetricsListen>,
+    pub metrics: Option<MetricsConfig>,
 }
 
 impl Settings {
@@ -163,12 +154,12 @@ impl Settings {
             None => env
                 .optional_ranged::<u16>("METRICS_PORT", 0..=65535)?
                 .map(|port| -> Result<_, ConfigError> {
-                    Ok(MetricsListen {
+                    Ok(MetricsConfig {
                         listen: Listen {
                             host: env.string("METRICS_HOST", "127.0.0.1"),
                             port,
                         },
-                        token: crate::api::metrics_token(env, shared.secret_policy)?,
+                        access: AccessConfig::from_env(env, shared.secret_policy)?,
                     })
                 })
                 .transpose()?,

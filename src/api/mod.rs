@@ -37,17 +37,59 @@ pub use auth::{BearerToken, Credentials, Throttle};
 pub use error::ApiError;
 pub use handlers::{check_json_content_type, parse_json_body};
 
-/// Failed logins per client address and minute before it is refused, unless
-/// `AUTH_FAILURES_PER_MINUTE` says otherwise.
-const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 20;
+/// What the API's access checks share with the metrics listener of a process without the
+/// API: the failed-login limit and the bearer token `/metrics` asks for.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// Failed logins per client address and minute before it is refused
+    /// (`AUTH_FAILURES_PER_MINUTE`, default 20; 0 turns throttling off).
+    pub auth_failures_per_minute: u32,
+    /// The bearer token `/metrics` requires (`METRICS_TOKEN`; unset: `/metrics` is open).
+    pub metrics_token: Option<BearerToken>,
+}
+
+impl AccessConfig {
+    /// Reads `AUTH_FAILURES_PER_MINUTE` and `METRICS_TOKEN` (checked like the other secrets).
+    pub fn from_env(env: &Env, secret_policy: SecretPolicy) -> Result<Self, ConfigError> {
+        let metrics_token = match env.get("METRICS_TOKEN") {
+            None => None,
+            Some(t) => {
+                let t = t.trim();
+                secret_policy.require_strong("METRICS_TOKEN", t.as_bytes(), 16)?;
+                Some(BearerToken::new(t))
+            }
+        };
+        Ok(Self {
+            auth_failures_per_minute: env.ranged("AUTH_FAILURES_PER_MINUTE", 20, 0..=1_000_000)?,
+            metrics_token,
+        })
+    }
+
+    /// `/metrics` as both listeners serve it.
+    fn metrics(&self, scheduler: SchedulerHandle) -> MetricsAccess {
+        MetricsAccess {
+            scheduler,
+            recorder: crate::metrics::install(),
+            token: self.metrics_token.clone(),
+            throttle: Arc::new(Throttle::per_minute(self.auth_failures_per_minute)),
+        }
+    }
+}
+
+/// The metrics listener of a process without the API (`METRICS_HOST`, `METRICS_PORT`).
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Where it listens.
+    pub listen: Listen,
+    /// Its token and failed-login limit.
+    pub access: AccessConfig,
+}
 
 /// API settings.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Listen address (`API_HOST`, default 127.0.0.1).
-    pub host: String,
-    /// Listen port (`API_PORT`, default 8000; 0 picks a free one).
-    pub port: u16,
+    /// Where it listens (`API_HOST`, `API_PORT`).
+    pub listen: Listen,
     /// HTTP worker threads (`API_WORKERS`, default: the number of CPUs).
     pub workers: usize,
     /// Basic-auth credentials (`API_USERNAME` / `API_PASSWORD`): the administrator, who
@@ -55,11 +97,8 @@ pub struct ApiConfig {
     pub credentials: Credentials,
     /// Client keys (`API_KEYS_FILE`): each client sees only its own tasks.
     pub keys: Arc<keys::Keyring>,
-    /// Failed logins per client address and minute before it is refused
-    /// (`AUTH_FAILURES_PER_MINUTE`, default 20; 0 turns throttling off).
-    pub auth_failures_per_minute: u32,
-    /// The bearer token `/metrics` requires (`METRICS_TOKEN`; unset: `/metrics` is open).
-    pub metrics_token: Option<BearerToken>,
+    /// The failed-login limit and `/metrics`'s token.
+    pub access: AccessConfig,
     /// Largest accepted request body (`MAX_REQUEST_BYTES`, default 64 KiB).
     pub max_request_bytes: usize,
     /// How long readiness reports unhealthy before the server stops accepting
@@ -156,17 +195,11 @@ impl ApiConfig {
             _ => None,
         };
         Ok(Self {
-            host: listen.host,
-            port: listen.port,
+            listen,
             workers: env.ranged("API_WORKERS", cpus, 1..=256)?,
             credentials: Credentials::new(&username, password),
             keys: Arc::new(keys),
-            auth_failures_per_minute: env.ranged(
-                "AUTH_FAILURES_PER_MINUTE",
-                DEFAULT_AUTH_FAILURES_PER_MINUTE,
-                0..=1_000_000,
-            )?,
-            metrics_token: metrics_token(env, shared.secret_policy)?,
+            access: AccessConfig::from_env(env, shared.secret_policy)?,
             max_request_bytes: env.ranged("MAX_REQUEST_BYTES", 65536, 1024..=16 << 20)?,
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", Duration::from_secs(2))?,
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_SECONDS", Duration::from_secs(30))?,
@@ -198,21 +231,6 @@ impl ApiConfig {
                 shared.max_audio_bytes,
             ),
         })
-    }
-}
-
-/// `METRICS_TOKEN`, checked like the other secrets.
-pub fn metrics_token(
-    env: &Env,
-    secret_policy: SecretPolicy,
-) -> Result<Option<BearerToken>, ConfigError> {
-    match env.get("METRICS_TOKEN") {
-        None => Ok(None),
-        Some(t) => {
-            let t = t.trim();
-            secret_policy.require_strong("METRICS_TOKEN", t.as_bytes(), 16)?;
-            Ok(Some(BearerToken::new(t)))
-        }
     }
 }
 
@@ -254,7 +272,7 @@ pub struct ApiServer {
 impl ApiServer {
     /// Binds the listener and builds the server; it starts serving once `server` is polled.
     pub fn bind(cfg: &ApiConfig, scheduler: SchedulerHandle) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))?;
+        let listener = TcpListener::bind((cfg.listen.host.as_str(), cfg.listen.port))?;
         let addr = listener.local_addr()?;
         let intake = actix::Supervisor::start({
             let intake_cfg = cfg.intake.clone();
@@ -262,13 +280,9 @@ impl ApiServer {
             move |_| Intake::new(intake_cfg, scheduler)
         });
         let ready = Arc::new(AtomicBool::new(true));
-        let throttle = Arc::new(Throttle::per_minute(cfg.auth_failures_per_minute));
-        let access = web::Data::new(MetricsAccess {
-            scheduler: scheduler.clone(),
-            recorder: crate::metrics::install(),
-            token: cfg.metrics_token.clone(),
-            throttle: throttle.clone(),
-        });
+        let metrics = cfg.access.metrics(scheduler.clone());
+        let throttle = metrics.throttle.clone();
+        let access = web::Data::new(metrics);
         let state = AppState {
             intake,
             scheduler,
@@ -356,20 +370,11 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `listen`; `/metrics` asks for `token` when there is one.
-    pub fn bind(
-        listen: &Listen,
-        token: Option<BearerToken>,
-        scheduler: SchedulerHandle,
-    ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((listen.host.as_str(), listen.port))?;
+    /// Binds the listener of `cfg`.
+    pub fn bind(cfg: &MetricsConfig, scheduler: SchedulerHandle) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((cfg.listen.host.as_str(), cfg.listen.port))?;
         let addr = listener.local_addr()?;
-        let access = web::Data::new(MetricsAccess {
-            scheduler,
-            recorder: crate::metrics::install(),
-            token,
-            throttle: Arc::new(Throttle::per_minute(DEFAULT_AUTH_FAILURES_PER_MINUTE)),
-        });
+        let access = web::Data::new(cfg.access.metrics(scheduler));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(access.clone())

@@ -99,13 +99,9 @@ pub struct RequestView {
 impl TaskView {
     /// The view of `rec`, at `position` in its queue.
     pub fn new(rec: &TaskRecord, position: Option<u64>) -> Self {
-        let error = match &rec.error_code {
-            Some(code) if rec.status != Status::Succeeded => Some(TaskError {
-                code: Some(code.clone()),
-                message: rec.error_message.clone(),
-            }),
-            _ => None,
-        };
+        // The last error, unless the task got past it and succeeded.
+        let error = (rec.error_code.is_some() && rec.status != Status::Succeeded)
+            .then(|| TaskError::of(rec));
         Self {
             task_id: rec.id.clone(),
             status: rec.status,

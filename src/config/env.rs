@@ -86,17 +86,7 @@ impl Env {
         T: FromStr,
         T::Err: fmt::Display,
     {
-        match self.get(var) {
-            None => Ok(default),
-            Some(raw) => raw
-                .trim()
-                .parse()
-                .map_err(|e: T::Err| ConfigError::Invalid {
-                    var,
-                    value: raw.to_string(),
-                    reason: e.to_string(),
-                }),
-        }
+        Ok(self.optional(var)?.unwrap_or(default))
     }
 
     /// Parses `var` with `FromStr` when it is set.
@@ -130,7 +120,11 @@ impl Env {
         T::Err: fmt::Display,
     {
         match self.optional(var)? {
-            Some(v) if !range.contains(&v) => Err(out_of_range(var, v, &range)),
+            Some(v) if !range.contains(&v) => Err(ConfigError::Invalid {
+                var,
+                value: v.to_string(),
+                reason: format!("expected {}..={}", range.start(), range.end()),
+            }),
             v => Ok(v),
         }
     }
@@ -184,24 +178,7 @@ impl Env {
         T: FromStr + PartialOrd + fmt::Display + Copy,
         T::Err: fmt::Display,
     {
-        let v = self.parse(var, default)?;
-        if range.contains(&v) {
-            Ok(v)
-        } else {
-            Err(out_of_range(var, v, &range))
-        }
-    }
-}
-
-fn out_of_range<T: fmt::Display>(
-    var: &'static str,
-    v: T,
-    range: &std::ops::RangeInclusive<T>,
-) -> ConfigError {
-    ConfigError::Invalid {
-        var,
-        value: v.to_string(),
-        reason: format!("expected {}..={}", range.start(), range.end()),
+        Ok(self.optional_ranged(var, range)?.unwrap_or(default))
     }
 }
 
@@ -220,47 +197,38 @@ impl SecretPolicy {
         })
     }
 
-    /// Refuses a guessable secret: see [`require_strong`].
+    /// Refuses a guessable secret: shorter than `min_bytes`, or made of fewer than 8
+    /// distinct bytes (`aaaa...`, `abababab...`), unless weak secrets are allowed. The message
+    /// names the variable, never the value.
     pub fn require_strong(
         self,
         var: &'static str,
         secret: &[u8],
         min_bytes: usize,
     ) -> Result<(), ConfigError> {
-        match require_strong(var, secret, min_bytes) {
-            Err(_) if self.allow_weak => Ok(()),
-            r => r,
+        let distinct = {
+            let mut seen = [false; 256];
+            secret.iter().for_each(|b| seen[*b as usize] = true);
+            seen.iter().filter(|s| **s).count()
+        };
+        let weakness = if secret.len() < min_bytes {
+            format!("is weak: shorter than {min_bytes} bytes")
+        } else if distinct < 8 {
+            "is weak: fewer than 8 distinct characters".to_string()
+        } else {
+            return Ok(());
+        };
+        if self.allow_weak {
+            return Ok(());
         }
+        Err(ConfigError::Invalid {
+            var,
+            value: "<hidden>".into(),
+            reason: format!(
+                "{weakness}; use a long random value (or ALLOW_WEAK_SECRETS=true for local development)"
+            ),
+        })
     }
-}
-
-/// Refuses a guessable secret: shorter than `min_bytes`, or made of fewer than 8 distinct
-/// bytes (`aaaa...`, `abababab...`). The message names the variable, never the value.
-/// [`SecretPolicy`] lets them pass with `ALLOW_WEAK_SECRETS=true` (local development).
-pub fn require_strong(
-    var: &'static str,
-    secret: &[u8],
-    min_bytes: usize,
-) -> Result<(), ConfigError> {
-    let distinct = {
-        let mut seen = [false; 256];
-        secret.iter().for_each(|b| seen[*b as usize] = true);
-        seen.iter().filter(|s| **s).count()
-    };
-    let weakness = if secret.len() < min_bytes {
-        format!("is weak: shorter than {min_bytes} bytes")
-    } else if distinct < 8 {
-        "is weak: fewer than 8 distinct characters".to_string()
-    } else {
-        return Ok(());
-    };
-    Err(ConfigError::Invalid {
-        var,
-        value: "<hidden>".into(),
-        reason: format!(
-            "{weakness}; use a long random value (or ALLOW_WEAK_SECRETS=true for local development)"
-        ),
-    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ mod env;
 use std::fmt;
 use std::time::Duration;
 
-pub use env::{ConfigError, Env, SecretPolicy, require_strong};
+pub use env::{ConfigError, Env, SecretPolicy};
 
 use crate::task::Priority;
 

@@ -178,16 +178,10 @@ impl Payload {
                 separation_seconds: result.timings.separation_seconds,
                 upload_seconds: result.timings.upload_seconds,
             },
-            error: failed.then(|| TaskError {
-                code: rec.error_code.clone(),
-                message: rec.error_message.clone(),
-            }),
+            error: failed.then(|| TaskError::of(rec)),
         }
     }
 }
-
-/// The record of one delivery attempt (kept on the task record).
-pub type Attempt = DeliveryAttempt;
 
 /// Sends one webhook. Ok: delivered. Err: with `retryable` set when worth another attempt.
 pub async fn send(
@@ -197,14 +191,14 @@ pub async fn send(
     url: &str,
     id: &str,
     body: &[u8],
-) -> (Attempt, Result<(), JobError>) {
+) -> (DeliveryAttempt, Result<(), JobError>) {
     let started = Instant::now();
     let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let attempt = |status, outcome, error: Option<String>| Attempt {
+    let attempt = |status, outcome, error: Option<String>| DeliveryAttempt {
         at: at.clone(),
         status,
         duration_ms: started.elapsed().as_millis() as u64,

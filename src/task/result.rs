@@ -165,6 +165,16 @@ pub struct TaskError {
     pub message: Option<String>,
 }
 
+impl TaskError {
+    /// The last failure recorded on `rec`.
+    pub fn of(rec: &super::TaskRecord) -> Self {
+        Self {
+            code: rec.error_code.clone(),
+            message: rec.error_message.clone(),
+        }
+    }
+}
+
 /// Seconds rounded to milliseconds, as results show them.
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0

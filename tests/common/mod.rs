@@ -235,7 +235,6 @@ where
 pub struct TestApp {
     pub redis: RedisServer,
     pub base: String,
-    pub client: reqwest::Client,
     pub scheduler: uvr::actors::scheduler::SchedulerHandle,
     /// Stops the service: drains, as a first SIGTERM does.
     pub stopper: uvr::service::Stopper,
@@ -306,10 +305,6 @@ pub async fn spawn_app_on(redis: RedisServer, extra: &[(&str, &str)]) -> TestApp
     TestApp {
         redis,
         base,
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
         scheduler,
         stopper,
         running: actix_rt::spawn(service.run()),
